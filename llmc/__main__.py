@@ -1,0 +1,44 @@
+"""``python -m llmc --config FILE [--task_id ID] [--print-config] [--section.key VALUE ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m llmc", description="Run one LLMC-style experiment from a YAML config.",
+        epilog="Any config key can be overridden as --section.key VALUE, e.g. --eval.limit 200.")
+    parser.add_argument("--config", help="YAML config (LLMC schema); omitted: all defaults")
+    parser.add_argument("--task_id", default=None, help="run identifier, appended to the results file name")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        from .config import dump_config, load_config
+        cfg = load_config(args.config, rest, task_id=args.task_id)
+        if args.print_config:
+            print(dump_config(cfg), end="")
+            return 0
+        from .runner import run
+        run(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

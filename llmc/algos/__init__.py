@@ -1,0 +1,1 @@
+"""Quantization algorithms, one module per method, registered in ``ALGO_REGISTRY``."""

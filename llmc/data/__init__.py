@@ -1,0 +1,1 @@
+"""Calibration and evaluation text: where it is found, how it is read and cut."""

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, and (in llmc_slm) the bridge to lm-evaluation-harness."""

@@ -1,0 +1,56 @@
+"""Evaluators by data-set name. The engine provides WikiText-2 perplexity; extensions register more
+(``llmc_slm`` registers the lm-evaluation-harness tasks) with ``register_evaluator``.
+
+An evaluator is built from the config before the model is loaded (so missing data fails fast) and then
+``run(adapter)`` returns a dict of metrics.
+"""
+
+from __future__ import annotations
+
+from .config import Config
+from .data.sources import find_dataset
+from .data.wikitext2 import test_text
+from .errors import ConfigError
+from .eval.perplexity import perplexity, window_ids
+from .registry import load_builtin
+
+EVALUATOR_REGISTRY: dict[str, type] = {}
+
+
+def register_evaluator(*names: str):
+    def deco(cls):
+        for name in names:
+            EVALUATOR_REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+@register_evaluator("wikitext2")
+class WikiText2Perplexity:
+    """Perplexity on the raw WikiText-2 test split, seq_len windows (protocol.md)."""
+
+    def __init__(self, name: str, cfg: Config):
+        self.cfg = cfg
+        self.location = find_dataset("wikitext2", cfg.eval.path, key="eval.path", download=cfg.eval.download)
+        self.text = test_text(self.location)
+        self._windows = None
+
+    def describe(self) -> dict:
+        return self.location.describe()
+
+    def run(self, adapter) -> dict:
+        if self._windows is None:  # tokenized once per run, reused at every eval position
+            ids = adapter.tokenizer(self.text, return_tensors="pt").input_ids[0]
+            self._windows = window_ids(ids, self.cfg.eval.seq_len)
+        return perplexity(adapter.model, self._windows, bs=self.cfg.eval.bs)
+
+
+def make_evaluators(cfg: Config) -> dict:
+    load_builtin()
+    out = {}
+    for name in cfg.eval.name:
+        if name not in EVALUATOR_REGISTRY:
+            raise ConfigError(f"eval.name: no evaluator for '{name}' is installed (available: "
+                              f"{', '.join(EVALUATOR_REGISTRY)})")
+        out[name] = EVALUATOR_REGISTRY[name](name, cfg)
+    return out

