@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .config import Config
 from .data.sources import find_dataset
-from .data.wikitext2 import test_text
+from .data.wikitext2 import evaluation_text
 from .errors import ConfigError
 from .eval.perplexity import perplexity, window_ids
 from .registry import load_builtin
@@ -32,7 +32,7 @@ class WikiText2Perplexity:
     def __init__(self, name: str, cfg: Config):
         self.cfg = cfg
         self.location = find_dataset("wikitext2", cfg.eval.path, key="eval.path", download=cfg.eval.download)
-        self.text = test_text(self.location)
+        self.text = evaluation_text(self.location)
         self._windows = None
 
     def describe(self) -> dict:

@@ -31,7 +31,7 @@ def _hub_rows(loc: DataLocation, split: str) -> list[str]:
     return list(datasets.load_dataset(*loc.hub_args, split=split)["text"])
 
 
-def test_text(loc: DataLocation) -> str:
+def evaluation_text(loc: DataLocation) -> str:
     if loc.kind == "hub":
         return "\n\n".join(_hub_rows(loc, "test"))
     return "\n\n".join(read_rows(loc.file(loc.extra.get("file", "wiki.test.raw"))))

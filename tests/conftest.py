@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny randomly initialised models of each supported family, and the real tokenizer."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=256, max_position_embeddings=256,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def tiny_hf_model(model_type: str = "llama", seed: int = 0, **overrides):
+    """A tiny random HF causal LM of the given family, float32, eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    kwargs = dict(TINY, **overrides)
+    if model_type == "smollm3":
+        kwargs.setdefault("no_rope_layers", [1, 0][: kwargs["num_hidden_layers"]] +
+                          [1] * max(0, kwargs["num_hidden_layers"] - 2))
+    config = AutoConfig.for_model(model_type, **kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    # random init of norms is all-ones: perturb so that folding/smoothing tests are not trivial
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+            elif p.dim() == 1:
+                p.normal_(0, 0.1)
+    return model
+
+
+def tiny_adapter(model_type: str = "llama", seed: int = 0, **overrides):
+    from llmc.models.families import adapter_for_hf_type
+    from llmc.registry import MODEL_REGISTRY, load_builtin
+    load_builtin()
+    model = tiny_hf_model(model_type, seed, **overrides)
+    return MODEL_REGISTRY[adapter_for_hf_type(model_type)](model, tokenizer=None)
+
+
+@pytest.fixture(params=["llama", "qwen2", "smollm3"])
+def any_family(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def smollm2_source():
+    """The embedded SmolLM2 source (skips only if its package is missing, which `make test` installs)."""
+    import llmc_slm.extension  # noqa: F401
+    from llmc.errors import UserError
+    from llmc.models.loading import resolve_model_source
+    try:
+        return resolve_model_source("smollm2-135m-instruct")
+    except UserError as e:
+        pytest.fail(f"embedded model unavailable: {e}")

@@ -1,0 +1,61 @@
+"""The command line: user mistakes give one line on stderr, exit status 2, and no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FP16 = str(ROOT / "configs/smollm/fp16.yml")
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "llmc", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_unknown_key():
+    assert_one_line_error(run_cli("--config", FP16, "--eval.bogus", "1"), "eval.bogus: unknown key")
+
+
+def test_misspelt_granularity(tmp_path):
+    cfg = tmp_path / "g.yml"
+    cfg.write_text("quant:\n  method: RTN\n  weight: {bit: 8, granularity: per_chanel}\n")
+    assert_one_line_error(run_cli("--config", str(cfg)), "quant.weight.granularity", "per_chanel",
+                          "per_channel")
+
+
+def test_model_path_that_does_not_exist():
+    assert_one_line_error(run_cli("--config", FP16, "--model.path", "./no/such/model"),
+                          "model.path", "./no/such/model", "smollm2-135m-instruct")
+
+
+def test_data_file_that_does_not_exist():
+    assert_one_line_error(run_cli("--config", FP16, "--eval.path", "/no/such/wiki.test.raw"),
+                          "eval.path", "/no/such/wiki.test.raw")
+
+
+def test_missing_config_file():
+    assert_one_line_error(run_cli("--config", "configs/nope.yml"), "configs/nope.yml")
+
+
+def test_print_config_applies_overrides():
+    proc = run_cli("--config", FP16, "--eval.limit", "7", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    assert "limit: 7" in proc.stdout and "path: smollm2-135m-instruct" in proc.stdout
+
+
+@pytest.mark.parametrize("cfg", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yml")))
+def test_every_shipped_config_validates(cfg):
+    proc = run_cli("--config", cfg, "--print-config")
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,31 @@
+"""The embedded SmolLM2-135M-Instruct end to end on real WikiText-2 text: numbers must be sane."""
+
+import pytest
+import torch
+
+from llmc.data.sources import find_dataset
+from llmc.data.wikitext2 import evaluation_text
+from llmc.eval.perplexity import perplexity, window_ids
+from llmc.models.loading import load_model
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_source):
+    return load_model(smollm2_source, dtype=torch.bfloat16)
+
+
+def test_architecture_read_from_the_model(smollm2):
+    facts = smollm2.arch_facts()
+    assert (facts["layers"], facts["hidden_size"], facts["heads"], facts["kv_heads"]) == (30, 576, 9, 3)
+    assert facts["tied_embeddings"] and facts["rope_theta"] == 100000.0
+    assert smollm2.source.sha256 == smollm2.source.pinned_sha256
+
+
+def test_wikitext2_perplexity_on_first_windows_is_sane(smollm2):
+    """Full-split value (148 windows of 2048) is 21.6; the first 4 windows give a value near it."""
+    loc = find_dataset("wikitext2")
+    ids = smollm2.tokenizer(evaluation_text(loc), return_tensors="pt").input_ids[0]
+    windows = window_ids(ids, 2048)
+    assert windows.shape[0] == 148  # the split tokenizes to 148 full windows (protocol)
+    result = perplexity(smollm2.model, windows[:4], progress=False)
+    assert 12.0 < result["ppl"] < 35.0, result
