@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Any config key can be overridden as --section.key VALUE, e.g. --eval.limit 200.")
     parser.add_argument("--config", help="YAML config (LLMC schema); omitted: all defaults")
     parser.add_argument("--task_id", default=None, help="run identifier, appended to the results file name")
+    parser.add_argument("--profile", default=None,
+                        help="named calibration profile from configs/profiles/ (e.g. cpu), or a YAML path")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     args, rest = parser.parse_known_args(argv)
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TQDM_DISABLE"] = "1"
     try:
         from .config import dump_config, load_config
-        cfg = load_config(args.config, rest, task_id=args.task_id)
+        cfg = load_config(args.config, rest, task_id=args.task_id, profile=args.profile)
         if args.print_config:
             print(dump_config(cfg), end="")
             return 0

@@ -107,13 +107,14 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
     task_id: Optional[str] = None
-    source: Optional[str] = None  # the YAML file this came from (set by load_config)
+    source: Optional[str] = None   # the YAML file this came from (set by load_config)
+    profile: Optional[str] = None  # the named calibration profile applied (e.g. "cpu"), if any
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-_INTERNAL_KEYS = {"task_id", "source"}
+_INTERNAL_KEYS = {"task_id", "source", "profile"}
 
 
 # ----------------------------------------------------------------------------------------- typing
@@ -274,8 +275,27 @@ def _restore_strings(raw: dict, overrides: dict, cls=Config) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ load
-def load_config(path: str | Path | None, overrides: list[str] | None = None, task_id: str | None = None) -> Config:
-    """Read a YAML file (or nothing: all defaults), apply ``--section.key value`` overrides, validate."""
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "profiles"
+
+
+def load_profile(name: str, method: str | None) -> dict:
+    """A profile file maps ``default`` and method names to config overrides (same schema as a config).
+
+    ``name`` is a path to a YAML file or the name of one in ``configs/profiles/`` (e.g. ``cpu``)."""
+    p = Path(name)
+    if not p.is_file():
+        p = PROFILE_DIR / f"{name}.yml"
+    if not p.is_file():
+        known = sorted(f.stem for f in PROFILE_DIR.glob("*.yml")) if PROFILE_DIR.is_dir() else []
+        raise ConfigError(f"--profile: no profile '{name}' (known: {', '.join(known) or 'none'})")
+    data = yaml.safe_load(p.read_text()) or {}
+    return _merge(data.get("default") or {}, data.get(method) or {}) if method else (data.get("default") or {})
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, task_id: str | None = None,
+                profile: str | None = None) -> Config:
+    """Read a YAML file (or nothing: all defaults), apply a named profile, then ``--section.key value``
+    overrides, and validate."""
     raw: dict = {}
     if path is not None:
         p = Path(path)
@@ -290,9 +310,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, tas
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
     extra = parse_overrides(overrides or [])
-    merged = _restore_strings(_merge(raw, extra), extra)
+    merged = _merge(raw, extra)
+    if profile:
+        method = (merged.get("quant") or {}).get("method") if isinstance(merged.get("quant"), dict) else None
+        merged = _merge(_merge(raw, load_profile(profile, method)), extra)
+    merged = _restore_strings(merged, extra)
     cfg = from_dict(Config, merged)
     cfg.task_id = task_id
+    cfg.profile = profile
     cfg.source = str(path) if path is not None else None
     validate(cfg)
     return cfg
@@ -344,8 +369,11 @@ def validate(cfg: Config) -> None:
     if q.act is not None and q.act.granularity in ("per_channel", "per_group"):
         raise ConfigError(f"quant.act.granularity: '{q.act.granularity}' is not supported for activations; "
                           f"use per_token, per_tensor or per_head")
-    if algo.needs_calib and cfg.calib is None:
-        raise ConfigError(f"calib: {q.method} needs a calib section")
+    if algo.requires_calibration(cfg) and cfg.calib is None:
+        needs = q.method if algo.needs_calib else "static activation quantization"
+        raise ConfigError(f"calib: {needs} needs a calib section")
+    if q.act is not None and q.act.static and q.act.granularity != "per_tensor":
+        raise ConfigError("quant.act.static: static activation ranges are per_tensor only")
     if cfg.calib is not None:
         for key in ("n_samples", "seq_len", "bs"):
             if getattr(cfg.calib, key) < 1:

@@ -42,7 +42,12 @@ class WikiText2Perplexity:
         if self._windows is None:  # tokenized once per run, reused at every eval position
             ids = adapter.tokenizer(self.text, return_tensors="pt").input_ids[0]
             self._windows = window_ids(ids, self.cfg.eval.seq_len)
-        return perplexity(adapter.model, self._windows, bs=self.cfg.eval.bs)
+        limit = self.cfg.eval.limit
+        windows = self._windows[:limit] if limit else self._windows
+        result = perplexity(adapter.model, windows, bs=self.cfg.eval.bs)
+        result["limit"] = limit if limit and limit < self._windows.shape[0] else None
+        result["windows_in_split"] = int(self._windows.shape[0])
+        return result
 
 
 def make_evaluators(cfg: Config) -> dict:

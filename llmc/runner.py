@@ -25,6 +25,8 @@ log = logging.getLogger("llmc")
 
 def results_path(cfg: Config) -> Path:
     stem = Path(cfg.source).stem if cfg.source else "run"
+    if cfg.profile:
+        stem = f"{stem}_{Path(cfg.profile).stem}"
     if cfg.task_id:
         stem = f"{stem}_{cfg.task_id}"
     stem = re.sub(r"[^\w.-]+", "_", stem)
@@ -43,12 +45,12 @@ def run(cfg: Config) -> dict:
     if cfg.quant is not None:
         from .registry import ALGO_REGISTRY
         algo_cls = ALGO_REGISTRY[cfg.quant.method]
-        if algo_cls.needs_calib:
+        if algo_cls.requires_calibration(cfg):
             from .data.calib import resolve_calibration_text
             calib_text, calib_info = resolve_calibration_text(cfg.calib)
 
     record = RunRecord.start(
-        results_path(cfg), task_id=cfg.task_id, config=_config_dict(cfg), config_file=cfg.source,
+        results_path(cfg), task_id=cfg.task_id, profile=cfg.profile, config=_config_dict(cfg), config_file=cfg.source,
         environment=environment(device, dtype), git=git_info(),
         data={name: ev.describe() for name, ev in evaluators.items()})
 
@@ -111,6 +113,7 @@ def print_summary(data: dict, path: Path) -> None:
         for name, m in by_name.items():
             if "ppl" in m:
                 value, detail = f"{m['ppl']:.3f} ppl", f"{m['windows']} x {m['seq_len']} tokens"
+                detail += f" (subset of {m['windows_in_split']})" if m.get("limit") else ""
             else:
                 value = f"{100 * m['acc']:.2f} acc" + (f" / {100 * m['acc_norm']:.2f} acc_norm"
                                                        if m.get("acc_norm") is not None else "")
@@ -120,4 +123,7 @@ def print_summary(data: dict, path: Path) -> None:
     print()
     print(tabulate(rows, headers=["eval_pos", "dataset", "result", "on", "time"], tablefmt="github"))
     print(f"\nmodel {data['model']['name']} | dtype {env['dtype']} on {env['device']} ({env['cpu'] if env['device'] == 'cpu' else env.get('gpu')})")
+    if "quant_cost" in data:
+        c = data["quant_cost"]
+        print(f"quantization: {c['time_s']:.1f} s, peak memory {c['peak_mem_mb']:.0f} MB ({c['memory_kind']})")
     print(f"results: {path}")

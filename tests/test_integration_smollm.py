@@ -29,3 +29,34 @@ def test_wikitext2_perplexity_on_first_windows_is_sane(smollm2):
     assert windows.shape[0] == 148  # the split tokenizes to 148 full windows (protocol)
     result = perplexity(smollm2.model, windows[:4], progress=False)
     assert 12.0 < result["ppl"] < 35.0, result
+
+
+@pytest.fixture(scope="module")
+def smollm2_fp32(smollm2_source):
+    return load_model(smollm2_source, dtype=torch.float32)
+
+
+def test_smoothquant_smoothing_is_an_equivalence_on_the_real_model(smollm2_fp32):
+    """Issue 3: transformed == pretrain, max|delta logits| / max|logits| <= 1e-5 in float32."""
+    import copy
+    from llmc.config import load_config
+    from llmc.data.calib import make_calibration, resolve_calibration_text
+    from llmc.registry import ALGO_REGISTRY
+    adapter = copy.copy(smollm2_fp32)
+    adapter.model = copy.deepcopy(smollm2_fp32.model)
+    cfg = load_config(None, ["--quant.method", "SmoothQuant", "--quant.weight.bit", "8", "--quant.act.bit", "8",
+                             "--quant.act.granularity", "per_token", "--calib.n_samples", "4",
+                             "--calib.seq_len", "128", "--quant.special.smooth_vo", "true",
+                             "--quant.special.smooth_down", "true"])
+    text, info = resolve_calibration_text(cfg.calib)
+    assert info["split"] != "test"
+    calib = make_calibration(adapter.tokenizer, text, info, 4, 128, "wikitext2_gptq", 0)
+    ids = adapter.tokenizer(evaluation_text(find_dataset("wikitext2"))[:3000], return_tensors="pt").input_ids[:, :256]
+    with torch.no_grad():
+        before = adapter.model(input_ids=ids).logits
+    ALGO_REGISTRY["SmoothQuant"](adapter, cfg).quantize(calib)
+    with torch.no_grad():
+        after = adapter.model(input_ids=ids).logits
+    rel = ((after - before).abs().max() / before.abs().max()).item()
+    print(f"SmoothQuant equivalence on SmolLM2 (float32): {rel:.2e}")
+    assert rel <= 1e-5

@@ -246,22 +246,33 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def _mse_params(self, xg: Tensor) -> Tuple[Tensor, Tensor]:
-        """GPTQ's shrink grid: keep, per range group, the factor with the least sum |x_hat - x|^norm."""
-        dims = self._reduce_dims(xg)
+        """GPTQ's shrink grid: keep, per range group, the factor with the least sum |x_hat - x|^norm.
+
+        Works on the groups flattened to rows, a chunk of about 2^20 elements at a time, with in-place
+        arithmetic (the same operations as :meth:`fake_quant`, so the kept error is the one it gives).
+        """
         xmin, xmax = self._range(xg, None, None)
-        best_err = best_scale = best_zero = None
-        for i in range(int(self.mse_maxshrink * self.mse_grid)):
-            p = 1.0 - i / self.mse_grid
-            scale, zero = self._params_from_range(p * xmin, p * xmax)
-            err = (self._fake(xg, scale, zero) - xg).abs_().pow_(self.mse_norm).sum(dim=dims, keepdim=True)
-            if best_err is None:
-                best_err, best_scale, best_zero = err, scale, zero
-                continue
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_scale = torch.where(better, scale, best_scale)
-            best_zero = torch.where(better, zero, best_zero)
-        return best_scale, best_zero
+        rows = xg.reshape(1, -1) if self.granularity == "per_tensor" else xg.reshape(-1, xg.shape[-1])
+        lo, hi = xmin.reshape(-1, 1), xmax.reshape(-1, 1)
+        scale, zero = self._params_from_range(lo, hi)
+        chunk = max(1, (1 << 20) // rows.shape[1])
+        for r0 in range(0, rows.shape[0], chunk):
+            x, l, h = rows[r0:r0 + chunk], lo[r0:r0 + chunk], hi[r0:r0 + chunk]
+            best_err = best_scale = best_zero = None
+            for i in range(int(self.mse_maxshrink * self.mse_grid)):
+                p = 1.0 - i / self.mse_grid
+                s, z = self._params_from_range(p * l, p * h)
+                err = (x / s).round_().add_(z).clamp_(self.qmin, self.qmax).sub_(z).mul_(s)
+                err = err.sub_(x).abs_().pow_(self.mse_norm).sum(dim=-1, keepdim=True)
+                if best_err is None:
+                    best_err, best_scale, best_zero = err, s, z
+                    continue
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_scale = torch.where(better, s, best_scale)
+                best_zero = torch.where(better, z, best_zero)
+            scale[r0:r0 + chunk], zero[r0:r0 + chunk] = best_scale, best_zero
+        return scale.reshape(xmin.shape), zero.reshape(xmin.shape)
 
     # ------------------------------------------------------------------------------------ static
     @torch.no_grad()
@@ -276,7 +287,7 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def freeze(self) -> Tuple[Tensor, Tensor]:
-        """Fix (scale, zero) from the observed range (its clip factors, if any, come from the algorithm)."""
+        """Fix (scale, zero), 0-dim float32, from the observed range; later inputs use them (clipped)."""
         if not self.static:
             raise RuntimeError("freeze() is for static quantizers (static=True)")
         if self.obs_min is None:

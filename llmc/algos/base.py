@@ -1,0 +1,244 @@
+"""The blockwise pipeline every method runs in (LLMC's ``BlockwiseOpt`` shape, kept small).
+
+1. Capture the first block's inputs for the calibration samples, with every keyword argument the model
+   passes it (attention mask, position embeddings), by stopping the forward pass at block 0.
+2. Walk the blocks one at a time. For each: the method's ``process_block`` looks at the block's inputs
+   (through hooks on its linears, see ``collect_inputs``) and transforms it (smoothing, rotation,
+   training) or updates its weights (GPTQ). Then the block's outputs become the next block's inputs:
+   float outputs, or with ``quant.quant_out`` the outputs of the block fake-quantized.
+3. Evaluate at ``transformed`` (the transformed float model), deploy fake quantization on every block
+   linear, evaluate at ``fake_quant``.
+
+Only one block's calibration activations are alive at a time (inputs, outputs and what a method
+collects), so memory beyond the model is about one block's working set. Model knowledge comes from the
+adapter's subsets; no method tests a model type.
+
+Embeddings, the final norm and lm_head stay in float, as in the methods' original code.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..profiling import Measure
+from ..quant.fake_linear import FakeQuantLinear
+from ..quant.quantizer import Quantizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NoSpecial:
+    """Methods without method-specific settings accept an empty ``quant.special``."""
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class BlockInputs:
+    """Calibration inputs of the current block: a list of [bs, seq, hidden] batches and the kwargs."""
+    hidden: list
+    kwargs: dict
+
+
+@torch.no_grad()
+def capture_block0_inputs(adapter, input_ids: torch.Tensor, bs: int) -> BlockInputs:
+    block0 = adapter.blocks[0]
+    hidden, kwargs_seen = [], {}
+
+    def grab(module, args, kwargs):
+        hidden.append(args[0] if args else kwargs["hidden_states"])
+        if not kwargs_seen:
+            kwargs_seen.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = block0.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for i in range(0, input_ids.shape[0], bs):
+            try:
+                adapter.model(input_ids=input_ids[i:i + bs].to(adapter.device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return BlockInputs(hidden, kwargs_seen)
+
+
+def _block_output(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, inputs: BlockInputs) -> list:
+    return [_block_output(block(h, **inputs.kwargs)) for h in inputs.hidden]
+
+
+@torch.no_grad()
+def collect_inputs(block: nn.Module, inputs: BlockInputs, modules: dict, reducer: Callable) -> dict:
+    """Run the block over the calibration inputs; for each named module call
+    ``state[name] = reducer(state.get(name), x)`` with the module's input ``x`` [tokens, features]."""
+    state: dict = {}
+    handles = []
+    for name, module in modules.items():
+        def hook(m, args, n=name):
+            x = args[0].detach()
+            state[n] = reducer(state.get(n), x.reshape(-1, x.shape[-1]))
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        run_block(block, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return state
+
+
+def absmax_reducer(acc, x):
+    m = x.abs().amax(dim=0).float()
+    return m if acc is None else torch.maximum(acc, m)
+
+
+class BlockwiseAlgorithm:
+    """Base of every method. Subclasses set ``special_cls``/``needs_calib`` and override hooks."""
+
+    special_cls = NoSpecial
+    needs_calib = True
+
+    def __init__(self, adapter, cfg):
+        self.adapter = adapter
+        self.cfg = cfg
+        self.qcfg = cfg.quant
+        self.special = cfg.quant.special if dataclasses.is_dataclass(cfg.quant.special) else self.special_cls()
+        self.weight_params: dict = {}   # "blocks.i.<path>" -> (scale, zero) fixed by the method (GPTQ)
+        self.input_transforms: dict = {}  # "blocks.i.<path>" -> online transform before act quantization
+        self.block_log: list = []
+
+    @classmethod
+    def requires_calibration(cls, cfg) -> bool:
+        """Calibration text is needed by the method itself or by static activation ranges."""
+        act = cfg.quant.act
+        return cls.needs_calib or bool(act is not None and act.static)
+
+    # -- quantizers ------------------------------------------------------------------------------
+    def weight_quantizer(self) -> Optional[Quantizer]:
+        return Quantizer(self.qcfg.weight) if self.qcfg.weight is not None else None
+
+    def act_quantizer(self) -> Optional[Quantizer]:
+        if self.qcfg.act is None:
+            return None
+        kwargs = {"head_dim": self.adapter.head_dim} if self.qcfg.act.granularity == "per_head" else {}
+        return Quantizer(self.qcfg.act, **kwargs)
+
+    # -- hooks for subclasses --------------------------------------------------------------------
+    def before_blocks(self, inputs: Optional[BlockInputs]) -> None:
+        """Whole-model transforms before the block loop (rotations)."""
+
+    def process_block(self, index: int, block: nn.Module, inputs: BlockInputs) -> None:
+        """Transform the block / update its weights, using its calibration inputs."""
+
+    # -- the pipeline -----------------------------------------------------------------------------
+    def run(self, calib, record=None, evaluate: Callable[[str], None] = lambda pos: None) -> None:
+        device = self.adapter.device
+        with Measure(device) as cost:
+            self.quantize(calib)
+        if record is not None:
+            record.data["quant_cost"] = cost.as_dict()
+            record.data["blocks"] = self.block_log
+            record.save()
+        log.info("quantization took %.1f s, peak memory %.0f MB (%s)", cost.seconds, cost.peak_bytes / 2**20,
+                 cost.as_dict()["memory_kind"])
+        evaluate("transformed")
+        self.save_transformed()
+        self.deploy_fake()
+        if self.qcfg.act is not None and self.qcfg.act.static:
+            self.calibrate_static_ranges(calib)
+        evaluate("fake_quant")
+        self.save_fake()
+
+    def quantize(self, calib) -> None:
+        """Everything that counts as quantization cost: calibration, search, training, weight updates."""
+        inputs = None
+        if calib is not None:
+            inputs = capture_block0_inputs(self.adapter, calib.input_ids, self.cfg.calib.bs)
+        self.before_blocks(inputs)
+        if inputs is None:
+            return
+        blocks = self.adapter.blocks
+        for i in tqdm(range(len(blocks)), desc=f"{self.qcfg.method} blocks", leave=False):
+            t = time.perf_counter()
+            block = blocks[i]
+            self.process_block(i, block, inputs)
+            target = self.fake_block(i, block) if self.qcfg.quant_out else block
+            inputs = BlockInputs(run_block(target, inputs), inputs.kwargs)
+            self.log_block(i, seconds=time.perf_counter() - t)
+
+    def log_block(self, index: int, **info) -> None:
+        if len(self.block_log) <= index:
+            self.block_log.extend({} for _ in range(index + 1 - len(self.block_log)))
+        self.block_log[index].update(info)
+
+    # -- deployment -------------------------------------------------------------------------------
+    def _fake_linear(self, key: str, linear: nn.Linear) -> FakeQuantLinear:
+        return FakeQuantLinear(linear, self.weight_quantizer(), self.act_quantizer(),
+                               input_transform=self.input_transforms.get(key),
+                               weight_params=self.weight_params.get(key))
+
+    def fake_block(self, index: int, block: nn.Module) -> nn.Module:
+        """A fake-quantized copy of one block (the original stays float)."""
+        clone = copy.deepcopy(block)
+        self._deploy_block(index, clone)
+        return clone
+
+    def _deploy_block(self, index: int, block: nn.Module) -> None:
+        for name, linear in self.adapter.block_linears(block).items():
+            parent_name, _, child = name.rpartition(".")
+            parent = block.get_submodule(parent_name) if parent_name else block
+            setattr(parent, child, self._fake_linear(f"blocks.{index}.{name}", linear))
+
+    @torch.no_grad()
+    def calibrate_static_ranges(self, calib) -> None:
+        """Static activation quantizers observe the calibration inputs of the deployed model, then freeze."""
+        layers = [m for m in self.adapter.model.modules() if isinstance(m, FakeQuantLinear)
+                  and m.act_quantizer is not None]
+        for m in layers:
+            m.calibrating = True
+        try:
+            for i in range(0, calib.input_ids.shape[0], self.cfg.calib.bs):
+                self.adapter.model(input_ids=calib.input_ids[i:i + self.cfg.calib.bs].to(self.adapter.device),
+                                   use_cache=False)
+        finally:
+            for m in layers:
+                m.calibrating = False
+                m.act_quantizer.freeze()
+
+    def deploy_fake(self) -> None:
+        for i, block in enumerate(self.adapter.blocks):
+            self._deploy_block(i, block)
+        if self.qcfg.kvcache is not None:
+            from ..quant.kvcache import enable_kv_quant
+            kv = Quantizer(self.qcfg.kvcache)
+            enable_kv_quant(self.adapter, kv, kv, getattr(self, "query_key_transform", None))
+
+    # -- saving -----------------------------------------------------------------------------------
+    def save_transformed(self) -> None:
+        if self.cfg.save.save_trans:
+            from .saving import save_hf
+            save_hf(self.adapter, self.cfg, "transformed")
+
+    def save_fake(self) -> None:
+        if self.cfg.save.save_fake:
+            from .saving import save_hf
+            save_hf(self.adapter, self.cfg, "fake_quant")
+        if self.cfg.save.save_real:
+            from .saving import save_packed
+            save_packed(self.adapter, self.cfg)

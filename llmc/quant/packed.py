@@ -1,0 +1,196 @@
+"""The packed real-quant checkpoint: integer weight codes, as stored on a device, plus their scales.
+
+Layout of ``model.safetensors`` in the output folder:
+
+- for each quantized linear ``<name>``: ``<name>.qweight`` (uint8; codes of <= 4 bits two per byte, the
+  even input column in the low nibble, codes of 5..8 bits one per byte; signed codes stored in two's
+  complement), ``<name>.scale`` (float32, the quantizer's shape), ``<name>.zero`` (uint8, asymmetric
+  grids only), and ``<name>.bias`` when the layer has one;
+- every other tensor of the model (embeddings, norms, lm_head) as it is in the model's dtype.
+
+The safetensors metadata holds, as JSON, the Hugging Face config, each quantized layer's weight and
+activation quantizer settings and its online input transform (e.g. a Hadamard of size n), so that
+``load_packed_model`` rebuilds a model that computes exactly what the fake-quant model computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..utils import atomic_dir
+from .fake_linear import FakeQuantLinear
+from .quantizer import Quantizer
+
+FORMAT = "slmquant-packed-v1"
+
+
+def pack_codes(codes: torch.Tensor, bit: int) -> torch.Tensor:
+    """int8/uint8 codes [out, in] -> uint8 storage ([out, in/2] for bit <= 4, else [out, in])."""
+    raw = codes.to(torch.int16) & 0xFF
+    if bit > 4:
+        return raw.to(torch.uint8)
+    if codes.shape[-1] % 2:
+        raise ValueError(f"4-bit packing needs an even input width, got {codes.shape[-1]}")
+    nib = raw & 0x0F
+    return (nib[..., 0::2] | (nib[..., 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bit: int, signed: bool, in_features: int) -> torch.Tensor:
+    """Inverse of ``pack_codes``: int8 (signed) or uint8 codes [out, in]."""
+    p = packed.to(torch.int16)
+    if bit > 4:
+        vals = p
+    else:
+        vals = torch.empty(*p.shape[:-1], in_features, dtype=torch.int16, device=p.device)
+        vals[..., 0::2] = p & 0x0F
+        vals[..., 1::2] = (p >> 4) & 0x0F
+        if signed:
+            vals = torch.where(vals >= 8, vals - 16, vals)
+        return vals.to(torch.int8 if signed else torch.uint8)
+    if signed:
+        vals = torch.where(vals >= 128, vals - 256, vals)
+    return vals.to(torch.int8 if signed else torch.uint8)
+
+
+def _quantizer_spec(q: Quantizer | None) -> dict | None:
+    if q is None:
+        return None
+    return {"bit": q.bit, "symmetric": q.symmetric, "granularity": q.granularity, "group_size": q.group_size,
+            "calib_algo": q.calib_algo, "static": q.static, "head_dim": q.head_dim, "n_heads": q.n_heads,
+            "static_scale": q.static_scale.tolist() if q.frozen else None,
+            "static_zero": q.static_zero.tolist() if q.frozen else None}
+
+
+def _quantizer_from_spec(spec: dict | None) -> Quantizer | None:
+    if spec is None:
+        return None
+    spec = dict(spec)
+    static_scale, static_zero = spec.pop("static_scale"), spec.pop("static_zero")
+    q = Quantizer(**spec)
+    if static_scale is not None:
+        q.static_scale, q.static_zero = torch.tensor(static_scale), torch.tensor(static_zero)
+    return q
+
+
+def _transform_spec(t) -> dict | None:
+    if t is None:
+        return None
+    spec = getattr(t, "spec", None)
+    if spec is None:
+        raise ValueError(f"input transform {t!r} cannot be saved (it has no .spec)")
+    return spec() if callable(spec) else spec
+
+
+def save_packed_model(adapter, cfg, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    model = adapter.model
+    tensors, layers = {}, {}
+    quantized_prefixes = set()
+    for name, module in model.named_modules():
+        if isinstance(module, FakeQuantLinear) and module.weight_quantizer is not None:
+            codes, scale, zero = module.export_int()
+            wq = module.weight_quantizer
+            tensors[f"{name}.qweight"] = pack_codes(codes, wq.bit).contiguous()
+            tensors[f"{name}.scale"] = scale.float().contiguous()
+            if not wq.symmetric:
+                tensors[f"{name}.zero"] = zero.to(torch.uint8).contiguous()
+            if module.bias is not None:
+                tensors[f"{name}.bias"] = module.bias.detach().contiguous()
+            layers[name] = {"in_features": module.in_features, "out_features": module.out_features,
+                            "weight": _quantizer_spec(wq), "act": _quantizer_spec(module.act_quantizer),
+                            "input_transform": _transform_spec(module.input_transform)}
+            quantized_prefixes.add(name + ".")
+    seen = set()
+    for key, value in model.state_dict().items():
+        if any(key.startswith(p) for p in quantized_prefixes):
+            continue
+        if value.data_ptr() in seen:  # tied weights are stored once; the config re-ties them
+            continue
+        seen.add(value.data_ptr())
+        tensors[key] = value.detach().contiguous()
+    meta = {"format": FORMAT, "config": model.config.to_json_string(), "layers": json.dumps(layers),
+            "dtype": str(adapter.dtype).replace("torch.", "")}
+    with atomic_dir(out) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata=meta)
+        if adapter.tokenizer is not None:
+            adapter.tokenizer.save_pretrained(tmp)
+        (tmp / "slmquant_quant.json").write_text(json.dumps(
+            {"format": FORMAT, "quant": dataclasses.asdict(cfg.quant)}, indent=2, default=str))
+
+
+def read_packed(path: Path):
+    """(tensors, metadata) of a packed checkpoint folder."""
+    from safetensors import safe_open
+    with safe_open(str(Path(path) / "model.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} checkpoint")
+    return tensors, meta
+
+
+def build_transform(spec: dict | None):
+    if spec is None:
+        return None
+    from .transforms import transform_from_spec
+    return transform_from_spec(spec)
+
+
+def load_packed_model(path: Path, linear_factory=None):
+    """Rebuild the model of a packed checkpoint. Each quantized linear becomes
+    ``linear_factory(codes, scale, zero, bias, weight_q, act_q, transform, dtype)`` (default: a
+    FakeQuantLinear holding the dequantized codes, i.e. exactly the fake-quant model)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tensors, meta = read_packed(path)
+    config_dict = json.loads(meta["config"])
+    dtype = getattr(torch, meta["dtype"])
+    config = AutoConfig.for_model(**config_dict)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    layers = json.loads(meta["layers"])
+    factory = linear_factory or _fake_linear_factory
+    for name, info in layers.items():
+        wq = _quantizer_from_spec(info["weight"])
+        aq = _quantizer_from_spec(info["act"])
+        codes = unpack_codes(tensors[f"{name}.qweight"], wq.bit, wq.symmetric, info["in_features"])
+        zero = tensors.get(f"{name}.zero")
+        module = factory(codes, tensors[f"{name}.scale"], None if zero is None else zero.float(),
+                         tensors.get(f"{name}.bias"), wq, aq, build_transform(info["input_transform"]), dtype)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+    rest = {k: v for k, v in tensors.items() if not any(k.startswith(n + ".") for n in layers)}
+    model.load_state_dict(rest, strict=False, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {missing[:3]}")
+    _rebuild_meta_buffers(model)
+    return model.eval()
+
+
+def _rebuild_meta_buffers(model) -> None:
+    """Modules whose own buffers were created on the meta device (rotary ``inv_freq``) are rebuilt on the
+    CPU from their config: buffers are computed from the config, not stored."""
+    for name, module in list(model.named_modules()):
+        if name and any(b.is_meta for b in module.buffers(recurse=False)):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child,
+                    type(module)(module.config))
+
+
+def _fake_linear_factory(codes, scale, zero, bias, wq, aq, transform, dtype):
+    out_f, in_f = codes.shape
+    lin = nn.Linear(in_f, out_f, bias=bias is not None, dtype=dtype)
+    with torch.no_grad():
+        lin.weight.copy_(wq.dequantize(codes, scale, zero, dtype=dtype))
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return FakeQuantLinear(lin, None, aq, input_transform=transform)

@@ -1,0 +1,98 @@
+"""Evaluators for the protocol's accuracy tasks, run by lm-evaluation-harness on the in-memory model.
+
+Registers ``mmlu``, ``mmlu_continuation``, ``arc_easy``, ``arc_challenge``, ``piqa`` and ``hellaswag``
+with the engine (``llmc.evaluators.register_evaluator``). Each evaluator finds and reads its data when
+it is built, before any model loads (a missing data set is a ``UserError`` naming ``eval.path``), and
+``run(adapter)`` wraps ``adapter.model`` / ``adapter.tokenizer`` in lm-eval's ``HFLM`` (the model keeps
+its dtype and device) and lets the harness build the requests, score them and aggregate.
+
+``eval.limit`` is lm-eval's ``limit``: the first N documents of every task, so for MMLU the first N of
+each of the 57 subjects. ``eval.num_fewshot`` is lm-eval's ``num_fewshot`` (0 by default, the protocol).
+``eval.bs`` is HFLM's batch size.
+
+Result of ``run``: ``acc``, ``acc_stderr``, ``acc_norm``, ``acc_norm_stderr`` (None where the task has no
+acc_norm: MMLU letters), ``n`` (documents evaluated), ``n_total`` (documents in the split), ``subset``
+(n < n_total), ``limit``, ``num_fewshot``, ``task`` (the harness's task or group name),
+``table_metric`` / ``table_value`` (what the paper's tables use, see ``llmc_slm.tasks.TABLE_METRIC``),
+the data's provenance, and for MMLU ``categories`` and ``subjects`` (each with its metrics and n).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from llmc.config import Config
+from llmc.data.sources import find_dataset
+from llmc.evaluators import register_evaluator
+
+from .tasks import HARNESS_NAME, TABLE_METRIC, TASK_NAMES, load_task_data
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _weights_left_as_they_are(model):
+    """HFLM calls ``model.tie_weights()``, which in transformers 5 re-ties lm_head to the embedding whenever
+    the config says so: that would undo a method that changed one of them (a rotation, a quantized
+    lm_head). Evaluate the model exactly as it is."""
+    model.tie_weights = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del model.tie_weights
+
+
+def make_lm(adapter, batch_size: int = 1):
+    """lm-eval's HFLM around the adapter's model and tokenizer, as they are (dtype and device kept)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from .tasks.lmeval import quiet_lm_eval
+    with _weights_left_as_they_are(adapter.model), quiet_lm_eval(logging.ERROR):
+        return HFLM(pretrained=adapter.model, tokenizer=adapter.tokenizer, backend="causal",
+                    batch_size=int(batch_size))
+
+
+class HarnessTask:
+    """One harness task (or the MMLU group) as an engine evaluator."""
+
+    def __init__(self, name: str, cfg: Config):
+        self.name = name
+        self.cfg = cfg
+        self.limit = cfg.eval.limit
+        self.num_fewshot = cfg.eval.num_fewshot
+        # data first: fails with a UserError naming eval.path before any model is loaded
+        self.location = find_dataset(name, cfg.eval.path, key="eval.path", download=cfg.eval.download)
+        self.data = load_task_data(name, self.location, self.num_fewshot, key="eval.path")
+
+    def describe(self) -> dict:
+        import lm_eval
+        return {**self.location.describe(), "task": HARNESS_NAME[self.name],
+                "harness": f"lm-eval {getattr(lm_eval, '__version__', '?')}", "limit": self.limit,
+                "num_fewshot": self.num_fewshot, "table_metric": TABLE_METRIC[self.name]}
+
+    def run(self, adapter) -> dict:
+        from .tasks import lmeval
+        t0 = time.perf_counter()
+        task_set = lmeval.build_task_set(self.name, self.data)  # fresh tasks for every evaluation position
+        lm = make_lm(adapter, self.cfg.eval.bs)
+        results = lmeval.run(lm, task_set.task_dict(), limit=self.limit, num_fewshot=self.num_fewshot)
+        out = lmeval.summarize(task_set, results)
+        metric = TABLE_METRIC[self.name]
+        out.update({
+            "limit": self.limit, "num_fewshot": self.num_fewshot, "subset": out["n"] < out["n_total"],
+            "table_metric": metric, "table_value": out.get(metric),
+            "table_stderr": out.get(f"{metric}_stderr"), "data": self.location.describe(),
+            "eval_seconds": time.perf_counter() - t0,
+        })
+        log.info("%s: %s = %s ± %s (n=%d%s)", self.name, metric, _fmt(out["table_value"]),
+                 _fmt(out["table_stderr"]), out["n"], f", limit {self.limit}" if self.limit else "")
+        return out
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+register_evaluator(*TASK_NAMES)(HarnessTask)
