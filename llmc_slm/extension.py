@@ -2,3 +2,4 @@
 tasks and tracks) with the engine's registries."""
 
 from . import zoo  # noqa: F401
+from . import harness  # noqa: F401

@@ -67,9 +67,12 @@ class HarnessTask:
         self.data = load_task_data(name, self.location, self.num_fewshot, key="eval.path")
 
     def describe(self) -> dict:
-        import lm_eval
-        return {**self.location.describe(), "task": HARNESS_NAME[self.name],
-                "harness": f"lm-eval {getattr(lm_eval, '__version__', '?')}", "limit": self.limit,
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            harness = f"lm-eval {version('lm_eval')}"
+        except PackageNotFoundError:
+            harness = "lm-eval (version unknown)"
+        return {**self.location.describe(), "task": HARNESS_NAME[self.name], "harness": harness, "limit": self.limit,
                 "num_fewshot": self.num_fewshot, "table_metric": TABLE_METRIC[self.name]}
 
     def run(self, adapter) -> dict:

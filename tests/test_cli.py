@@ -55,7 +55,20 @@ def test_print_config_applies_overrides():
     assert "limit: 7" in proc.stdout and "path: smollm2-135m-instruct" in proc.stdout
 
 
-@pytest.mark.parametrize("cfg", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yml")))
-def test_every_shipped_config_validates(cfg):
-    proc = run_cli("--config", cfg, "--print-config")
-    assert proc.returncode == 0, proc.stderr
+@pytest.mark.parametrize("cfg", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yml")
+                                        if p.parent.name != "profiles"))
+@pytest.mark.parametrize("profile", [None, "cpu"])
+def test_every_shipped_config_validates(cfg, profile):
+    from llmc.config import load_config
+    loaded = load_config(ROOT / cfg, profile=profile)
+    assert loaded.model.path in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
+    if profile:
+        faithful = load_config(ROOT / cfg)
+        assert (loaded.calib is None) == (faithful.calib is None)  # a profile never adds calibration
+        if loaded.calib is not None:  # and it really shrinks it
+            tokens = lambda c: c.calib.n_samples * c.calib.seq_len  # noqa: E731
+            assert tokens(loaded) < tokens(faithful)
+
+
+def test_unknown_profile_is_a_one_line_error():
+    assert_one_line_error(run_cli("--config", FP16, "--profile", "gpu-farm"), "--profile", "gpu-farm", "cpu")

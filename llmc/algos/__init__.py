@@ -1,3 +1,3 @@
 """Quantization algorithms, one module per method, registered in ``ALGO_REGISTRY`` by decorator."""
 
-from . import gptq, rtn, smoothquant  # noqa: F401
+from . import gptq, omniquant, rtn, smoothquant, spinquant  # noqa: F401

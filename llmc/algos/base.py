@@ -2,6 +2,7 @@
 
 1. Capture the first block's inputs for the calibration samples, with every keyword argument the model
    passes it (attention mask, position embeddings), by stopping the forward pass at block 0.
+0. ``prepare``: whole-model transforms first (rotations), since they change block 0's inputs.
 2. Walk the blocks one at a time. For each: the method's ``process_block`` looks at the block's inputs
    (through hooks on its linears, see ``collect_inputs``) and transforms it (smoothing, rotation,
    training) or updates its weights (GPTQ). Then the block's outputs become the next block's inputs:
@@ -113,6 +114,7 @@ class BlockwiseAlgorithm:
 
     special_cls = NoSpecial
     needs_calib = True
+    blockwise = True    # False: the method has no per-block step (its calibration is all in prepare)
 
     def __init__(self, adapter, cfg):
         self.adapter = adapter
@@ -140,8 +142,9 @@ class BlockwiseAlgorithm:
         return Quantizer(self.qcfg.act, **kwargs)
 
     # -- hooks for subclasses --------------------------------------------------------------------
-    def before_blocks(self, inputs: Optional[BlockInputs]) -> None:
-        """Whole-model transforms before the block loop (rotations)."""
+    def prepare(self, calib) -> None:
+        """Whole-model work before block 0's inputs are captured (SpinQuant's rotations and their
+        training); ``calib`` is the CalibData (token ids) or None."""
 
     def process_block(self, index: int, block: nn.Module, inputs: BlockInputs) -> None:
         """Transform the block / update its weights, using its calibration inputs."""
@@ -167,12 +170,10 @@ class BlockwiseAlgorithm:
 
     def quantize(self, calib) -> None:
         """Everything that counts as quantization cost: calibration, search, training, weight updates."""
-        inputs = None
-        if calib is not None:
-            inputs = capture_block0_inputs(self.adapter, calib.input_ids, self.cfg.calib.bs)
-        self.before_blocks(inputs)
-        if inputs is None:
+        self.prepare(calib)
+        if calib is None or not self.blockwise:
             return
+        inputs = capture_block0_inputs(self.adapter, calib.input_ids, self.cfg.calib.bs)
         blocks = self.adapter.blocks
         for i in tqdm(range(len(blocks)), desc=f"{self.qcfg.method} blocks", leave=False):
             t = time.perf_counter()

@@ -1,0 +1,82 @@
+"""Integer deployment: turn a fake-quant model, or a packed real-quant checkpoint, into a model whose
+quantized linears run integer kernels (:class:`llmc.quant.int_linear.IntLinear`).
+
+    model = deploy_integer(fake_quant_model)          # in place; every FakeQuantLinear -> IntLinear
+    model = load_deployed("results/..._real_quant")   # from the packed checkpoint (llmc.quant.packed)
+
+Both give the same model: the packed checkpoint holds exactly the codes, scales and zeros that
+``FakeQuantLinear.export_int()`` returns, and the activation quantizers and online transforms travel in
+its metadata. Embeddings, norms and lm_head stay in the model's float dtype (the methods keep them in
+float, and the packed checkpoint stores them so). A KV-cache quantizer (``quant.kvcache``), where one
+was set, is not part of the packed checkpoint and stays fake (float) in ``deploy_integer``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .quant.fake_linear import FakeQuantLinear
+from .quant.int_linear import SHARED_ACT_CACHE, IntLinear
+
+log = logging.getLogger(__name__)
+
+__all__ = ["deploy_integer", "int_linear_factory", "load_deployed", "deployment_summary"]
+
+
+def deploy_integer(model: nn.Module, *, unpack: str = "load", share_act_quant: bool = True) -> nn.Module:
+    """Replace, in place, every ``FakeQuantLinear`` that has a weight quantizer by an ``IntLinear``
+    computing the same function with integer weights (and integer GEMMs where the activations are
+    quantized per token / per tensor). Returns the model. Layers without a weight quantizer stay as
+    they are. ``unpack``: see :class:`IntLinear` (4-bit weights unpacked at load or at each call)."""
+    swapped = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, FakeQuantLinear) and module.weight_quantizer is not None:
+            if module.calibrating:
+                raise RuntimeError(f"deploy_integer: {name} is still calibrating its static activation range")
+            new = IntLinear.from_fake(module, unpack=unpack, share_act_quant=share_act_quant)
+            new.to(module.weight.device)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+            swapped += 1
+    SHARED_ACT_CACHE.clear()
+    log.info("deploy_integer: %d linears now run integer kernels (%s)", swapped,
+             dict(deployment_summary(model)["kinds"]))
+    return model
+
+
+def int_linear_factory(unpack: str = "load", share_act_quant: bool = True):
+    """A ``linear_factory`` for ``llmc.quant.packed.load_packed_model`` that builds ``IntLinear``s."""
+    def factory(codes, scale, zero, bias, weight_q, act_q, transform, dtype):
+        return IntLinear(codes, scale, zero, bias, weight_q, act_q, transform, dtype,
+                         unpack=unpack, share_act_quant=share_act_quant)
+    return factory
+
+
+def load_deployed(packed_dir: str | Path, *, unpack: str = "load", share_act_quant: bool = True,
+                  device: str | torch.device = "cpu") -> nn.Module:
+    """Load a packed checkpoint (``save.save_real``) straight into an integer-deployed model."""
+    from .quant.packed import load_packed_model
+    model = load_packed_model(Path(packed_dir), linear_factory=int_linear_factory(unpack, share_act_quant))
+    SHARED_ACT_CACHE.clear()
+    return model.to(device)
+
+
+def deployment_summary(model: nn.Module) -> dict:
+    """Counts of deployed layers by kernel, and the bytes the integer layers hold in memory."""
+    kinds: Counter = Counter()
+    int_bytes = 0
+    fake = 0
+    for m in model.modules():
+        if isinstance(m, IntLinear):
+            kinds[f"{m.kind}:w{m.w_bit}" + ("a%d" % m.act_quantizer.bit if m.act_quantizer is not None else "")
+                  + (":packed" if m.unpack == "call" else "")] += 1
+            int_bytes += m.storage_bytes()
+        elif isinstance(m, FakeQuantLinear):
+            fake += 1
+    return {"kinds": dict(kinds), "int_layers": sum(kinds.values()), "fake_layers": fake,
+            "int_layer_bytes": int_bytes}
