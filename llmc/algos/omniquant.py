@@ -31,7 +31,9 @@ reproduces the float block's output (eq. 1 of the paper)::
   only matters where Q/K are quantized: with this benchmark's protocol (linear inputs quantized, no KV
   cache quantization) per-channel weight ranges are invariant to row scaling and its gradient is ~0;
   with ``quant.kvcache`` set, keys/values are fake-quantized during training (after RoPE, as in the
-  deployed model) and the scale is trained against that.
+  deployed model) and the scale is trained against that.  (The official code also fake-quantizes Q,
+  K and V at the activation bit width inside attention; here only what the deployed model quantizes is
+  quantized in training: linear inputs, plus K/V with ``quant.kvcache``.)
 
   Initialisation, as the official code: ``s = act_max^alpha / w_max^(1 - alpha)`` (alpha = ``let_alpha``
   0.5, clamped at 1e-5), where ``act_max`` is the per-channel max |input| of q_proj / o_proj / up_proj
@@ -52,7 +54,8 @@ batches in order (batch size ``calib.bs``; the original's is 1), no gradient cli
 MSE between the float model's block output (the float block on the float model's own inputs, computed
 before anything changes) and the quantized block's output (LET applied as a temporary transform,
 weights fake-quantized with LWC, linear inputs fake-quantized as configured; gradients by the
-quantizers' straight-through estimator).  The quantized block's input is whatever the pipeline feeds
+quantizers' straight-through estimator; unlike the official quantizer, whose zero point is rounded
+without STE, :class:`Quantizer` rounds it with the STE, which only matters where values are clamped).  The quantized block's input is whatever the pipeline feeds
 it: with ``quant_out: true`` (the official behaviour, used by the shipped configs) the outputs of the
 already quantized blocks.  The float model's chain of inputs is kept alongside, so the target is always
 the float model's output.  ``aug_loss`` (official ``--aug_loss``) adds the MSE to a second target, the
@@ -380,8 +383,8 @@ class OmniQuant(BlockwiseAlgorithm):
         self._fp_hidden = [t.to(fp_in[0].dtype) for t in targets]   # the float model's next inputs
         info["train_seconds"] = time.perf_counter() - t0
         if state.lwc_up:
-            info["lwc_gamma_mean"] = float(torch.cat([torch.sigmoid(p.detach()).flatten() for p in state.lwc_up.values()]).mean())
-            info["lwc_beta_mean"] = float(torch.cat([torch.sigmoid(p.detach()).flatten() for p in state.lwc_low.values()]).mean())
+            for key, factors in (("lwc_gamma_mean", state.lwc_up), ("lwc_beta_mean", state.lwc_low)):
+                info[key] = float(torch.cat([torch.sigmoid(p.detach()).flatten() for p in factors.values()]).mean())
         self.log_block(index, **info)
         log.info("OmniQuant block %d: loss %.4g -> %.4g%s (%.1f s)", index, info["loss_init"], info["loss_final"],
                  " DIVERGED: " + info["reason"] if info.get("diverged") else "", info["train_seconds"])

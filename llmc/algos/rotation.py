@@ -62,7 +62,7 @@ def rot_out(w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 def rot_heads_out(w: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
     """Each head's output rows ``W_h`` [d, in] become ``R2^T W_h`` (v_proj)."""
     d = r2.shape[0]
-    return torch.einsum("kd,hdi->hki", r2, w.reshape(-1, d, w.shape[1])).reshape(w.shape)
+    return torch.einsum("dk,hdi->hki", r2, w.reshape(-1, d, w.shape[1])).reshape(w.shape)
 
 
 def rot_heads_bias(b: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
@@ -142,7 +142,7 @@ def fold_norms(adapter) -> None:
         _fold(block.get_submodule(lay.mlp_norm), [_lin(block, p) for p in (lay.gate_proj, lay.up_proj)])
     if adapter.tied_embeddings:
         raise RuntimeError("fold_norms: untie the embeddings first (the final norm folds into lm_head)")
-    _fold(adapter.final_norm, [adapter.lm_head])
+    pass
 
 
 @torch.no_grad()
