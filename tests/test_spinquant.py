@@ -321,7 +321,7 @@ def test_configs_and_cpu_profile(path):
     assert not cfg.quant.weight.symmetric and not cfg.quant.act.symmetric
     assert cfg.quant.act.granularity == "per_token" and cfg.quant.weight.granularity == "per_channel"
     cpu = load_config(ROOT / path, profile="cpu")
-    assert (cpu.calib.n_samples, cpu.calib.seq_len) == (160, 256)
+    assert (cpu.calib.n_samples, cpu.calib.seq_len, cpu.calib.bs) == (160, 256, 4)
     assert cpu.quant.special.steps * cpu.quant.special.train_bs == cpu.calib.n_samples
     assert cpu.quant.special.lr == 1.5 and cpu.quant.special.gptq_samples == 64
 

@@ -142,7 +142,7 @@ def fold_norms(adapter) -> None:
         _fold(block.get_submodule(lay.mlp_norm), [_lin(block, p) for p in (lay.gate_proj, lay.up_proj)])
     if adapter.tied_embeddings:
         raise RuntimeError("fold_norms: untie the embeddings first (the final norm folds into lm_head)")
-    pass
+    _fold(adapter.final_norm, [adapter.lm_head])
 
 
 @torch.no_grad()

@@ -28,11 +28,15 @@ here the first ``gptq_samples`` calibration windows go through the block loop) o
 run's weight quantizer at deployment; ``calib_algo: mse`` is the official ``--w_clip``).
 
 Deviations from the reference code: any width of the Hadamard module's ``2^k m`` family (the original
-stops at head_dim and widths with a hard-coded factor; R3 needs a power-of-two head_dim there); Qwen2's
+knows powers of two times a few hard-coded factors and asserts a power-of-two head_dim); Qwen2's
 biases are rotated (v_proj's per head by R2, o_proj / down_proj's by R1); the embedding-mean
-subtraction of the reference's norm folding is not done (it changes RMSNorm models). R1 in the
-reference multiplies lm_head's weight; here during learning the same product is taken on lm_head's
-input (``x R1^T`` then the original head), which is cheaper for large vocabularies and equal.
+subtraction of the reference's norm folding is not done (it changes RMSNorm models); the Cayley
+fixed-point loop runs past its 5 iterations when they have not converged (see :class:`CayleySGD`).
+As in the official training forward, R1 acts on the embedding output (``e R1``) and on lm_head's input
+(``h R1^T``) while learning, and is merged into the embedding and lm_head weights afterwards; the block
+weights are rotated inside the forward (float32 products cast to the model's dtype). The activation
+quantizer while learning is the one deployed (uniform over every block linear; the official code
+quantizes o_proj's input per head group of head_dim, a deployment choice this benchmark does not make).
 """
 
 from __future__ import annotations
@@ -196,6 +200,7 @@ class SpinQuant(GPTQ):
         self.r4_hooks: list = []
         self.rotation_log: dict = {}
         self._record = None
+        self._r1 = None          # R1 as the learning hooks see it (embedding output, lm_head input)
 
     # -- config ------------------------------------------------------------------------------
     @classmethod
@@ -386,8 +391,6 @@ class SpinQuant(GPTQ):
                             delattr(m, n)
                 a.model.set_attn_implementation(impl)
 
-    _r1 = None
-
     def _rotated_params(self, r1, r2) -> dict:
         out = {}
         for i in range(len(self.adapter.blocks)):
@@ -479,6 +482,18 @@ class SpinQuant(GPTQ):
                                   "cayley_iters_max": opt.last_iters,
                                   "train_windows": sp.steps * sp.train_bs, "train_seq_len": int(ids.shape[1])})
         return (p1.detach().double() if p1 is not None else None), [p.detach().double() for p in p2]
+
+    def save_transformed(self) -> None:
+        if self.cfg.save.save_trans and self.special.r4:
+            log.warning("SpinQuant: the float checkpoint (save_trans) cannot hold R4's online Hadamard on "
+                        "down_proj's input; a model loaded from it is not equivalent (save_real keeps it)")
+        super().save_transformed()
+
+    def save_fake(self) -> None:
+        if self.cfg.save.save_fake and self.special.r4:
+            log.warning("SpinQuant: the fake-quant checkpoint (save_fake) cannot hold R4's online Hadamard on "
+                        "down_proj's input; save_real keeps it")
+        super().save_fake()
 
     # -- per block -----------------------------------------------------------------------------
     def process_block(self, index, block, inputs):
