@@ -6,44 +6,56 @@ What ``FakeQuantLinear`` computes in float, ``IntLinear`` computes with integers
     y = F.linear(s_x (q_x - z_x), s_w (q_w - z_w)) + b                        (fake quant, float)
       = s_x s_w * sum_k (q_x - z_x)(q_w - z_w) + b                             (IntLinear)
 
-The sum is an int8 x int8 -> int32 GEMM (``torch._int_mm``; oneDNN with VNNI on x86 CPUs, cuBLASLt on
-CUDA) over shifted codes ``a = q_x - c_x`` and ``b = q_w - c_w`` that fit int8, followed by exact integer
-zero-point corrections (``z' = z - c``)::
+The sum is an int8 x int8 -> int32 GEMM over shifted codes ``a = q_x - c_x`` and ``b = q_w - c_w``
+that fit int8, with exact integer zero-point corrections (``z' = z - c``)::
 
     sum_k (a - z'_x)(b - z'_w) = a.b  -  z'_x * (sum_k b - K z'_w)  -  z'_w * sum_k a
 
 Shifts: symmetric grids are already signed (``c = 0``, ``z' = 0``); asymmetric grids of <= 7 bits use
 ``c = z`` (``q - z`` lies in [-127, 127]) so no correction is needed; 8-bit asymmetric grids use
-``c = 128`` and the corrections above (both are needed by SpinQuant's asymmetric W8A8). The int32
-result is rescaled in float32 by ``s_x`` (per token or per tensor) and ``s_w`` (per output channel or
-per tensor), the bias is added in float32, and the result is cast to the activation dtype.
+``c = 128`` and the corrections above (SpinQuant's asymmetric W8A8 needs both). The int32 result is
+rescaled in float32 by ``s_x`` (per token or per tensor) and ``s_w`` (per output channel or per
+tensor), the bias is added in float32 and the result is cast to the activation dtype.
 
 Exactness: activation codes are computed with the same float32 operations as ``Quantizer.fake_quant``
-(so the codes are identical), the integer products are exact; the only differences from the
-fake-quant model are float rounding (the fake model rounds ``s * q`` and its dot products to the model
-dtype, e.g. bf16, while ``IntLinear`` accumulates exactly and rounds once).
+(the codes are identical) and the integer products are exact; the only differences from the fake-quant
+model are float rounding (the fake model rounds ``s * q`` and its dot products to the model dtype, e.g.
+bf16, while ``IntLinear`` accumulates exactly and rounds once at the end).
 
 Kernels (``IntLinear.kind``):
 
 * ``int``: per-channel / per-tensor weights and per-token / per-tensor (dynamic or static) activations:
-  the integer GEMM above. Weights are kept as int8 ``[in, out]`` (the faster ``_int_mm`` layout on
-  x86 for prefill). 4-bit weights are nibble-packed on disk; ``unpack="load"`` (default) unpacks them
-  once into int8 (1 byte per weight in memory, fastest), ``unpack="call"`` keeps them packed in memory
-  (0.5 byte per weight) and unpacks at every call (slower).
-* ``dequant``: the fallbacks whose scales vary along the reduction dimension, where an integer GEMM
-  with one rescale per output does not exist: per-group weights, per-head activations, and
-  weight-only layers (no activation quantizer). The integer codes stay in memory (int8) and are
-  dequantized at every call; the computation is then exactly the fake-quant model's
-  (``F.linear(fake_quant(x), s_w (q_w - z_w))``), bit for bit.
+  the integer GEMM above, on one of two backends (``IntLinear.backend``):
+
+  - ``onednn`` (x86 CPUs, the default there): ``torch.ops.onednn.qlinear_pointwise`` with the weight
+    pre-packed once by ``onednn.qlinear_prepack`` (PyTorch's own x86 int8 linear, used by Inductor's
+    quantization); activations are passed as uint8 ``a + 128`` with zero point 128 (exact), the
+    per-channel weight scale (and, for per-tensor activations, the activation scale and the bias) are
+    applied inside the kernel, a per-token scale and the bias in one fused ``addcmul`` afterwards.
+    Used for symmetric activations and weights without a zero-point correction.
+  - ``int_mm``: ``torch._int_mm`` (int8 x int8 -> int32; any shape on CPU, padded to cuBLASLt's
+    constraints on CUDA) with the corrections and rescale in PyTorch ops. Everything else (8-bit
+    asymmetric grids, CUDA, ``unpack="call"``).
+
+  4-bit weights are nibble-packed on disk; ``unpack="load"`` (default) unpacks them once into int8
+  (1 byte per weight in memory, the fast path), ``unpack="call"`` keeps them packed in memory
+  (0.5 byte per weight) and unpacks at each call (``int_mm`` backend; slower).
+* ``dequant``: the fallbacks whose scales vary along the reduction dimension, where an integer GEMM with
+  one rescale per output does not exist: per-group weights, per-head activations, and weight-only layers
+  (no activation quantizer). The integer codes stay in memory (int8) and are dequantized at each call;
+  the computation is then exactly the fake-quant model's (``F.linear(fake_quant(x), s_w (q_w - z_w))``),
+  bit for bit, at float speed plus the dequantization.
 
 Shared activation quantization: q/k/v (and gate/up) projections read the same input tensor; with the
-same dynamic activation quantizer and no input transform the int8 activation is computed once and
-reused (``share_act_quant``; keyed on the input tensor object and its version counter).
+same dynamic activation quantizer and no input transform, the integer activation is computed once and
+reused (``share_act_quant``; keyed on the input tensor object and its version counter, so an in-place
+change invalidates it; inference-mode tensors, which have no version counter, are never shared).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -53,15 +65,16 @@ from torch import Tensor, nn
 from .quantizer import Quantizer
 
 __all__ = ["IntLinear", "int_mm", "quantize_act_int8", "unpack_int4_signed", "pack_int4_signed",
-           "KINDS", "int_mm_info"]
+           "onednn_available", "int_mm_info", "SHARED_ACT_CACHE", "KINDS", "BACKENDS"]
 
 KINDS = ("int", "dequant")
+BACKENDS = ("auto", "onednn", "int_mm")
 _FAST_ACT_GRANULARITIES = ("per_token", "per_channel", "per_tensor")
 
 
 # ------------------------------------------------------------------------------------------ GEMM
 def _int_mm_reference(a: Tensor, b: Tensor) -> Tensor:
-    """int8 [M, K] x int8 [K, N] -> int32, exact (int64 accumulation), for devices without _int_mm."""
+    """int8 [M, K] x int8 [K, N] -> int32, exact (int64 accumulation), where _int_mm is unavailable."""
     return torch.mm(a.to(torch.int64), b.to(torch.int64)).to(torch.int32)
 
 
@@ -70,7 +83,7 @@ def _round_up(n: int, m: int) -> int:
 
 
 def int_mm(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` for int8 ``a`` [M, K] and int8 ``b`` [K, N] (any strides), int32 result [M, N].
+    """``a @ b`` for int8 ``a`` [M, K] and int8 ``b`` [K, N] (any strides): int32 [M, N].
 
     CPU: ``torch._int_mm`` has no shape constraints (checked with torch 2.13: M = 1, K = 7, N = 5 work).
     CUDA: cuBLASLt needs M > 16 and K, N multiples of 8: the operands are zero-padded (exact) as needed.
@@ -83,20 +96,53 @@ def int_mm(a: Tensor, b: Tensor) -> Tensor:
         if (mp, kp, np_) != (m, k, n):
             a = F.pad(a, (0, kp - k, 0, mp - m))
             b = F.pad(b, (0, np_ - n, 0, kp - k))
-            try:
-                return torch._int_mm(a.contiguous(), b)[:m, :n]
-            except RuntimeError:
-                return _int_mm_reference(a, b)[:m, :n]
+        try:
+            return torch._int_mm(a.contiguous(), b)[:m, :n]
+        except RuntimeError:
+            return _int_mm_reference(a, b)[:m, :n]
     try:
         return torch._int_mm(a, b)
     except (RuntimeError, AttributeError):
         return _int_mm_reference(a, b)
 
 
+_ONEDNN: Optional[bool] = None
+
+
+def onednn_available() -> bool:
+    """Whether PyTorch's x86 oneDNN int8 linear (``onednn.qlinear_pointwise``) runs here (checked once
+    on a tiny exact case). ``$SLMQUANT_INT_BACKEND=int_mm`` turns it off."""
+    global _ONEDNN
+    if os.environ.get("SLMQUANT_INT_BACKEND", "").lower() == "int_mm":
+        return False
+    if _ONEDNN is None:
+        try:
+            ok = torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
+            if ok:
+                g = torch.Generator().manual_seed(0)
+                a = torch.randint(-128, 128, (3, 16), dtype=torch.int8, generator=g)
+                w = torch.randint(-127, 128, (8, 16), dtype=torch.int8, generator=g)
+                y = _onednn_linear(a.view(torch.uint8) ^ 0x80, 1.0, torch.ops.onednn.qlinear_prepack(w, None),
+                                   torch.ones(8), torch.zeros(8, dtype=torch.int32), None, torch.float32)
+                ok = torch.equal(y, (a.to(torch.int64) @ w.to(torch.int64).t()).float())
+        except Exception:  # noqa: BLE001 - any failure means: not usable here
+            ok = False
+        _ONEDNN = bool(ok)
+    return _ONEDNN
+
+
+def _onednn_linear(a_u8: Tensor, x_scale: float, w_packed: Tensor, w_scale: Tensor, w_zp: Tensor,
+                   bias: Optional[Tensor], out_dtype: torch.dtype) -> Tensor:
+    """x_scale * w_scale[n] * sum_k (a_u8 - 128) w + bias, by oneDNN (u8 activations, zero point 128)."""
+    return torch.ops.onednn.qlinear_pointwise(a_u8, x_scale, 128, w_packed, w_scale, w_zp, bias, 1.0, 0,
+                                              out_dtype, "none", [], "")
+
+
 def int_mm_info() -> dict:
-    """What ``int_mm`` runs on here (for result records)."""
-    return {"kernel": "torch._int_mm" if hasattr(torch, "_int_mm") else "int64 torch.mm fallback",
-            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    """What the integer kernels run on here (for result records)."""
+    return {"onednn_qlinear": onednn_available(), "int_mm": hasattr(torch, "_int_mm"),
+            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "backend_env": os.environ.get("SLMQUANT_INT_BACKEND") or None}
 
 
 # ------------------------------------------------------------------------------------- packing
@@ -108,7 +154,7 @@ def pack_int4_signed(w: Tensor) -> Tensor:
 
 
 def unpack_int4_signed(p: Tensor) -> Tensor:
-    """Inverse of :func:`pack_int4_signed` with sign extension by arithmetic shifts: int8 [N, 2 * K/2]."""
+    """Inverse of :func:`pack_int4_signed`, sign-extending with arithmetic shifts: int8 [N, K]."""
     s = p.view(torch.int8)
     lo = torch.bitwise_left_shift(s, 4).bitwise_right_shift_(4)   # low nibble, sign-extended
     hi = torch.bitwise_right_shift(s, 4)                          # high nibble, sign-extended
@@ -117,44 +163,51 @@ def unpack_int4_signed(p: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------------- activations
 def _fast_act(q: Optional[Quantizer]) -> bool:
-    """Symmetric dynamic min/max activation quantizer of one range per token (or per tensor)."""
+    """Symmetric dynamic min/max activation quantizer with one range per token (or per tensor)."""
     return (q is not None and q.symmetric and not q.static and q.calib_algo != "mse"
             and q.granularity in _FAST_ACT_GRANULARITIES)
 
 
-def quantize_act_int8(x2d: Tensor, q: Quantizer) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Integer codes of activations ``x2d`` [M, K] for an ``int`` kernel.
+def quantize_act_int8(x2d: Tensor, q: Quantizer, unsigned: bool = False
+                      ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Integer codes of activations ``x2d`` [M, K] for the ``int`` kernel.
 
     Returns ``(a, s_x, z)``: ``a`` int8 [M, K] = q_x - c_x, ``s_x`` float32 ([M, 1] per token, [1, 1]
-    per tensor), ``z`` int32 of ``s_x``'s shape = z_x - c_x, or None when zero. The codes equal
-    ``q.quantize(x)`` (same float32 operations as ``Quantizer.fake_quant``).
+    per tensor), ``z`` int32 of ``s_x``'s shape = z_x - c_x, or None when zero. The codes are those of
+    ``q.quantize(x)`` (the same float32 operations as ``Quantizer.fake_quant``). ``unsigned=True``
+    (symmetric grids only) returns ``a + 128`` as uint8, the oneDNN kernel's input.
     """
     xf = x2d.float()
     if _fast_act(q):
-        # the quantizer's range is max(-min(x, 0), max(x, 0)) = max |x|, the same float32 value
+        # the quantizer's range max(-min(x, 0), max(x, 0)) is max |x|: the same float32 value
         if q.granularity == "per_tensor":
             amax = xf.abs().amax().reshape(1, 1)
         else:
             amax = xf.abs().amax(dim=-1, keepdim=True)
         s = amax.div_(q.qmax).clamp_(min=q.eps)
-        codes = torch.div(xf, s).round_().clamp_(q.qmin, q.qmax)
-        return codes.to(torch.int8), s, None
+        codes = torch.div(xf, s).round_().clamp_(q.qmin, q.qmax).to(torch.int8)
+        if unsigned:
+            codes = codes.view(torch.uint8).bitwise_xor_(0x80)   # int8 v -> uint8 v + 128
+        return codes, s, None
     scale, zero = q.compute_params(xf)
     scale, zero = scale.float(), zero.float()
-    if scale.dim() < 2:     # static (0-dim) or per-tensor params: one range for the whole input
+    if scale.dim() < 2:     # static (0-dim) params: one range for the whole input
         scale, zero = scale.reshape(1, 1), zero.reshape(1, 1)
     codes = torch.clamp(torch.round(xf / scale) + zero, q.qmin, q.qmax)
     if q.symmetric:
-        return codes.to(torch.int8), scale, None
+        a = codes.to(torch.int8)
+        return (a.view(torch.uint8).bitwise_xor_(0x80) if unsigned else a), scale, None
+    if unsigned:
+        raise ValueError("unsigned activation codes are for symmetric grids")
     if q.bit <= 7:
         return (codes - zero).to(torch.int8), scale, None
     return (codes - 128).to(torch.int8), scale, (zero - 128).to(torch.int32)
 
 
 class _SharedActCache:
-    """The last activation quantized by an ``int`` IntLinear: sibling projections that read the same
-    tensor (q/k/v, gate/up) reuse it. Holds a reference to that tensor (so its id cannot be reused) and
-    checks its version counter (so an in-place change invalidates it)."""
+    """The last activation quantized by an ``int`` IntLinear: sibling projections reading the same tensor
+    (q/k/v, gate/up) reuse it. Holds a reference to that tensor (so its id cannot be reused) and checks
+    its version counter (an in-place change invalidates it)."""
 
     def __init__(self):
         self.clear()
@@ -166,7 +219,7 @@ class _SharedActCache:
     def _version(x: Tensor):
         try:
             return x._version
-        except RuntimeError:    # inference-mode tensors have no version counter: do not share
+        except RuntimeError:    # inference-mode tensors have no version counter: never shared
             return None
 
     def get(self, x: Tensor, key):
@@ -187,10 +240,6 @@ class _SharedActCache:
 SHARED_ACT_CACHE = _SharedActCache()
 
 
-def _act_key(q: Quantizer):
-    return (q.bit, q.symmetric, q.granularity, q.calib_algo, q.eps)
-
-
 # ----------------------------------------------------------------------------------- the layer
 class IntLinear(nn.Module):
     """A linear layer deployed with integer weights (and, with an activation quantizer, integer GEMMs).
@@ -203,7 +252,7 @@ class IntLinear(nn.Module):
     Args:
         codes: ``[out, in]`` int8 (symmetric grid) or uint8 (asymmetric grid) codes.
         scale, zero: float32 weight scale / zero point shaped as ``Quantizer.compute_params`` returns
-            them (``zero`` None or ignored for symmetric grids).
+            them (``zero`` is ignored for symmetric grids).
         bias: float bias or None.
         weight_quantizer: the weights' ``Quantizer`` (bits, symmetry, granularity, group size).
         act_quantizer: the activations' ``Quantizer`` (None: weight-only, ``dequant`` kernel); a static
@@ -211,24 +260,28 @@ class IntLinear(nn.Module):
         input_transform: callable applied to the input first (e.g. ``OnlineHadamard``), as in
             ``FakeQuantLinear``.
         dtype: the model's float dtype (the output dtype follows the input's).
-        unpack: for 4-bit weights of the ``int`` kernel: ``"load"`` (int8 in memory) or ``"call"``
+        unpack: 4-bit weights of the ``int`` kernel: ``"load"`` (int8 in memory) or ``"call"``
             (nibble-packed in memory, unpacked at each call).
-        share_act_quant: reuse the quantized activation of a sibling projection (see module docstring).
+        backend: ``"auto"`` (oneDNN where available and applicable, else ``_int_mm``), ``"onednn"``
+            (error if not applicable) or ``"int_mm"``.
+        share_act_quant: reuse the quantized activation of a sibling projection (module docstring).
     """
 
     def __init__(self, codes: Tensor, scale: Tensor, zero: Optional[Tensor], bias: Optional[Tensor],
                  weight_quantizer: Quantizer, act_quantizer: Optional[Quantizer] = None,
                  input_transform: Optional[Callable] = None, dtype: torch.dtype = torch.float32, *,
-                 unpack: str = "load", share_act_quant: bool = True):
+                 unpack: str = "load", backend: str = "auto", share_act_quant: bool = True):
         super().__init__()
         if unpack not in ("load", "call"):
             raise ValueError(f"unpack must be 'load' or 'call', got {unpack!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         wq = weight_quantizer
         if wq is None:
             raise ValueError("IntLinear needs the weight quantizer of the codes")
         aq = copy.deepcopy(act_quantizer)
         if aq is not None and aq.static and not aq.frozen:
-            raise RuntimeError("IntLinear: static activation quantizer is not frozen (calibrate it first)")
+            raise RuntimeError("IntLinear: the static activation quantizer is not frozen (calibrate it first)")
         self.out_features, self.in_features = codes.shape
         self.weight_quantizer = wq
         self.act_quantizer = aq
@@ -237,49 +290,100 @@ class IntLinear(nn.Module):
         self.share_act_quant = share_act_quant
         self.w_bit, self.w_symmetric = wq.bit, wq.symmetric
         self.unpack = "load"
+        self.backend = None
+        self._w_packed = None     # oneDNN's pre-packed weight (an opaque mkldnn tensor), not a buffer
 
         int_weights = wq.granularity in ("per_channel", "per_tensor")
         int_acts = aq is not None and aq.granularity in _FAST_ACT_GRANULARITIES
         self.kind = "int" if (int_weights and int_acts) else "dequant"
+        packed_call = unpack == "call" and wq.bit <= 4 and self.in_features % 2 == 0 and self.kind == "int"
 
-        codes = codes.detach()
+        codes = codes.detach().cpu() if codes.device.type == "meta" else codes.detach()
         scale = scale.detach().float()
         zero_f = None
         if not wq.symmetric:
             zero_f = torch.zeros_like(scale) if zero is None else zero.detach().float()
         q = codes.to(torch.int16)
-        # shift the codes into int8: b = q - c, z' = z - c
+        # shift the codes into int8: b = q - c, z'_w = z - c
         if wq.symmetric:
             shifted, zero_shift = q, None
-        elif wq.bit <= 7 and self.kind == "int" and not (unpack == "call" and wq.bit <= 4):
+        elif wq.bit <= 7 and self.kind == "int" and not packed_call:
             shifted, zero_shift = q - zero_f.to(torch.int16).reshape(-1, 1), None
         else:
-            c = 2 ** (wq.bit - 1)   # 128 for 8 bits, 8 for 4 bits: the grid's middle
-            shifted = q - c
-            zero_shift = zero_f - c
-
+            c = 2 ** (wq.bit - 1)   # the grid's middle: 128 for 8 bits, 8 for 4 bits
+            shifted, zero_shift = q - c, zero_f - c
         b = shifted.to(torch.int8)
+
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        if self.kind == "int":
-            self.register_buffer("w_scale", scale.reshape(1, -1).contiguous())   # [1, out] or [1, 1]
-            if unpack == "call" and wq.bit <= 4 and self.in_features % 2 == 0:
-                self.unpack = "call"
-                self.register_buffer("qweight", pack_int4_signed(b))             # uint8 [out, in / 2]
-            else:
-                self.register_buffer("qweight", b.t().contiguous())              # int8 [in, out]
-            if zero_shift is not None:
-                zw = zero_shift.round().to(torch.int32).reshape(1, -1)
-                self.register_buffer("w_zero", zw)                               # z'_w [1, out]
-                col = b.to(torch.int32).sum(dim=1).reshape(1, -1) - self.in_features * zw
-                self.register_buffer("w_colterm", col)                           # sum_k b - K z'_w
-            else:
-                self.register_buffer("w_zero", None)
-                self.register_buffer("w_colterm", b.to(torch.int32).sum(dim=1).reshape(1, -1))
-        else:
+        if self.kind == "dequant":
             self.register_buffer("qweight", b.contiguous())                      # int8 [out, in]
-            self.register_buffer("w_scale", scale.contiguous())                  # quantizer's shape
+            self.register_buffer("w_scale", scale.contiguous())                  # the quantizer's shape
             self.register_buffer("w_zero", None if zero_shift is None else zero_shift.contiguous())
             self.register_buffer("w_colterm", None)
+            return
+
+        self.register_buffer("w_scale", scale.reshape(1, -1).contiguous())       # [1, out] or [1, 1]
+        if zero_shift is not None:
+            zw = zero_shift.round().to(torch.int32).reshape(1, -1)
+            self.register_buffer("w_zero", zw)                                   # z'_w [1, out] / [1, 1]
+            col = b.to(torch.int32).sum(dim=1).reshape(1, -1) - self.in_features * zw
+        else:
+            self.register_buffer("w_zero", None)
+            col = b.to(torch.int32).sum(dim=1).reshape(1, -1)
+        self.register_buffer("w_colterm", col)                                   # sum_k b - K z'_w
+        if packed_call:
+            self.unpack = "call"
+            self.register_buffer("qweight", pack_int4_signed(b))                 # uint8 [out, in / 2]
+        else:
+            self.register_buffer("qweight", b.t().contiguous())                  # int8 [in, out]
+        self.set_backend(backend)
+
+    # ------------------------------------------------------------------------------ backends
+    def onednn_applicable(self) -> bool:
+        """oneDNN's kernel takes symmetric activations and weights without a zero-point correction."""
+        return (self.kind == "int" and self.unpack == "load" and self.act_quantizer.symmetric
+                and self.w_zero is None and self.w_scale.device.type == "cpu")
+
+    def set_backend(self, backend: str = "auto") -> "IntLinear":
+        """Choose the ``int`` kernel's backend (see the module docstring); re-packs the weight."""
+        if self.kind != "int":
+            return self
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        use = self.onednn_applicable() and onednn_available() if backend == "auto" else backend == "onednn"
+        if use and not (self.onednn_applicable() and onednn_available()):
+            raise ValueError("backend 'onednn' does not apply to this layer or is unavailable here")
+        dense = self.weight_int8() if self.qweight is None else None
+        if use:
+            w_kn = self.qweight if dense is None else dense
+            self._w_packed = torch.ops.onednn.qlinear_prepack(w_kn.t().contiguous(), None)
+            self.qweight = None     # one copy of the weight in memory: oneDNN's
+            self._w_scale_vec = self.w_scale.float().reshape(-1).expand(self.out_features).contiguous()
+            self._w_zp = torch.zeros(self.out_features, dtype=torch.int32)
+            self.backend = "onednn"
+        else:
+            if dense is not None:
+                self.qweight = dense.contiguous()
+            self._w_packed = None
+            self.backend = "int_mm"
+        return self
+
+    def __getstate__(self):
+        # oneDNN's packed tensor cannot be copied or pickled: carry the plain int8 weight instead
+        state = self.__dict__.copy()
+        if state.get("_w_packed") is not None:
+            buffers = dict(state["_buffers"])
+            buffers["qweight"] = self._w_packed.to_dense().contiguous()
+            state["_buffers"] = buffers
+            state["_w_packed"] = None
+            state["_repack"] = True
+        return state
+
+    def __setstate__(self, state):
+        repack = state.pop("_repack", False)
+        super().__setstate__(state)
+        if repack:
+            self.set_backend("onednn")
 
     # -------------------------------------------------------------------------------- helpers
     @classmethod
@@ -294,12 +398,14 @@ class IntLinear(nn.Module):
         act = "none" if a is None else f"{a.bit}-bit {'sym' if a.symmetric else 'asym'} {a.granularity}" + \
             (" static" if a.static else "")
         return (f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}, "
-                f"w={self.w_bit}-bit {'sym' if self.w_symmetric else 'asym'} "
+                f"backend={self.backend}, w={self.w_bit}-bit {'sym' if self.w_symmetric else 'asym'} "
                 f"{self.weight_quantizer.granularity}, act={act}, unpack={self.unpack}, "
                 f"bias={self.bias is not None}")
 
     def weight_int8(self) -> Tensor:
         """Shifted weight codes ``b = q - c`` as int8 ``[in, out]`` (``int`` kernel)."""
+        if self._w_packed is not None:
+            return self._w_packed.to_dense()
         if self.unpack == "call":
             return unpack_int4_signed(self.qweight).t()
         return self.qweight
@@ -311,23 +417,25 @@ class IntLinear(nn.Module):
             b = self.weight_int8().t().float()
             if self.w_zero is not None:
                 b = b - self.w_zero.float().reshape(-1, 1)
-            return (b * self.w_scale.reshape(-1, 1)).to(dtype)
-        wq = self.weight_quantizer
-        return wq.dequantize(self.qweight, self.w_scale, self.w_zero, dtype=dtype)
+            return (b * self.w_scale.float().reshape(-1, 1)).to(dtype)
+        return self.weight_quantizer.dequantize(self.qweight, self.w_scale, self.w_zero, dtype=dtype)
 
     def storage_bytes(self) -> int:
-        """Bytes this layer holds in memory (codes, scales, zeros, corrections, bias)."""
-        return sum(t.numel() * t.element_size() for t in self.buffers(recurse=False))
+        """Bytes this layer holds in memory (codes, oneDNN's packed weight, scales, zeros, bias)."""
+        n = sum(t.numel() * t.element_size() for t in self.buffers(recurse=False))
+        if self._w_packed is not None:
+            n += self._w_packed.numel() * self._w_packed.element_size()
+        return n
 
     # -------------------------------------------------------------------------------- forward
-    def _act_int(self, x: Tensor, x2d: Tensor, shareable: bool):
+    def _act(self, x: Tensor, x2d: Tensor, shareable: bool, unsigned: bool):
         aq = self.act_quantizer
         if not (shareable and self.share_act_quant):
-            return quantize_act_int8(x2d, aq)
-        key = _act_key(aq)
+            return quantize_act_int8(x2d, aq, unsigned)
+        key = (aq.bit, aq.symmetric, aq.granularity, aq.calib_algo, aq.eps, unsigned)
         hit = SHARED_ACT_CACHE.get(x, key)
         if hit is None:
-            hit = quantize_act_int8(x2d, aq)
+            hit = quantize_act_int8(x2d, aq, unsigned)
             SHARED_ACT_CACHE.put(x, key, hit)
         return hit
 
@@ -340,7 +448,28 @@ class IntLinear(nn.Module):
             x = self.input_transform(x)
         shape = x.shape
         x2d = x.reshape(-1, shape[-1])
-        a, sx, zx = self._act_int(x, x2d, shareable)
+        if self._w_packed is not None:
+            y = self._forward_onednn(x, x2d, shareable, out_dtype)
+        else:
+            y = self._forward_int_mm(x, x2d, shareable, out_dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def _forward_onednn(self, x, x2d, shareable, out_dtype):
+        a, sx, _ = self._act(x, x2d, shareable, unsigned=True)
+        direct = out_dtype in (torch.float32, torch.bfloat16)
+        if sx.numel() == 1 and direct:       # one activation scale: everything inside the kernel
+            return _onednn_linear(a, float(sx), self._w_packed, self._w_scale_vec, self._w_zp, self.bias,
+                                  out_dtype)
+        y = _onednn_linear(a, 1.0, self._w_packed, self._w_scale_vec, self._w_zp, None, torch.float32)
+        out = torch.empty(y.shape, dtype=out_dtype if direct else torch.float32)
+        if self.bias is not None:
+            torch.addcmul(self.bias, y, sx, out=out)
+        else:
+            torch.mul(y, sx, out=out)
+        return out if direct else out.to(out_dtype)
+
+    def _forward_int_mm(self, x, x2d, shareable, out_dtype):
+        a, sx, zx = self._act(x, x2d, shareable, unsigned=False)
         acc = int_mm(a, self.weight_int8())
         if zx is not None or self.w_zero is not None:
             acc = self._zero_correction(acc, a, zx)
@@ -348,12 +477,11 @@ class IntLinear(nn.Module):
         y.mul_(sx).mul_(self.w_scale)
         if self.bias is not None:
             y.add_(self.bias)
-        return y.to(out_dtype).reshape(*shape[:-1], self.out_features)
+        return y.to(out_dtype)
 
     def _zero_correction(self, acc: Tensor, a: Tensor, zx: Optional[Tensor]) -> Tensor:
-        """acc - z'_x (sum_k b - K z'_w) - z'_w sum_k a, in int64 when int32 could overflow."""
-        k = self.in_features
-        wide = k * (128 * 128 + 255 * 383 + 128 * 255) >= 2 ** 31
+        """acc - z'_x (sum_k b - K z'_w) - z'_w sum_k a, in int64 where int32 could overflow."""
+        wide = self.in_features * (128 * 128 + 255 * 383 + 128 * 255) >= 2 ** 31
         it = torch.int64 if wide else torch.int32
         out = acc.to(it)
         if zx is not None:
