@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from .errors import UserError
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
+    # a terminated run unwinds like Ctrl-C, so its results file records the interruption
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         from .config import dump_config, load_config
         cfg = load_config(args.config, rest, task_id=args.task_id, profile=args.profile)
@@ -40,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

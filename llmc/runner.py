@@ -88,6 +88,9 @@ def run(cfg: Config) -> dict:
     except UserError:
         record.finish("failed", "user error")
         raise
+    except KeyboardInterrupt:
+        record.finish("interrupted", "interrupted (Ctrl-C or SIGTERM)")
+        raise
     except BaseException as e:  # recorded, then re-raised: a crash is never silent
         record.finish("failed", f"{type(e).__name__}: {e}")
         raise

@@ -72,3 +72,22 @@ def test_every_shipped_config_validates(cfg, profile):
 
 def test_unknown_profile_is_a_one_line_error():
     assert_one_line_error(run_cli("--config", FP16, "--profile", "gpu-farm"), "--profile", "gpu-farm", "cpu")
+
+
+def test_terminated_run_records_interruption(tmp_path):
+    """SIGTERM during a run leaves a results file that says so (never a stale 'running')."""
+    import json
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "llmc", "--config", FP16, "--save.save_path", str(tmp_path),
+                             "--model.path", "smollm2-135m-random", "--quiet"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result = tmp_path / "fp16.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (result.exists() and json.loads(result.read_text()).get("model")):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 130
+    data = json.loads(result.read_text())
+    assert data["status"] == "interrupted"
