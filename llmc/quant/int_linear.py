@@ -177,18 +177,23 @@ def quantize_act_int8(x2d: Tensor, q: Quantizer, unsigned: bool = False
     ``q.quantize(x)`` (the same float32 operations as ``Quantizer.fake_quant``). ``unsigned=True``
     (symmetric grids only) returns ``a + 128`` as uint8, the oneDNN kernel's input.
     """
-    xf = x2d.float()
     if _fast_act(q):
-        # the quantizer's range max(-min(x, 0), max(x, 0)) is max |x|: the same float32 value
+        # The quantizer's range max(-min(x, 0), max(x, 0)) is max |x|: the same float32 value, also when
+        # taken in bf16 (abs and max are exact). x / s is computed in float32 as the quantizer does
+        # (torch.div promotes a bf16 x). No clamp: |x| <= max|x| = qmax * s up to float32 rounding, so
+        # |x / s| < qmax + 1/2 and the rounded code is always inside [-qmax, qmax].
+        # Large inputs are read in their own dtype (fewer passes over memory), small ones in float32.
+        xs = x2d if (x2d.dtype != torch.float32 and x2d.numel() >= 1 << 18) else x2d.float()
         if q.granularity == "per_tensor":
-            amax = xf.abs().amax().reshape(1, 1)
+            amax = xs.abs().amax().reshape(1, 1)
         else:
-            amax = xf.abs().amax(dim=-1, keepdim=True)
-        s = amax.div_(q.qmax).clamp_(min=q.eps)
-        codes = torch.div(xf, s).round_().clamp_(q.qmin, q.qmax).to(torch.int8)
+            amax = xs.abs().amax(dim=-1, keepdim=True)
+        s = amax.float().div_(q.qmax).clamp_(min=q.eps)
+        codes = torch.div(xs, s).round_().to(torch.int8)
         if unsigned:
             codes = codes.view(torch.uint8).bitwise_xor_(0x80)   # int8 v -> uint8 v + 128
         return codes, s, None
+    xf = x2d.float()
     scale, zero = q.compute_params(xf)
     scale, zero = scale.float(), zero.float()
     if scale.dim() < 2:     # static (0-dim) params: one range for the whole input
@@ -298,11 +303,13 @@ class IntLinear(nn.Module):
         self.kind = "int" if (int_weights and int_acts) else "dequant"
         packed_call = unpack == "call" and wq.bit <= 4 and self.in_features % 2 == 0 and self.kind == "int"
 
-        codes = codes.detach().cpu() if codes.device.type == "meta" else codes.detach()
-        scale = scale.detach().float()
+        # own copies: a tensor of a loaded checkpoint may be a view of its memory-mapped file, which
+        # would then stay mapped (and its pages resident) as long as the layer lives
+        codes = codes.detach()
+        scale = scale.detach().float().clone()
         zero_f = None
         if not wq.symmetric:
-            zero_f = torch.zeros_like(scale) if zero is None else zero.detach().float()
+            zero_f = torch.zeros_like(scale) if zero is None else zero.detach().float().clone()
         q = codes.to(torch.int16)
         # shift the codes into int8: b = q - c, z'_w = z - c
         if wq.symmetric:
@@ -326,10 +333,10 @@ class IntLinear(nn.Module):
         if zero_shift is not None:
             zw = zero_shift.round().to(torch.int32).reshape(1, -1)
             self.register_buffer("w_zero", zw)                                   # z'_w [1, out] / [1, 1]
-            col = b.to(torch.int32).sum(dim=1).reshape(1, -1) - self.in_features * zw
+            col = b.to(torch.int32).sum(dim=1, dtype=torch.int32).reshape(1, -1) - self.in_features * zw
         else:
             self.register_buffer("w_zero", None)
-            col = b.to(torch.int32).sum(dim=1).reshape(1, -1)
+            col = b.to(torch.int32).sum(dim=1, dtype=torch.int32).reshape(1, -1)
         self.register_buffer("w_colterm", col)                                   # sum_k b - K z'_w
         if packed_call:
             self.unpack = "call"

@@ -1,0 +1,272 @@
+"""Deployed integer models against the bfloat16 baseline on this machine (Track 2 quantities).
+
+    python benchmarks/deploy_speed.py                      # both architectures, bf16 / W8A8 / W4A8
+    python benchmarks/deploy_speed.py --gemm-only          # the raw GEMM micro-benchmark only
+    python benchmarks/deploy_speed.py --threads 2 --runs 30 --json out.json
+
+For each architecture (the embedded random models carry the exact SmolLM2-135M and Qwen2.5-0.5B configs;
+speed does not depend on the weights) it loads the model in bfloat16, saves the bf16 baseline checkpoint,
+quantizes with RTN (W8A8: 8-bit symmetric per-channel weights, 4-bit for W4A8; 8-bit symmetric per-token
+dynamic activations; speed does not depend on the method) and saves the packed checkpoints. Each
+checkpoint is then measured in its own fresh process (``llmc_slm.tracks.inference``: size, peak memory,
+prefill TPS at 1 x 128 with 10 warm-up + 100 timed passes, decode TPS, MACs), all on the same WikiText-2
+input, and the table gives the ratios against bf16 measured in the same run.
+
+``--gemm`` (or ``--gemm-only``) first times the models' linear shapes alone: bf16 ``F.linear`` against
+int8 ``torch._int_mm`` and oneDNN's pre-packed int8 linear, and the whole ``IntLinear`` call (activation
+quantization and rescale included; and with 4-bit weights unpacked at each call), at M = 128 (prefill)
+and M = 1 (decode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+MODELS = ("smollm2-135m-random", "qwen2.5-0.5b-random")
+CONFIGS = {"bf16": None, "w8a8": 8, "w4a8": 4, "w4a8_call": 4}
+# w4a8_call: the W4A8 checkpoint with its 4-bit weights kept nibble-packed in memory, unpacked at each call
+
+
+# ------------------------------------------------------------------------------------------ GEMMs
+def _best_ms(fn, n: int, reps: int = 5) -> float:
+    for _ in range(2):
+        fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t) / n * 1e3)
+    return best
+
+
+def linear_shapes(config) -> list[tuple[str, int, int]]:
+    h, f = config.hidden_size, config.intermediate_size
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    hd = getattr(config, "head_dim", None) or h // heads
+    return [("q_proj", h, heads * hd), ("k_proj/v_proj", h, kv * hd), ("o_proj", heads * hd, h),
+            ("gate/up_proj", h, f), ("down_proj", f, h), ("lm_head (stays bf16)", h, config.vocab_size)]
+
+
+def gemm_bench(model_names, threads: int) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from transformers import AutoConfig
+    from llmc.quant.fake_linear import FakeQuantLinear
+    from llmc.quant.int_linear import IntLinear, onednn_available
+    from llmc.quant.quantizer import Quantizer
+    from llmc_slm.zoo import CONFIG_DIR, RANDOM
+
+    torch.set_num_threads(threads)
+    rows = []
+    for name in model_names:
+        cfg = json.loads((CONFIG_DIR / RANDOM[name].config_file).read_text())
+        config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+        for layer, k, n in linear_shapes(config):
+            for m in (128, 1):
+                g = torch.Generator().manual_seed(0)
+                x = torch.randn(m, k, generator=g, dtype=torch.float32).to(torch.bfloat16)
+                w = (torch.randn(n, k, generator=g) * 0.02).to(torch.bfloat16)
+                a = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
+                wq = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+                w_kn = wq.t().contiguous()
+                reps = 3 if n > 100_000 else 20
+                row = {"model": name, "layer": layer, "M": m, "K": k, "N": n,
+                       "bf16_ms": _best_ms(lambda: F.linear(x, w), reps),
+                       "int_mm_ms": _best_ms(lambda: torch._int_mm(a, w_kn), reps)}
+                if onednn_available():
+                    wp = torch.ops.onednn.qlinear_prepack(wq, None)
+                    au = a.view(torch.uint8) ^ 0x80
+                    sw, zp = torch.ones(n), torch.zeros(n, dtype=torch.int32)
+                    row["onednn_ms"] = _best_ms(lambda: torch.ops.onednn.qlinear_pointwise(
+                        au, 1.0, 128, wp, sw, zp, None, 1.0, 0, torch.float32, "none", [], ""), reps)
+                if n < 100_000:
+                    lin = nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
+                    lin.weight.data.copy_(w)
+                    fq = FakeQuantLinear(lin, Quantizer(bit=8, granularity="per_channel"),
+                                         Quantizer(bit=8, granularity="per_token"))
+                    # share_act_quant=False: every call quantizes its input (x is the same object each time)
+                    il = IntLinear.from_fake(fq, share_act_quant=False)
+                    row["intlinear_ms"] = _best_ms(lambda: il(x), reps)
+                    row["intlinear_backend"] = il.backend
+                    fq4 = FakeQuantLinear(lin, Quantizer(bit=4, granularity="per_channel"),
+                                          Quantizer(bit=8, granularity="per_token"))
+                    il4 = IntLinear.from_fake(fq4, unpack="call", share_act_quant=False)
+                    row["intlinear_w4_call_ms"] = _best_ms(lambda: il4(x), reps)
+                best_int = min(row.get("onednn_ms", float("inf")), row["int_mm_ms"])
+                row["gemm_speedup"] = row["bf16_ms"] / best_int
+                if "intlinear_ms" in row:
+                    row["layer_speedup"] = row["bf16_ms"] / row["intlinear_ms"]
+                rows.append(row)
+                print(_gemm_line(row), flush=True)
+    return rows
+
+
+def _gemm_line(r: dict) -> str:
+    s = (f"{r['model']:<20} {r['layer']:<22} M={r['M']:<4} K={r['K']:<5} N={r['N']:<7} bf16 {r['bf16_ms']:8.3f} ms"
+         f" | _int_mm {r['int_mm_ms']:8.3f}")
+    if "onednn_ms" in r:
+        s += f" | onednn {r['onednn_ms']:8.3f}"
+    s += f" | GEMM x{r['gemm_speedup']:.2f}"
+    if "intlinear_ms" in r:
+        s += f" | IntLinear {r['intlinear_ms']:.3f} ({r['intlinear_backend']}) x{r['layer_speedup']:.2f}"
+        s += f" | W4 unpack-per-call {r['intlinear_w4_call_ms']:.3f}"
+    return s
+
+
+# ---------------------------------------------------------------------------------------- models
+def prepare_checkpoints(name: str, work: Path, configs, seq_len: int):
+    """bf16 baseline + packed RTN checkpoints of one architecture; returns ({config: dir}, ids, input info)."""
+    import torch
+    import llmc_slm.extension  # noqa: F401
+    from llmc.config import load_config
+    from llmc.models.loading import load_model, resolve_model_source
+    from llmc.quant.packed import save_packed_model
+    from llmc.registry import ALGO_REGISTRY
+    from llmc_slm.tracks.inference import fixed_input_ids, save_baseline_checkpoint
+
+    source = resolve_model_source(name)
+    dirs, ids, info = {}, None, None
+    for cfg_name in configs:
+        if cfg_name == "w4a8_call" and "w4a8" in dirs:
+            dirs[cfg_name] = dirs["w4a8"]
+            continue
+        out = work / name / cfg_name
+        adapter = load_model(source, dtype=torch.bfloat16, seed=42)
+        if ids is None:
+            ids, info = fixed_input_ids(adapter.tokenizer, seq_len)
+        t = time.perf_counter()
+        bits = CONFIGS[cfg_name]
+        if bits is None:
+            save_baseline_checkpoint(adapter.model, adapter.tokenizer, out, torch.bfloat16)
+        else:
+            cfg = load_config(None, ["--quant.method", "RTN", "--quant.weight.bit", str(bits),
+                                     "--quant.weight.symmetric", "true", "--quant.weight.granularity", "per_channel",
+                                     "--quant.act.bit", "8", "--quant.act.symmetric", "true",
+                                     "--quant.act.granularity", "per_token"])
+            ALGO_REGISTRY["RTN"](adapter, cfg).run(None)
+            save_packed_model(adapter, cfg, out)
+        print(f"  {name} {cfg_name}: checkpoint {out} ({time.perf_counter() - t:.1f} s)", flush=True)
+        dirs[cfg_name] = out
+        del adapter
+    return dirs, ids, info
+
+
+def fmt_bytes(n) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def print_table(rows: list[dict]) -> None:
+    from tabulate import tabulate
+    table = []
+    for r in rows:
+        b = r["baseline"]
+        p = r["profile"]
+        ratio = (lambda k, inv=False: (b[k] / p[k] if inv else p[k] / b[k]) if p.get(k) and b.get(k) else None)
+        table.append([
+            r["model"], r["config"], fmt_bytes(p["size"]), f"{ratio('size', True):.2f}x",
+            fmt_bytes(p["peak_mem"]), f"{ratio('peak_mem', True):.2f}x",
+            fmt_bytes(p["peak_mem_above_runtime"]) if p.get("peak_mem_above_runtime") else "-",
+            f"{p['tps']:,.0f}", f"{ratio('tps'):.3f}x",
+            f"{p['prefill_last_logit_tps']:,.0f}" if p.get("prefill_last_logit_tps") else "-",
+            f"{ratio('prefill_last_logit_tps'):.3f}x" if p.get("prefill_last_logit_tps") else "-",
+            f"{p['decode_tps']:,.1f}" if p.get("decode_tps") else "-",
+            f"{ratio('decode_tps'):.2f}x" if p.get("decode_tps") else "-",
+            f"{p['macs'] / 1e9:.2f}G" if p.get("macs") else "-",
+            f"{p['macs_calflops'] / 1e9:.2f}G" if p.get("macs_calflops") is not None else "-",
+            f"{p['params_calflops'] / 1e6:.2f}M" if p.get("params_calflops") is not None else "-",
+            f"{r['scores']['measured']['slmq_infer']:.1f}" if r.get("scores") else "-",
+            f"{r['scores']['paper_compatible']['slmq_infer']:.1f}" if r.get("scores", {}).get("paper_compatible") else "-",
+        ])
+    print(tabulate(table, headers=["model", "config", "size", "S/S^c", "peak mem", "M/M^c", "mem-runtime",
+                                   "prefill TPS", "vs bf16", "prefill TPS last-logit", "vs bf16",
+                                   "decode TPS", "vs bf16", "MACs (all)", "MACs calflops", "params calflops",
+                                   "SLMQ_infer", "paper-compat."], tablefmt="github"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--decode-runs", type=int, default=3)
+    ap.add_argument("--last-logit-runs", type=int, default=20)
+    ap.add_argument("--backend", default="auto", choices=("auto", "onednn", "int_mm"))
+    ap.add_argument("--no-macs", action="store_true")
+    ap.add_argument("--gemm", action="store_true", help="also run the raw GEMM micro-benchmark")
+    ap.add_argument("--gemm-only", action="store_true")
+    ap.add_argument("--workdir", help="keep the checkpoints here (default: a temporary folder)")
+    ap.add_argument("--json", help="write every measurement here")
+    args = ap.parse_args(argv)
+
+    import torch
+    from llmc.utils import cpu_name
+    print(f"torch {torch.__version__}, {cpu_name()}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, threads {args.threads}", flush=True)
+    out = {"threads": args.threads, "cpu": cpu_name(), "load_average_start": os.getloadavg()}
+    if args.gemm or args.gemm_only:
+        print("\nraw GEMMs (best of 5 x n calls):", flush=True)
+        out["gemm"] = gemm_bench(args.models, args.threads)
+        if args.gemm_only:
+            _write(args.json, out)
+            return 0
+
+    from llmc_slm.tracks.inference import infer_scores, profile_inference
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="slmq_deploy_") as tmp:
+        work = Path(args.workdir or tmp)
+        for name in args.models:
+            print(f"\n{name}: preparing checkpoints", flush=True)
+            configs = ["bf16"] + [c for c in CONFIGS if c in args.configs and c != "bf16"]
+            dirs, ids, info = prepare_checkpoints(name, work, configs, args.seq_len)
+            base = None
+            for cfg_name, path in dirs.items():
+                t = time.perf_counter()
+                prof = profile_inference(path, threads=args.threads, seq_len=args.seq_len, warmup=args.warmup,
+                                         runs=args.runs, decode_tokens=args.decode_tokens,
+                                         decode_runs=args.decode_runs, last_logit_runs=args.last_logit_runs,
+                                         input_ids=ids, input_source=info["source"], backend=args.backend,
+                                         unpack="call" if cfg_name == "w4a8_call" else "load",
+                                         macs=not args.no_macs)
+                print(f"  {name} {cfg_name}: {prof['tps']:,.0f} prefill tok/s, decode {prof.get('decode_tps') or 0:,.1f}"
+                      f" tok/s, peak {fmt_bytes(prof['peak_mem'])} ({time.perf_counter() - t:.0f} s)", flush=True)
+                if cfg_name == "bf16":
+                    base = prof
+                row = {"model": name, "config": cfg_name, "checkpoint": str(path), "profile": prof, "baseline": base,
+                       "input": info}
+                if cfg_name != "bf16" and not args.no_macs:
+                    row["scores"] = infer_scores(base, prof)
+                rows.append(row)
+    out["rows"] = [{k: v for k, v in r.items() if k != "baseline"} for r in rows]
+    out["load_average_end"] = os.getloadavg()
+    print(f"\nthreads {args.threads}; load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"ratios are against bf16 measured in this run\n")
+    print_table(rows)
+    _write(args.json, out)
+    return 0
+
+
+def _write(path, data) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, default=str))
+        print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

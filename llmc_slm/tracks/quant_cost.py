@@ -1,0 +1,135 @@
+"""Track 3: quantization consumption (protocol.md), read from run results.
+
+The pipeline (``llmc.algos.base.BlockwiseAlgorithm.run``) records, around quantization only
+(calibration, search, training and weight updates; not model loading, deployment of the fake-quant
+layers, saving or evaluation)::
+
+    result["quant_cost"] = {time_s, peak_mem_bytes, start_mem_bytes, peak_mem_mb, memory_kind}
+
+``memory_kind`` is ``cuda_max_allocated`` (the allocator's peak) or ``cpu_peak_rss`` (the process's
+resident set, sampled during quantization; it includes the loaded model, as the GPU figure does).
+
+    SLMQ_quant = 100 * sqrt( (1/2) * ( (T_max / T)^2 + (M_max / M)^2 ) )
+
+with T_max, M_max the largest among the methods compared for the same model (and the same bits, the
+paper's Table 4 is W8A8). :func:`quant_table` groups results that way and scores each group with
+``llmc_slm.scoring.slmq_quant``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Union
+
+from llmc_slm.scoring import quant_ratios, slmq_quant
+
+ResultLike = Union[str, Path, Mapping]
+
+__all__ = ["load_result", "bits_label", "read_quant_cost", "collect_quant_costs", "quant_scores", "quant_table"]
+
+
+def load_result(result: ResultLike) -> dict:
+    """A run's results dict, from the dict itself or its JSON file."""
+    if isinstance(result, Mapping):
+        return dict(result)
+    return json.loads(Path(result).read_text())
+
+
+def bits_label(quant: Mapping | None) -> str:
+    """``W8A8``, ``W4A16`` (no activation quantizer), ``FP`` (no quant section)."""
+    if not quant:
+        return "FP"
+    w, a = quant.get("weight"), quant.get("act")
+    return f"W{w['bit'] if w else 16}A{a['bit'] if a else 16}"
+
+
+def read_quant_cost(result: ResultLike) -> dict:
+    """``{model, method, bits, profile, task_id, time_s, peak_mem_bytes, peak_mem_mb, memory_kind, device,
+    status, source}`` of one run; raises ValueError when the run has no ``quant_cost`` (an FP run, or one
+    that failed before quantizing)."""
+    data = load_result(result)
+    cost = data.get("quant_cost")
+    quant = (data.get("config") or {}).get("quant")
+    if not cost:
+        raise ValueError(f"{_source(result, data)}: no quant_cost in this result (status {data.get('status')!r})")
+    return {
+        "model": (data.get("model") or {}).get("name"),
+        "method": (quant or {}).get("method"),
+        "bits": bits_label(quant),
+        "profile": data.get("profile"),
+        "task_id": data.get("task_id"),
+        "time_s": float(cost["time_s"]),
+        "peak_mem_bytes": int(cost["peak_mem_bytes"]),
+        "peak_mem_mb": float(cost.get("peak_mem_mb", cost["peak_mem_bytes"] / 2 ** 20)),
+        "memory_kind": cost.get("memory_kind"),
+        "device": (data.get("environment") or {}).get("device"),
+        "status": data.get("status"),
+        "source": _source(result, data),
+    }
+
+
+def _source(result, data) -> str:
+    return str(result) if not isinstance(result, Mapping) else str(data.get("task_id") or data.get("config_file"))
+
+
+def collect_quant_costs(results: Iterable[ResultLike], skip_missing: bool = True) -> list[dict]:
+    """:func:`read_quant_cost` of many runs (files, dicts, or folders searched for ``*.json``); runs without
+    a quant_cost are skipped (``skip_missing``) or raise."""
+    rows = []
+    for r in results:
+        items = sorted(Path(r).rglob("*.json")) if not isinstance(r, Mapping) and Path(r).is_dir() else [r]
+        for item in items:
+            try:
+                rows.append(read_quant_cost(item))
+            except (ValueError, KeyError, json.JSONDecodeError):
+                if not skip_missing:
+                    raise
+    return rows
+
+
+def quant_scores(costs_by_method: Mapping[str, Mapping[str, float]]) -> dict[str, dict]:
+    """``{method: {"time": T, "peak_mem": M}}`` (one model) -> ``{method: {slmq_quant, time_ratio,
+    mem_ratio}}`` (the ratios are T_max/T and M_max/M)."""
+    scores = slmq_quant(costs_by_method)
+    ratios = quant_ratios(costs_by_method)
+    return {m: {"slmq_quant": scores[m], "time_ratio": ratios[m]["time"], "mem_ratio": ratios[m]["peak_mem"]}
+            for m in costs_by_method}
+
+
+def quant_table(results: Iterable[ResultLike], group_by: tuple[str, ...] = ("model", "bits", "profile"),
+                min_time_s: float = 0.0) -> list[dict]:
+    """Score SLMQ_quant within each group of runs (same model, bits and profile by default), one row per run.
+
+    Rows carry the group, the method, ``time_s``, ``peak_mem_mb``, ``slmq_quant`` and the ratios. Within a
+    group each method must appear once (ValueError otherwise: pass only the runs to compare) and every
+    run must use the same ``memory_kind``. Runs faster than ``min_time_s`` are reported with
+    ``slmq_quant`` None and left out of T_max (RTN quantizes its weights when the fake-quant layers are
+    deployed, outside the measured stretch, so its recorded time is ~0 and would dominate the score).
+    """
+    rows = collect_quant_costs(results)
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(k) for k in group_by), []).append(row)
+    table = []
+    for key, members in groups.items():
+        kinds = {m["memory_kind"] for m in members}
+        if len(kinds) > 1:
+            raise ValueError(f"group {dict(zip(group_by, key))}: peak memories of different kinds {sorted(kinds)}")
+        methods = [m["method"] for m in members]
+        dup = {m for m in methods if methods.count(m) > 1}
+        if dup:
+            raise ValueError(f"group {dict(zip(group_by, key))}: method(s) {sorted(dup)} appear more than once: "
+                             f"{[m['source'] for m in members if m['method'] in dup]}")
+        scored = {m["method"]: {"time": m["time_s"], "peak_mem": m["peak_mem_bytes"]}
+                  for m in members if m["time_s"] >= min_time_s and m["time_s"] > 0}
+        scores = quant_scores(scored) if scored else {}
+        for m in members:
+            s = scores.get(m["method"], {})
+            table.append({**dict(zip(group_by, key)), "method": m["method"], "time_s": m["time_s"],
+                          "time_min": m["time_s"] / 60, "peak_mem_mb": m["peak_mem_mb"],
+                          "memory_kind": m["memory_kind"], "slmq_quant": s.get("slmq_quant"),
+                          "time_ratio": s.get("time_ratio"), "mem_ratio": s.get("mem_ratio"),
+                          "methods_compared": len(scored), "source": m["source"]})
+    return table

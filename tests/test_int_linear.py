@@ -1,0 +1,277 @@
+"""Integer deployment: IntLinear computes what FakeQuantLinear computes, with integer kernels; deploy_integer
+and load_deployed give the same model; the packed checkpoint is small."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_adapter
+from llmc.config import load_config
+from llmc.data.calib import CalibData
+from llmc.deploy import deploy_integer, deployment_summary, load_deployed, to_compute_dtype
+from llmc.quant.fake_linear import FakeQuantLinear
+from llmc.quant.int_linear import (IntLinear, int_mm, onednn_available, pack_int4_signed, quantize_act_int8,
+                                   unpack_int4_signed)
+from llmc.quant.packed import pack_codes, save_packed_model
+from llmc.quant.quantizer import Quantizer
+from llmc.quant.transforms import OnlineHadamard
+from llmc.registry import ALGO_REGISTRY
+
+BACKENDS = ["auto", "int_mm"]
+
+
+def _fake(wbit, wsym, gran="per_channel", act=(8, True, "per_token", False), hadamard=False, bias=True,
+          in_f=64, out_f=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(in_f, out_f, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(out_f, in_f, generator=g) * 0.1 + 0.01)
+        if bias:
+            lin.bias.copy_(torch.randn(out_f, generator=g))
+    wq = Quantizer(bit=wbit, symmetric=wsym, granularity=gran, group_size=16)
+    aq = None
+    if act is not None:
+        abit, asym, agran, static = act
+        aq = Quantizer(bit=abit, symmetric=asym, granularity=agran, static=static)
+    fq = FakeQuantLinear(lin, wq, aq, input_transform=OnlineHadamard(in_f) if hadamard else None)
+    if aq is not None and aq.static:
+        fq.calibrating = True
+        fq(torch.randn(4, 16, in_f, generator=g) * 2 + 0.3)
+        fq.calibrating = False
+        fq.act_quantizer.freeze()
+    return fq
+
+
+def _inputs(in_f=64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 20, in_f, generator=g) * 2 + 0.3, torch.randn(1, 1, in_f, generator=g),
+            torch.randn(7, in_f, generator=g) * 0.01]
+
+
+def _assert_matches(fq, il, tol=1e-5):
+    for x in _inputs(fq.in_features):
+        with torch.no_grad():
+            want, got = fq(x), il(x)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        assert err < tol, (il, err)
+
+
+CASES = {
+    "w8 sym, a8 sym per-token": dict(wbit=8, wsym=True),
+    "w8 asym, a8 sym": dict(wbit=8, wsym=False),
+    "w8 sym, a8 asym": dict(wbit=8, wsym=True, act=(8, False, "per_token", False)),
+    "w8 asym, a8 asym (SpinQuant W8A8)": dict(wbit=8, wsym=False, act=(8, False, "per_token", False)),
+    "w4 sym": dict(wbit=4, wsym=True),
+    "w4 asym (OmniQuant W4A8)": dict(wbit=4, wsym=False),
+    "w4 asym, a4 asym": dict(wbit=4, wsym=False, act=(4, False, "per_token", False)),
+    "w8 per-tensor": dict(wbit=8, wsym=True, gran="per_tensor"),
+    "static per-tensor act": dict(wbit=8, wsym=True, act=(8, True, "per_tensor", True)),
+    "static asym per-tensor act": dict(wbit=4, wsym=False, act=(8, False, "per_tensor", True)),
+    "dynamic per-tensor act": dict(wbit=8, wsym=True, act=(8, True, "per_tensor", False)),
+    "hadamard": dict(wbit=4, wsym=True, hadamard=True),
+    "no bias": dict(wbit=8, wsym=True, bias=False),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("unpack", ["load", "call"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_int_linear_matches_fake_quant(case, unpack, backend):
+    fq = _fake(**CASES[case])
+    il = IntLinear.from_fake(fq, unpack=unpack, backend=backend)
+    assert il.kind == "int"
+    if unpack == "call" and fq.weight_quantizer.bit <= 4:
+        assert il.unpack == "call" and il.qweight.dtype == torch.uint8
+        assert il.qweight.shape == (48, 32)          # two codes per byte in memory too
+    _assert_matches(fq, il)
+
+
+@pytest.mark.parametrize("case", ["per-group w4 asym", "per-group w8 sym", "weight-only w4", "per-head act"])
+def test_fallback_kernels_are_bit_exact(case):
+    kw = {"per-group w4 asym": dict(wbit=4, wsym=False, gran="per_group"),
+          "per-group w8 sym": dict(wbit=8, wsym=True, gran="per_group"),
+          "weight-only w4": dict(wbit=4, wsym=False, act=None),
+          "per-head act": dict(wbit=8, wsym=True)}[case]
+    fq = _fake(**kw)
+    if case == "per-head act":
+        fq.act_quantizer = Quantizer(bit=8, symmetric=True, granularity="per_head", head_dim=16)
+    il = IntLinear.from_fake(fq)
+    assert il.kind == "dequant" and il.qweight.dtype == torch.int8
+    for x in _inputs():
+        with torch.no_grad():
+            assert torch.equal(il(x), fq(x))
+
+
+def test_activation_codes_equal_the_quantizers():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 40, generator=g) * 3
+    x[2] = 0  # an all-zero token
+    for q in (Quantizer(bit=8, granularity="per_token"), Quantizer(bit=8, symmetric=False, granularity="per_token"),
+              Quantizer(bit=4, symmetric=False, granularity="per_token"), Quantizer(bit=8, granularity="per_tensor")):
+        a, s, z = quantize_act_int8(x, q)
+        codes, scale, zero = q.quantize_with_params(x)
+        codes, a = codes.to(torch.int32), a.to(torch.int32)
+        if q.symmetric:
+            assert z is None and torch.equal(a, codes)
+            u, _, _ = quantize_act_int8(x, q, unsigned=True)
+            assert torch.equal(u.to(torch.int32) - 128, a)
+        elif q.bit <= 7:            # stored as q - z: no correction needed
+            assert z is None and torch.equal(a + zero.to(torch.int32), codes)
+        else:                       # stored as q - 128, z' = z - 128
+            assert torch.equal(a + 128, codes) and torch.equal(z + 128, zero.to(torch.int32))
+        assert torch.equal(s.expand(9, 1), scale.float().expand(9, 1))
+    # a large bf16 input takes the path that reads it in bf16: the same codes and scales
+    big = (torch.randn(64, 4864, generator=g) * 4).to(torch.bfloat16)
+    big[3] = 0
+    q = Quantizer(bit=8, granularity="per_token")
+    a, s, _ = quantize_act_int8(big, q)
+    codes, scale, _ = q.quantize_with_params(big)
+    assert torch.equal(a, codes) and torch.equal(s, scale.float())
+
+
+def test_int_mm_any_shape_and_int4_unpack():
+    g = torch.Generator().manual_seed(0)
+    for m, k, n in [(1, 7, 5), (3, 64, 48), (17, 24, 8)]:
+        a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
+        b = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+        assert torch.equal(int_mm(a, b.t()), (a.to(torch.int64) @ b.to(torch.int64).t()).to(torch.int32))
+    w = torch.randint(-8, 8, (6, 10), dtype=torch.int8, generator=g)
+    assert torch.equal(pack_int4_signed(w), pack_codes(w, 4))      # the checkpoint's nibble layout
+    assert torch.equal(unpack_int4_signed(pack_int4_signed(w)), w)
+
+
+def test_deepcopy_and_memory():
+    fq = _fake(4, True)
+    il = IntLinear.from_fake(fq)
+    clone = copy.deepcopy(il)
+    x = _inputs()[0]
+    assert torch.equal(clone(x), il(x)) and clone.backend == il.backend
+    packed = IntLinear.from_fake(fq, unpack="call")
+    assert packed.storage_bytes() < il.storage_bytes()
+    assert il.storage_bytes() < 48 * 64 * 1.5 + 48 * 16    # ~1 byte per weight + scales / corrections / bias
+    if onednn_available():
+        assert il.backend == "onednn" and il.qweight is None      # one copy of the weight: oneDNN's packed one
+        assert IntLinear.from_fake(_fake(8, False)).backend == "int_mm"   # needs the zero-point correction
+
+
+# ------------------------------------------------------------------------------------ whole models
+def _quantized(family, wbit, extra=(), hidden=64, ffn=128, vocab=256, dtype=torch.float32):
+    adapter = tiny_adapter(family, hidden_size=hidden, intermediate_size=ffn, vocab_size=vocab)
+    adapter.model.to(dtype)
+    method = "RTN"
+    cfg = load_config(None, ["--quant.method", method, "--quant.weight.bit", str(wbit),
+                             "--quant.weight.granularity", "per_channel", "--quant.act.bit", "8",
+                             "--quant.act.granularity", "per_token", "--calib.n_samples", "4",
+                             "--calib.seq_len", "16", *extra])
+    calib = CalibData(torch.randint(0, vocab, (4, 16), generator=torch.Generator().manual_seed(0)), {})
+    ALGO_REGISTRY[method](adapter, cfg).run(calib)
+    return adapter, cfg
+
+
+IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("wbit, extra", [(8, ()), (4, ("--quant.weight.symmetric", "false")),
+                                         (8, ("--quant.act.granularity", "per_tensor", "--quant.act.static", "true")),
+                                         (8, ("--quant.weight.symmetric", "false", "--quant.act.symmetric", "false"))])
+def test_deploy_integer_model_matches_fake_quant(tmp_path, any_family, wbit, extra):
+    adapter, cfg = _quantized(any_family, wbit, extra)
+    adapter.blocks[0].mlp.down_proj.input_transform = OnlineHadamard(128)   # an online transform travels too
+    with torch.no_grad():
+        fake = adapter.model(input_ids=IDS).logits
+    save_packed_model(adapter, cfg, tmp_path / "packed")
+    deployed = deploy_integer(copy.deepcopy(adapter.model))
+    summary = deployment_summary(deployed)
+    assert summary["fake_layers"] == 0 and summary["int_layers"] == 7 * len(adapter.blocks)
+    assert not any(isinstance(m, FakeQuantLinear) for m in deployed.modules())
+    with torch.no_grad():
+        got = deployed(input_ids=IDS).logits
+    rel = ((got - fake).abs().max() / fake.abs().max()).item()
+    assert rel < 1e-3, rel
+    # the packed checkpoint loads into the same integer model
+    loaded = load_deployed(tmp_path / "packed")
+    with torch.no_grad():
+        again = loaded(input_ids=IDS).logits
+    torch.testing.assert_close(again, got, atol=1e-6, rtol=1e-6)
+
+
+def test_bf16_deployment_is_close_and_compute_dtype_cast(tmp_path):
+    adapter, cfg = _quantized("qwen2", 8, dtype=torch.bfloat16)
+    with torch.no_grad():
+        fake = adapter.model(input_ids=IDS).logits.float()
+    deployed = deploy_integer(copy.deepcopy(adapter.model))
+    with torch.no_grad():
+        got = deployed(input_ids=IDS).logits
+    assert got.dtype == torch.bfloat16
+    # bf16 rounds the fake model's s*q products and dot products; the integer model rounds once
+    assert ((got.float() - fake).abs().max() / fake.abs().max()).item() < 5e-2
+    # a float32-packed checkpoint can run in bfloat16 with the integer scales kept in float32
+    f32, cfg32 = _quantized("qwen2", 8)
+    save_packed_model(f32, cfg32, tmp_path / "p32")
+    model = to_compute_dtype(load_deployed(tmp_path / "p32"), torch.bfloat16)
+    lin = model.model.layers[0].self_attn.q_proj
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16 and lin.w_scale.dtype == torch.float32
+    with torch.no_grad():
+        assert model(input_ids=IDS).logits.dtype == torch.bfloat16
+
+
+def test_packed_checkpoint_size_against_bf16(tmp_path):
+    """Linears dominate this model (hidden 256, ffn 1024, vocab 64). Embeddings, lm_head and norms are stored
+    in bfloat16 in both checkpoints; per-channel scales in float32 in the packed one."""
+    from llmc_slm.tracks.inference import checkpoint_size, save_baseline_checkpoint, storage_breakdown
+    sizes = {}
+    for wbit in (4, 8):
+        adapter, cfg = _quantized("llama", wbit, hidden=256, ffn=1024, vocab=64, dtype=torch.bfloat16)
+        save_packed_model(adapter, cfg, tmp_path / f"w{wbit}")
+        sizes[wbit] = checkpoint_size(tmp_path / f"w{wbit}")
+        roles = storage_breakdown(tmp_path / f"w{wbit}")["roles"]
+        assert set(roles["weight_codes"]["dtypes"]) == {"U8"} and set(roles["weight_scales"]["dtypes"]) == {"F32"}
+        assert set(roles["embeddings"]["dtypes"]) == {"BF16"} and set(roles["lm_head"]["dtypes"]) == {"BF16"}
+        n_lin = sum(m.in_features * m.out_features for b in adapter.blocks for m in adapter.block_linears(b).values())
+        assert roles["weight_codes"]["bytes"] == n_lin * wbit // 8
+    base = tiny_adapter("llama", hidden_size=256, intermediate_size=1024, vocab_size=64)
+    save_baseline_checkpoint(base.model, None, tmp_path / "bf16", torch.bfloat16)
+    bf16 = checkpoint_size(tmp_path / "bf16")
+    assert set(storage_breakdown(tmp_path / "bf16")["roles"]["embeddings"]["dtypes"]) == {"BF16"}
+    assert sizes[4] < 0.32 * bf16, (sizes, bf16)
+    assert sizes[8] < 0.55 * bf16, (sizes, bf16)
+
+
+def test_unpack_call_keeps_4bit_packed_in_memory(tmp_path):
+    adapter, cfg = _quantized("llama", 4)
+    save_packed_model(adapter, cfg, tmp_path / "p")
+    a = load_deployed(tmp_path / "p")
+    b = load_deployed(tmp_path / "p", unpack="call")
+    assert deployment_summary(b)["int_layer_bytes"] < 0.6 * deployment_summary(a)["int_layer_bytes"]
+    with torch.no_grad():
+        torch.testing.assert_close(b(input_ids=IDS).logits, a(input_ids=IDS).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["onednn", "int_mm"])
+def test_backends_agree_on_a_model(backend):
+    if backend == "onednn" and not onednn_available():
+        pytest.skip("oneDNN int8 linear unavailable here")
+    adapter, _ = _quantized("llama", 8)
+    ref = deploy_integer(copy.deepcopy(adapter.model), backend="int_mm")
+    other = deploy_integer(copy.deepcopy(adapter.model), backend=backend)
+    assert all(m.backend == backend for m in other.modules() if isinstance(m, IntLinear))
+    with torch.no_grad():
+        torch.testing.assert_close(other(input_ids=IDS).logits, ref(input_ids=IDS).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_shared_activation_quantization_is_safe():
+    """q/k/v read one tensor: quantized once; an in-place change of that tensor is not served stale."""
+    fq1, fq2 = _fake(8, True, seed=0), _fake(8, True, seed=1)
+    il1, il2 = IntLinear.from_fake(fq1), IntLinear.from_fake(fq2)
+    x = _inputs()[0]
+    with torch.no_grad():
+        y1, y2 = il1(x), il2(x)
+        torch.testing.assert_close(y2, fq2(x), rtol=1e-5, atol=1e-5 * fq2(x).abs().max().item())
+        x.mul_(3)
+        torch.testing.assert_close(il2(x), fq2(x), rtol=1e-5, atol=1e-5 * fq2(x).abs().max().item())
+        with torch.inference_mode():
+            xi = torch.randn(3, 64)
+            torch.testing.assert_close(il1(xi), fq1(xi), rtol=1e-5, atol=1e-5 * fq1(xi).abs().max().item())

@@ -1,0 +1,151 @@
+"""Track 2 (inference profile, MACs, storage, SLMQ_infer) and Track 3 (quant_cost -> SLMQ_quant) helpers."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_adapter, tiny_hf_model
+from llmc.config import load_config
+from llmc.deploy import deploy_integer
+from llmc.quant.packed import save_packed_model
+from llmc.registry import ALGO_REGISTRY
+from llmc_slm.scoring import slmq_infer
+from llmc_slm.tracks.inference import (RESULT_KEYS, attention_macs, checkpoint_kind, count_macs, infer_scores,
+                                       measure_model, profile_inference, save_baseline_checkpoint,
+                                       track2_for_run)
+from llmc_slm.tracks.quant_cost import bits_label, quant_table, read_quant_cost
+
+
+# -------------------------------------------------------------------------------------------- MACs
+def test_attention_macs_formula_equals_a_hand_count():
+    model = tiny_hf_model("llama", num_hidden_layers=2, hidden_size=64, num_attention_heads=4)
+    seq, head_dim, heads, layers = 128, 16, 4, 2
+    qk = seq * seq * head_dim        # one head's Q K^T: seq x seq dot products of head_dim
+    av = seq * seq * head_dim        # one head's A V: seq x head_dim outputs, sums over seq
+    assert attention_macs(model.config, seq, 1) == layers * heads * (qk + av) == 4_194_304
+    assert attention_macs(model.config, seq, 2) == 2 * 4_194_304
+    # SmolLM2-135M: 30 layers, 9 heads of 64 -> 0.566 GMACs at 1 x 128
+    from transformers import AutoConfig
+    smol = AutoConfig.for_model("llama", num_hidden_layers=30, hidden_size=576, num_attention_heads=9,
+                                num_key_value_heads=3)
+    assert attention_macs(smol) == 30 * 2 * 9 * 128 * 128 * 64
+
+
+def _linear_macs(model, tokens):
+    return tokens * sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_calflops_counts_linears_only_and_we_add_the_rest():
+    model = tiny_hf_model("qwen2")
+    ids = torch.randint(0, 256, (1, 32))
+    c = count_macs(model, ids)
+    assert c["macs_calflops"] == _linear_macs(model, 32)              # calflops sees F.linear, not SDPA
+    assert c["macs_attention"] == attention_macs(model.config, 32, 1)
+    assert c["macs"] == c["macs_calflops"] + c["macs_attention"] and c["macs_integer"] == 0
+    assert c["params_calflops"] == sum(p.numel() for p in model.parameters())
+
+
+def test_deployed_model_macs():
+    adapter = tiny_adapter("llama")
+    cfg = load_config(None, ["--quant.method", "RTN", "--quant.weight.bit", "8", "--quant.act.bit", "8",
+                             "--quant.act.granularity", "per_token"])
+    float_macs = _linear_macs(adapter.model, 32)
+    ALGO_REGISTRY["RTN"](adapter, cfg).run(None)
+    deploy_integer(adapter.model)
+    c = count_macs(adapter.model, torch.randint(0, 256, (1, 32)))
+    lm_head = 32 * adapter.model.lm_head.in_features * adapter.model.lm_head.out_features
+    assert c["macs_calflops"] == lm_head                 # what the paper's calflops saw of quantized models
+    assert c["macs_integer"] == float_macs - lm_head     # the integer GEMMs, counted by us
+    assert c["macs"] == float_macs + c["macs_attention"]
+
+
+# -------------------------------------------------------------------------------------- profiling
+def _checkpoints(tmp_path):
+    adapter = tiny_adapter("qwen2")
+    save_baseline_checkpoint(adapter.model, None, tmp_path / "base", torch.bfloat16)
+    adapter.model.to(torch.bfloat16)
+    cfg = load_config(None, ["--quant.method", "RTN", "--quant.weight.bit", "4", "--quant.act.bit", "8",
+                             "--quant.act.granularity", "per_token"])
+    ALGO_REGISTRY["RTN"](adapter, cfg).run(None)
+    save_packed_model(adapter, cfg, tmp_path / "w4a8")
+    return tmp_path / "base", tmp_path / "w4a8"
+
+
+SMALL = dict(warmup=1, runs=2, decode_tokens=2, decode_runs=1, last_logit_runs=1, seq_len=16)
+
+
+def test_profile_in_a_fresh_process_and_slmq_infer(tmp_path):
+    base_dir, packed_dir = _checkpoints(tmp_path)
+    assert checkpoint_kind(base_dir) == "hf" and checkpoint_kind(packed_dir) == "packed"
+    run = track2_for_run(packed_dir, "unused: baseline_dir is given", baseline_dir=base_dir, **SMALL)
+    base, comp = run["baseline"], run["compressed"]
+    assert run["input"]["source"].startswith("random token ids")      # the tiny checkpoints have no tokenizer
+    assert run["scores"] == infer_scores(base, comp)
+    for prof in (base, comp):
+        assert set(RESULT_KEYS) <= set(prof)
+        assert all(prof[k] > 0 for k in RESULT_KEYS)
+        assert prof["fresh_process"] and prof["threads"] == 1 and prof["memory_kind"] in ("cpu_peak_rss",
+                                                                                             "cpu_rss_sampled")
+        assert prof["seq_len"] == 16 and prof["runs"] == 2
+        assert prof["macs"] == prof["macs_calflops"] + prof["macs_attention"] + prof["macs_integer"]
+    assert comp["deployment"]["fake_layers"] == 0 and comp["deployment"]["int_layers"] == 14
+    assert comp["size"] < base["size"] and base["macs"] == comp["macs"]
+    scores = infer_scores(base, comp)
+    measured = slmq_infer({"peak_mem": base["peak_mem"], "size": base["size"], "tps": base["tps"]},
+                          {"peak_mem": comp["peak_mem"], "size": comp["size"], "tps": comp["tps"]})
+    assert scores["measured"]["slmq_infer"] == pytest.approx(measured)
+    r = scores["paper_compatible"]["ratios"]
+    assert r["size"] == pytest.approx(base["params_calflops"] / comp["params_calflops"])
+    assert r["macs"] == pytest.approx(base["macs_calflops"] / comp["macs_calflops"])
+    assert scores["counted_macs"]["ratios"]["macs"] == pytest.approx(1.0)
+
+
+def test_profile_with_given_input_ids(tmp_path):
+    base_dir, _ = _checkpoints(tmp_path)
+    ids = torch.randint(3, 256, (1, 16), generator=torch.Generator().manual_seed(0))
+    prof = profile_inference(base_dir, input_ids=ids, input_source="test ids", macs=False, **SMALL)
+    assert prof["input"]["source"] == "test ids" and prof["checkpoint_kind"] == "hf" and "macs" not in prof
+
+
+def test_measure_model_in_process():
+    model = tiny_hf_model("llama").to(torch.bfloat16)
+    prof = measure_model(model, torch.randint(0, 256, (1, 16)), warmup=1, runs=2, decode_tokens=2, decode_runs=1,
+                         last_logit_runs=1)
+    assert prof["tps"] > 0 and prof["decode_tps"] > 0 and prof["peak_mem"] > 0 and prof["macs"] > 0
+
+
+# ------------------------------------------------------------------------------------------ Track 3
+def _result(model, method, minutes, mb, bits=8, kind="cuda_max_allocated"):
+    quant = {"method": method, "weight": {"bit": bits}, "act": {"bit": 8}}
+    return {"status": "complete", "model": {"name": model}, "config": {"quant": quant}, "profile": None,
+            "environment": {"device": "cuda"},
+            "quant_cost": {"time_s": minutes * 60, "peak_mem_bytes": int(mb * 2 ** 20), "peak_mem_mb": mb,
+                           "memory_kind": kind}}
+
+
+def test_quant_table_reproduces_the_papers_table_4(tmp_path):
+    runs = [_result("SmolLM-135M", "SmoothQuant", 2.02, 828.31), _result("SmolLM-135M", "OmniQuant", 12.63, 2769.60),
+            _result("SmolLM-135M", "SpinQuant", 14.17, 1558.56), _result("Qwen", "SmoothQuant", 2.2, 2254.33)]
+    path = tmp_path / "spin.json"
+    path.write_text(json.dumps(runs[2]))
+    table = quant_table([runs[0], runs[1], path, runs[3]])
+    smol = {r["method"]: r for r in table if r["model"] == "SmolLM-135M"}
+    assert smol["SmoothQuant"]["slmq_quant"] == pytest.approx(549.4, abs=0.15)
+    assert smol["SpinQuant"]["time_ratio"] == pytest.approx(1.0) and smol["SpinQuant"]["methods_compared"] == 3
+    assert [r["slmq_quant"] for r in table if r["model"] == "Qwen"] == [pytest.approx(100 * math.sqrt(1.0))]
+    assert read_quant_cost(path)["bits"] == "W8A8" and bits_label({"weight": {"bit": 4}, "act": None}) == "W4A16"
+
+
+def test_quant_table_refuses_mixed_memory_kinds_and_skips_runs_without_cost():
+    runs = [_result("m", "A", 1, 100), _result("m", "B", 2, 200, kind="cpu_peak_rss")]
+    with pytest.raises(ValueError, match="different kinds"):
+        quant_table(runs)
+    fp = {"status": "complete", "model": {"name": "m"}, "config": {"quant": None}}
+    assert len(quant_table([runs[0], fp])) == 1
+    with pytest.raises(ValueError, match="no quant_cost"):
+        read_quant_cost(fp)
+    rtn = _result("m", "RTN", 1e-5 / 60, 100)
+    rows = {r["method"]: r for r in quant_table([runs[0], rtn], min_time_s=1.0)}
+    assert rows["RTN"]["slmq_quant"] is None and rows["A"]["slmq_quant"] == pytest.approx(100.0)
