@@ -88,6 +88,8 @@ class EvalConfig:
     limit: Optional[int] = None
     num_fewshot: int = 0
     inference_per_block: bool = False
+    inference: bool = False        # Track 2: profile the deployed integer model (needs save.save_real)
+    inference_threads: int = 1
 
 
 @dataclass
@@ -338,6 +340,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("eval.limit: must be a positive integer or null")
     if cfg.eval.num_fewshot < 0:
         raise ConfigError("eval.num_fewshot: must be >= 0")
+    if cfg.eval.inference and not cfg.save.save_real:
+        raise ConfigError("eval.inference: profiling the deployed model needs save.save_real: true")
+    if cfg.eval.inference and cfg.quant is None:
+        raise ConfigError("eval.inference: needs a quant section (the float baseline is profiled alongside)")
     if cfg.quant is None:
         bad = [p for p in cfg.eval.eval_pos if p != "pretrain"]
         if bad:

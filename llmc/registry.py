@@ -13,6 +13,7 @@ from importlib import metadata
 MODEL_REGISTRY: dict[str, type] = {}
 ALGO_REGISTRY: dict[str, type] = {}
 MODEL_SOURCES: list = []  # callables name -> ModelSource | None, tried before paths and hub ids
+POST_RUN_HOOKS: list = []  # callables (cfg, record, device, dtype) run after quantization (e.g. Track 2)
 
 _loaded = False
 
@@ -36,6 +37,12 @@ def register_model_source(fn):
     """Add a resolver of model names (e.g. an embedded-model zoo) to ``MODEL_SOURCES``."""
     if fn not in MODEL_SOURCES:
         MODEL_SOURCES.append(fn)
+    return fn
+
+
+def register_post_run_hook(fn):
+    if fn not in POST_RUN_HOOKS:
+        POST_RUN_HOOKS.append(fn)
     return fn
 
 

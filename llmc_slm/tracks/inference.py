@@ -6,7 +6,9 @@
 integer-deployed model by :func:`llmc.deploy.load_deployed`) or an ordinary Hugging Face checkpoint (the
 float baseline, e.g. saved in bfloat16 by :func:`save_baseline_checkpoint`). From Python,
 :func:`profile_inference` spawns that command and returns its dict; :func:`infer_scores` turns a
-baseline's and a compressed model's dicts into SLMQ_infer.
+baseline's and a compressed model's dicts into SLMQ_infer (measured and paper-compatible), and
+:func:`track2_for_run` does all of it for one quantization run (its packed checkpoint against the float
+baseline of its model, made once and cached).
 
 What is measured (defaults = the protocol):
 
@@ -18,15 +20,15 @@ What is measured (defaults = the protocol):
   with the KV cache, one warm-up then ``decode_runs`` (3) timed runs; only the decode steps are timed.
 * ``prefill_last_logit_tps`` (extra): the same prefill computing the logits of the last position only
   (``logits_to_keep=1``, what ``generate`` does); lm_head, which stays in float, then costs ~nothing.
-* ``peak_mem``: bytes. CPU: the process's peak resident set size during the inference passes (the kernel's
-  ``VmHWM``, reset after loading by writing 5 to ``/proc/self/clear_refs``, after ``gc`` and
-  ``malloc_trim`` so that freed loading buffers do not count): resident model + activations + runtime.
-  ``peak_mem_process`` is the whole process's peak including loading (``VmHWM`` before the reset);
-  ``rss_before_load`` is the bare runtime's (Python, torch, transformers and the model's modeling code:
-  ~0.4 GB here, common to every checkpoint) and ``peak_mem_above_runtime`` the difference. Weights are
-  copied out of the checkpoint's memory map after loading (:func:`materialize_weights`), so that every
-  checkpoint's weights are resident in the same way. CUDA: the PyTorch
-  allocator's peak (``max_memory_allocated``). ``memory_kind`` says which.
+* ``peak_mem``: bytes. CPU: the process's peak resident set size during the inference passes (the
+  kernel's ``VmHWM``, reset after loading by writing 5 to ``/proc/self/clear_refs``, after ``gc`` and
+  ``malloc_trim`` so that freed loading buffers do not count): runtime + resident weights + activations.
+  Weights are first copied out of the checkpoint's memory map (:func:`materialize_weights`) so that every
+  checkpoint's weights are resident in the same way. ``peak_mem_process`` is the whole process's peak,
+  loading included (``VmHWM`` before the reset); ``rss_before_load`` is the bare runtime's (Python, torch,
+  transformers and the model's modeling code: ~0.4 GB here, common to every checkpoint) and
+  ``peak_mem_above_runtime`` the difference. CUDA: the PyTorch allocator's peak
+  (``max_memory_allocated``). ``memory_kind`` says which.
 * ``size``: bytes of the stored checkpoint's ``*.safetensors`` files (packed integer codes, float32
   scales, uint8 zeros, and the float tensors: embeddings, norms and lm_head in the dtype they were
   saved in); ``storage`` breaks it down by role and dtype.
@@ -575,8 +577,8 @@ def track2_for_run(packed_dir: str | Path, model_path: str, *, dtype: str = "bfl
     base_dir = Path(baseline_dir) if baseline_dir else ensure_baseline_checkpoint(model_path, dtype=dtype, seed=seed)
     tokenizer = load_tokenizer(base_dir)
     vocab = json.loads((base_dir / "config.json").read_text()).get("vocab_size")
-    ids, info = fixed_input_ids(tokenizer, opts.get("seq_len", DEFAULTS["seq_len"]), opts.get("batch", DEFAULTS["batch"]),
-                                data_path, vocab_size=vocab)
+    ids, info = fixed_input_ids(tokenizer, opts.get("seq_len", DEFAULTS["seq_len"]),
+                                opts.get("batch", DEFAULTS["batch"]), data_path, vocab_size=vocab)
     opts = {**opts, "input_ids": ids, "input_source": info["source"], "dtype": dtype}
     baseline = profile_inference(base_dir, **opts)
     compressed = profile_inference(packed_dir, **opts)

@@ -99,14 +99,15 @@ def quant_scores(costs_by_method: Mapping[str, Mapping[str, float]]) -> dict[str
 
 
 def quant_table(results: Iterable[ResultLike], group_by: tuple[str, ...] = ("model", "bits", "profile"),
-                min_time_s: float = 0.0) -> list[dict]:
+                min_time_s: float = 1.0) -> list[dict]:
     """Score SLMQ_quant within each group of runs (same model, bits and profile by default), one row per run.
 
     Rows carry the group, the method, ``time_s``, ``peak_mem_mb``, ``slmq_quant`` and the ratios. Within a
     group each method must appear once (ValueError otherwise: pass only the runs to compare) and every
     run must use the same ``memory_kind``. Runs faster than ``min_time_s`` are reported with
-    ``slmq_quant`` None and left out of T_max (RTN quantizes its weights when the fake-quant layers are
-    deployed, outside the measured stretch, so its recorded time is ~0 and would dominate the score).
+    ``slmq_quant`` None, a ``note``, and are left out of T_max: RTN has no calibration and rounds its
+    weights when the fake-quant layers are deployed, outside the measured stretch, so its recorded time is
+    ~0 s and T_max / T would be ~10^5. ``min_time_s=0`` scores every run.
     """
     rows = collect_quant_costs(results)
     groups: dict = {}
@@ -131,5 +132,7 @@ def quant_table(results: Iterable[ResultLike], group_by: tuple[str, ...] = ("mod
                           "time_min": m["time_s"] / 60, "peak_mem_mb": m["peak_mem_mb"],
                           "memory_kind": m["memory_kind"], "slmq_quant": s.get("slmq_quant"),
                           "time_ratio": s.get("time_ratio"), "mem_ratio": s.get("mem_ratio"),
-                          "methods_compared": len(scored), "source": m["source"]})
+                          "methods_compared": len(scored), "source": m["source"],
+                          "note": None if m["method"] in scored else
+                          f"not scored: quantization took {m['time_s']:.3g} s (< min_time_s {min_time_s} s)"})
     return table
