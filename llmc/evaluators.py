@@ -7,6 +7,8 @@ An evaluator is built from the config before the model is loaded (so missing dat
 
 from __future__ import annotations
 
+import os
+
 from .config import Config
 from .data.sources import find_dataset
 from .data.wikitext2 import evaluation_text
@@ -44,7 +46,8 @@ class WikiText2Perplexity:
             self._windows = window_ids(ids, self.cfg.eval.seq_len)
         limit = self.cfg.eval.limit
         windows = self._windows[:limit] if limit else self._windows
-        result = perplexity(adapter.model, windows, bs=self.cfg.eval.bs)
+        result = perplexity(adapter.model, windows, bs=self.cfg.eval.bs,
+                            progress=not os.environ.get("TQDM_DISABLE"))
         result["limit"] = limit if limit and limit < self._windows.shape[0] else None
         result["windows_in_split"] = int(self._windows.shape[0])
         return result
