@@ -11,7 +11,6 @@ import re
 import time
 from pathlib import Path
 
-import torch
 
 from .config import Config, dump_config
 from .errors import UserError

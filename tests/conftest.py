@@ -44,6 +44,23 @@ def tiny_adapter(model_type: str = "llama", seed: int = 0, **overrides):
     return MODEL_REGISTRY[adapter_for_hf_type(model_type)](model, tokenizer=None)
 
 
+def calib_ids(n=4, seq=16, vocab=256, seed=0):
+    """Random calibration token ids wrapped as CalibData."""
+    from llmc.data.calib import CalibData
+    g = torch.Generator().manual_seed(seed)
+    return CalibData(torch.randint(0, vocab, (n, seq), generator=g), {})
+
+
+def logits(adapter, ids):
+    with torch.no_grad():
+        return adapter.model(input_ids=ids).logits
+
+
+def rel_diff(a, b):
+    """max |a - b| / max |a|"""
+    return ((a - b).abs().max() / a.abs().max()).item()
+
+
 @pytest.fixture(params=["llama", "qwen2", "smollm3"])
 def any_family(request):
     return request.param

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from conftest import tiny_adapter
+from conftest import calib_ids, logits, rel_diff, tiny_adapter
 from llmc.algos.gptq import gptq_quantize
 from llmc.config import load_config
-from llmc.data.calib import CalibData
 from llmc.quant.fake_linear import FakeQuantLinear
 from llmc.quant.quantizer import Quantizer
 from llmc.registry import ALGO_REGISTRY
@@ -17,20 +16,6 @@ def make_cfg(method, *extra):
                               "--quant.weight.granularity", "per_channel", "--quant.act.bit", "8",
                               "--quant.act.granularity", "per_token", "--calib.n_samples", "4",
                               "--calib.seq_len", "16", "--calib.bs", "2", *extra])
-
-
-def calib_ids(n=4, seq=16, vocab=256, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return CalibData(torch.randint(0, vocab, (n, seq), generator=g), {})
-
-
-def logits(adapter, ids):
-    with torch.no_grad():
-        return adapter.model(input_ids=ids).logits
-
-
-def rel_diff(a, b):
-    return ((a - b).abs().max() / a.abs().max()).item()
 
 
 @pytest.mark.parametrize("extra", [[], ["--quant.special.smooth_vo", "true", "--quant.special.smooth_down", "true"]])

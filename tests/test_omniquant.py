@@ -6,11 +6,10 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from conftest import tiny_adapter
+from conftest import calib_ids, logits, rel_diff, tiny_adapter
 from llmc.algos.base import _block_output, capture_block0_inputs, run_block
 from llmc.algos.omniquant import OmniQuant
 from llmc.config import load_config
-from llmc.data.calib import CalibData
 from llmc.errors import ConfigError
 from llmc.quant.fake_linear import FakeQuantLinear
 
@@ -23,20 +22,6 @@ def make_cfg(*extra, wbit=4, n=4, seq=16, bs=2):
                               "--quant.act.bit", "8", "--quant.act.granularity", "per_token",
                               "--calib.n_samples", str(n), "--calib.seq_len", str(seq), "--calib.bs", str(bs),
                               *extra])
-
-
-def calib_ids(n=4, seq=16, vocab=256, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return CalibData(torch.randint(0, vocab, (n, seq), generator=g), {})
-
-
-def logits(adapter, ids):
-    with torch.no_grad():
-        return adapter.model(input_ids=ids).logits
-
-
-def rel_diff(a, b):
-    return ((a - b).abs().max() / a.abs().max()).item()
 
 
 def outlier_adapter(family="llama", **overrides):
