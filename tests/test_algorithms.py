@@ -182,3 +182,15 @@ def test_kv_cache_quantization_hook():
             assert getattr(attn, "k_quantizer", None) is None
     assert rel_diff(outs[None], outs["8"]) < rel_diff(outs[None], outs["2"])
     assert rel_diff(outs[None], outs["2"]) > 0
+
+
+def test_real_quant_position_evaluates_the_integer_model():
+    from llmc.quant.int_linear import IntLinear
+    adapter = tiny_adapter("llama")
+    cfg = make_cfg("RTN", "--eval.eval_pos", "fake_quant,real_quant")
+    seen = {}
+    ids = calib_ids(seed=4).input_ids
+    ALGO_REGISTRY["RTN"](adapter, cfg).run(None, evaluate=lambda pos: seen.__setitem__(pos, logits(adapter, ids)))
+    assert list(seen) == ["transformed", "fake_quant", "real_quant"]
+    assert isinstance(adapter.blocks[0].self_attn.q_proj, IntLinear)
+    assert rel_diff(seen["fake_quant"], seen["real_quant"]) < 1e-2

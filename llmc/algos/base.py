@@ -8,7 +8,8 @@
    training) or updates its weights (GPTQ). Then the block's outputs become the next block's inputs:
    float outputs, or with ``quant.quant_out`` the outputs of the block fake-quantized.
 3. Evaluate at ``transformed`` (the transformed float model), deploy fake quantization on every block
-   linear, evaluate at ``fake_quant``.
+   linear, evaluate at ``fake_quant``; with ``real_quant``, swap in the integer kernels
+   (``llmc.deploy``) and evaluate the deployed model.
 
 Only one block's calibration activations are alive at a time (inputs, outputs and what a method
 collects), so memory beyond the model is about one block's working set. Model knowledge comes from the
@@ -174,6 +175,10 @@ class BlockwiseAlgorithm:
                  total["memory_kind"])
         evaluate("fake_quant")
         self.save_fake()
+        if "real_quant" in self.cfg.eval.eval_pos:
+            from ..deploy import deploy_integer
+            deploy_integer(self.adapter.model)   # integer kernels in place of every fake-quant linear
+            evaluate("real_quant")
 
     def quantize(self, calib) -> None:
         """Everything that counts as quantization cost: calibration, search, training, weight updates."""
