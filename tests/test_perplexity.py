@@ -71,15 +71,3 @@ def test_rows_keep_newlines_and_blank_lines_become_empty(tmp_path):
     assert rows == ["", " = Title = \n", "", " text one \n"]
     assert "\n\n".join(rows) == "\n\n = Title = \n" + "\n\n" + "\n\n" + " text one \n"
 
-
-def test_atomic_writes_are_readable_by_others(tmp_path):
-    import os
-    import stat
-    from llmc.utils import atomic_write_json
-    old = os.umask(0o022)
-    try:
-        atomic_write_json(tmp_path / "r.json", {"a": 1})
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o644
-    assert not list(tmp_path.glob(".*.tmp"))
