@@ -42,9 +42,14 @@ def save_hf(adapter, cfg, kind: str) -> Path:
     return out
 
 
+def packed_dir(cfg) -> Path:
+    """Where ``save.save_real`` writes the run's packed checkpoint (Track 2 reads it from here)."""
+    return Path(cfg.save.save_path) / f"{_stem(cfg)}_real_quant"
+
+
 def save_packed(adapter, cfg) -> Path:
     from ..quant.packed import save_packed_model
-    out = Path(cfg.save.save_path) / f"{_stem(cfg)}_real_quant"
+    out = packed_dir(cfg)
     save_packed_model(adapter, cfg, out)
     return out
 

@@ -7,13 +7,10 @@ def track2_hook(cfg, record, device, dtype) -> None:
     checkpoint and its float baseline are profiled in fresh processes and written to the record."""
     if not cfg.eval.inference:
         return
-    from pathlib import Path
-
-    from llmc.runner import results_path
+    from llmc.algos.saving import packed_dir
 
     from .inference import track2_for_run
-    packed = Path(cfg.save.save_path) / f"{results_path(cfg).stem}_real_quant"
     record.data["inference"] = track2_for_run(
-        packed, cfg.model.path, dtype=str(dtype).replace("torch.", ""), seed=cfg.base.seed,
+        packed_dir(cfg), cfg.model.path, dtype=str(dtype).replace("torch.", ""), seed=cfg.base.seed,
         threads=cfg.eval.inference_threads, data_path=cfg.eval.path, device=device.type)
     record.save()
