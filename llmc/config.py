@@ -98,6 +98,9 @@ class SaveConfig:
     save_trans: bool = False
     save_fake: bool = False
     save_real: bool = False
+    # packed checkpoint: input embeddings and lm_head stored as int8 codes with one float32 scale per row
+    # (symmetric, weight-only; dequantized to the compute dtype at load). null: stored in the model's dtype.
+    real_embed_bit: Optional[int] = 8
 
 
 @dataclass
@@ -340,6 +343,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("eval.limit: must be a positive integer or null")
     if cfg.eval.num_fewshot < 0:
         raise ConfigError("eval.num_fewshot: must be >= 0")
+    if cfg.save.real_embed_bit is not None and cfg.save.real_embed_bit != 8:
+        raise ConfigError(f"save.real_embed_bit: {cfg.save.real_embed_bit} is not supported (8, or null to keep "
+                          "embeddings and lm_head in the model's dtype)")
     if cfg.eval.inference and not cfg.save.save_real:
         raise ConfigError("eval.inference: profiling the deployed model needs save.save_real: true")
     if cfg.eval.inference and cfg.quant is None:

@@ -6,8 +6,10 @@ quantized linears run integer kernels (:class:`llmc.quant.int_linear.IntLinear`)
 
 Both give the same model: the packed checkpoint holds exactly the codes, scales and zeros that
 ``FakeQuantLinear.export_int()`` returns, and the activation quantizers and online transforms travel in
-its metadata. Embeddings, norms and lm_head stay in the model's float dtype (the methods keep them in
-float, and the packed checkpoint stores them so). A KV-cache quantizer (``quant.kvcache``), where one
+its metadata. Norms stay in the model's float dtype. Embeddings and lm_head are float in the fake-quant
+model (no method quantizes them); the packed checkpoint stores them as int8 rows with float32 scales
+(``save.real_embed_bit: 8``, weight-only, the default; ``null`` keeps them float) and ``load_deployed``
+dequantizes them to the float dtype: they save storage, not runtime memory. A KV-cache quantizer (``quant.kvcache``), where one
 was set, is not part of the packed checkpoint and stays fake (float) in ``deploy_integer``.
 """
 

@@ -6,8 +6,9 @@ it is built, before any model loads (a missing data set is a ``UserError`` namin
 ``run(adapter)`` wraps ``adapter.model`` / ``adapter.tokenizer`` in lm-eval's ``HFLM`` (the model keeps
 its dtype and device) and lets the harness build the requests, score them and aggregate.
 
-``eval.limit`` is lm-eval's ``limit``: the first N documents of every task, so for MMLU the first N of
-each of the 57 subjects. ``eval.num_fewshot`` is lm-eval's ``num_fewshot`` (0 by default, the protocol).
+``eval.limit`` N: the first N documents of a task; for MMLU (a group) N documents in total over the 57
+subjects, spread evenly (``llmc_slm.tasks.lmeval.selection``: 100 -> 2 items for 43 subjects, 1 for 14),
+the same selection ``tools/check_tasks.py`` uses. ``eval.num_fewshot`` is lm-eval's ``num_fewshot`` (0 by default, the protocol).
 ``eval.bs`` is HFLM's batch size.
 
 Result of ``run``: ``acc``, ``acc_stderr``, ``acc_norm``, ``acc_norm_stderr`` (None where the task has no
@@ -80,7 +81,10 @@ class HarnessTask:
         t0 = time.perf_counter()
         task_set = lmeval.build_task_set(self.name, self.data)  # fresh tasks for every evaluation position
         lm = make_lm(adapter, self.cfg.eval.bs)
-        results = lmeval.run(lm, task_set.task_dict(), limit=self.limit, num_fewshot=self.num_fewshot)
+        sel = lmeval.selection(task_set, self.limit)
+        if "samples" in sel:
+            lmeval.prune(task_set, set(sel["samples"]))
+        results = lmeval.run(lm, task_set.task_dict(), num_fewshot=self.num_fewshot, **sel)
         out = lmeval.summarize(task_set, results)
         metric = TABLE_METRIC[self.name]
         out.update({

@@ -194,3 +194,27 @@ def test_real_quant_position_evaluates_the_integer_model():
     assert list(seen) == ["transformed", "fake_quant", "real_quant"]
     assert isinstance(adapter.blocks[0].self_attn.q_proj, IntLinear)
     assert rel_diff(seen["fake_quant"], seen["real_quant"]) < 1e-2
+
+
+def test_real_quant_with_save_real_evaluates_the_packed_checkpoint(tmp_path):
+    """With save.save_real the real_quant position runs the shipped checkpoint: integer linears and the
+    int8-row embeddings / lm_head it stores."""
+    from llmc.quant.int_linear import IntLinear
+    from llmc.quant.packed import dequantize_rows, quantize_rows
+    adapter = tiny_adapter("llama", tie_word_embeddings=True)
+    cfg = make_cfg("RTN", "--eval.eval_pos", "fake_quant,real_quant", "--save.save_real", "true",
+                   "--save.save_path", str(tmp_path))
+    seen = {}
+    ids = calib_ids(seed=4).input_ids
+    fake_model = {}
+    def evaluate(pos):
+        seen[pos] = logits(adapter, ids)
+        fake_model.setdefault(pos, adapter.model)
+    ALGO_REGISTRY["RTN"](adapter, cfg).run(None, evaluate=evaluate)
+    assert adapter.model is not fake_model["fake_quant"]               # reloaded from the packed folder
+    assert isinstance(adapter.blocks[0].self_attn.q_proj, IntLinear)
+    emb = fake_model["fake_quant"].model.embed_tokens.weight
+    torch.testing.assert_close(adapter.model.model.embed_tokens.weight,
+                               dequantize_rows(*quantize_rows(emb), emb.dtype))
+    assert not torch.equal(adapter.model.model.embed_tokens.weight, emb)
+    assert 0 < rel_diff(seen["fake_quant"], seen["real_quant"]) < 2e-2

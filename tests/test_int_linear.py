@@ -158,14 +158,16 @@ def test_deepcopy_and_memory():
 
 
 # ------------------------------------------------------------------------------------ whole models
-def _quantized(family, wbit, extra=(), hidden=64, ffn=128, vocab=256, dtype=torch.float32):
+def _quantized(family, wbit, extra=(), hidden=64, ffn=128, vocab=256, dtype=torch.float32, embed_bit="null"):
+    """An RTN-quantized tiny model; the packed checkpoint keeps embeddings and lm_head in float unless
+    ``embed_bit`` is given, so that reloads are exact."""
     adapter = tiny_adapter(family, hidden_size=hidden, intermediate_size=ffn, vocab_size=vocab)
     adapter.model.to(dtype)
     method = "RTN"
     cfg = load_config(None, ["--quant.method", method, "--quant.weight.bit", str(wbit),
                              "--quant.weight.granularity", "per_channel", "--quant.act.bit", "8",
                              "--quant.act.granularity", "per_token", "--calib.n_samples", "4",
-                             "--calib.seq_len", "16", *extra])
+                             "--calib.seq_len", "16", "--save.real_embed_bit", embed_bit, *extra])
     calib = CalibData(torch.randint(0, vocab, (4, 16), generator=torch.Generator().manual_seed(0)), {})
     ALGO_REGISTRY[method](adapter, cfg).run(calib)
     return adapter, cfg
@@ -232,17 +234,22 @@ def test_bf16_deployment_is_close_and_compute_dtype_cast(tmp_path):
 
 
 def test_packed_checkpoint_size_against_bf16(tmp_path):
-    """Linears dominate this model (hidden 256, ffn 1024, vocab 64). Embeddings, lm_head and norms are stored
-    in bfloat16 in both checkpoints; per-channel scales in float32 in the packed one."""
+    """Linears dominate this model (hidden 256, ffn 1024, vocab 64). The packed checkpoint stores the (tied)
+    embedding as int8 rows with float32 scales (the default ``save.real_embed_bit: 8``), norms in bfloat16,
+    per-channel scales in float32; the baseline stores everything in bfloat16."""
     from llmc_slm.tracks.inference import checkpoint_size, save_baseline_checkpoint, storage_breakdown
     sizes = {}
     for wbit in (4, 8):
-        adapter, cfg = _quantized("llama", wbit, hidden=256, ffn=1024, vocab=64, dtype=torch.bfloat16)
+        adapter, cfg = _quantized("llama", wbit, hidden=256, ffn=1024, vocab=64, dtype=torch.bfloat16, embed_bit="8")
         save_packed_model(adapter, cfg, tmp_path / f"w{wbit}")
         sizes[wbit] = checkpoint_size(tmp_path / f"w{wbit}")
         roles = storage_breakdown(tmp_path / f"w{wbit}")["roles"]
         assert set(roles["weight_codes"]["dtypes"]) == {"U8"} and set(roles["weight_scales"]["dtypes"]) == {"F32"}
-        assert set(roles["embeddings"]["dtypes"]) == {"BF16"} and set(roles["lm_head"]["dtypes"]) == {"BF16"}
+        assert roles["embeddings"]["dtypes"] == {"I8": 64 * 256, "F32": 64 * 4}   # codes + one scale per row
+        if adapter.model.config.tie_word_embeddings:
+            assert "lm_head" not in roles                                         # tied: stored once
+        else:
+            assert roles["lm_head"]["dtypes"] == {"I8": 64 * 256, "F32": 64 * 4}
         n_lin = sum(m.in_features * m.out_features for b in adapter.blocks for m in adapter.block_linears(b).values())
         assert roles["weight_codes"]["bytes"] == n_lin * wbit // 8
     base = tiny_adapter("llama", hidden_size=256, intermediate_size=1024, vocab_size=64)

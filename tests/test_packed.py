@@ -6,7 +6,8 @@ import torch
 from conftest import tiny_adapter
 from llmc.config import load_config
 from llmc.data.calib import CalibData
-from llmc.quant.packed import load_packed_model, pack_codes, save_packed_model, unpack_codes
+from llmc.quant.packed import (dequantize_rows, load_packed_model, pack_codes, quantize_rows, read_packed,
+                               save_packed_model, unpack_codes)
 from llmc.quant.transforms import OnlineHadamard
 from llmc.registry import ALGO_REGISTRY
 
@@ -39,7 +40,8 @@ def test_save_and_reload_gives_the_fake_quant_outputs(tmp_path, any_family, meth
     adapter = tiny_adapter(any_family)
     cfg = load_config(None, ["--quant.method", method, "--quant.weight.granularity", "per_channel",
                              "--quant.act.bit", "8", "--quant.act.granularity", "per_token",
-                             "--calib.n_samples", "4", "--calib.seq_len", "16", *overrides])
+                             "--calib.n_samples", "4", "--calib.seq_len", "16", "--save.real_embed_bit", "null",
+                             *overrides])
     calib = CalibData(torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0)), {})
     ALGO_REGISTRY[method](adapter, cfg).run(calib)
     # an online transform travels with the checkpoint
@@ -65,3 +67,40 @@ def test_packed_file_is_smaller_than_float(tmp_path):
     float_size = sum(p.numel() * 4 for p in adapter.model.parameters())
     # 4-bit linears take half a byte per weight (plus scales); the rest stays float32 here
     assert size < float_size - linear_params * 4 * 0.8
+
+
+def test_quantize_rows_against_a_loop():
+    w = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
+    w[2] = 0.0
+    codes, scale = quantize_rows(w)
+    for r in range(6):
+        s = w[r].abs().max().item() / 127 or 1.0
+        assert scale[r, 0].item() == pytest.approx(s, rel=1e-6)
+        want = [max(-127, min(127, round(v / s))) for v in w[r].tolist()]
+        assert codes[r].tolist() == want
+    assert (dequantize_rows(codes, scale, torch.float32) - w).abs().max() <= scale.max() / 2 + 1e-7
+
+
+@pytest.mark.parametrize("family, tied", [("llama", True), ("qwen2", False)])
+def test_int8_embeddings_and_lm_head(tmp_path, family, tied):
+    adapter = tiny_adapter(family, tie_word_embeddings=tied)
+    assert adapter.model.config.tie_word_embeddings == tied
+    assert (adapter.model.lm_head.weight is adapter.model.model.embed_tokens.weight) == tied
+    cfg = load_config(None, ["--quant.method", "RTN", "--quant.weight.bit", "4"])   # real_embed_bit: 8 (default)
+    ALGO_REGISTRY["RTN"](adapter, cfg).run(None)
+    save_packed_model(adapter, cfg, tmp_path / "p")
+    tensors, meta = read_packed(tmp_path / "p")
+    emb_keys = sorted(k[: -len(".int8")] for k in tensors if k.endswith(".int8"))
+    assert emb_keys == (["model.embed_tokens.weight"] if tied else ["lm_head.weight", "model.embed_tokens.weight"])
+    assert not any(k in tensors for k in ("model.embed_tokens.weight", "lm_head.weight"))
+    # reference: the fake-quant model whose embedding and lm_head rows were rounded to int8
+    with torch.no_grad():
+        for module in {id(m): m for m in (adapter.model.get_input_embeddings(),
+                                          adapter.model.get_output_embeddings())}.values():
+            module.weight.copy_(dequantize_rows(*quantize_rows(module.weight), module.weight.dtype))
+        ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(5))
+        expected = adapter.model(input_ids=ids).logits
+        model = load_packed_model(tmp_path / "p")
+        got = model(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied

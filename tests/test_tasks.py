@@ -230,12 +230,12 @@ def test_mmlu_evaluator_on_a_tiny_model(tiny, name):
     vocabulary projection over long prompts dominates)."""
     from llmc_slm.harness import HarnessTask
     location(name)
-    ev = HarnessTask(name, _cfg(limit=3, bs=8))
+    ev = HarnessTask(name, _cfg(limit=12, bs=8))     # 12 in total over the group: 3 per subject
     assert len(ev.data) == 57
     picked = {"college_physics": 3, "marketing": 3, "sociology": 3, "logical_fallacies": 3}
     ev.data = {s: ev.data[s] for s in picked}
     out = ev.run(tiny)
-    assert out["task"] == name and out["n"] == 12 and out["limit"] == 3 and out["subset"]
+    assert out["task"] == name and out["n"] == 12 and out["limit"] == 12 and out["subset"]
     assert set(out["subjects"]) == set(picked)
     assert set(out["categories"]) == {"stem", "other", "social_sciences", "humanities"}
     assert sum(c["n"] for c in out["categories"].values()) == out["n"]
@@ -269,3 +269,10 @@ def test_requests_identical_to_the_builtin_task(tiny, tmp_path):
         assert x["filtered_resps"] == y["filtered_resps"]
     for key in ("acc,none", "acc_stderr,none", "acc_norm,none", "acc_norm_stderr,none"):
         assert a["results"][name][key] == b["results"][name][key]
+
+
+def test_group_limit_is_a_total_spread_over_subjects():
+    from llmc_slm.tasks.lmeval import spread
+    assert spread(100, [50] * 57) == [2] * 43 + [1] * 14
+    assert sum(spread(200, [100] * 57)) == 200
+    assert spread(10, [1, 50, 50]) == [1, 3, 3]          # a short subject gives what it has

@@ -34,37 +34,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ALL = ("mmlu", "mmlu_continuation", "arc_easy", "arc_challenge", "piqa", "hellaswag")
 
 
-def spread(total: int, sizes: list[int]) -> list[int]:
-    """How many leading items of each part make ``total`` items spread evenly (earlier parts first)."""
-    n = len(sizes)
-    base, extra = divmod(total, n)
-    return [min(size, base + (1 if i < extra else 0)) for i, size in enumerate(sizes)]
-
-
-def selection(task_set, limit: int | None) -> dict:
-    """``limit`` / ``samples`` arguments for lmeval.run (see the module doc)."""
-    if not task_set.groups or limit is None:
-        return {"limit": limit}
-    names = list(task_set.tasks)
-    counts = spread(limit, [len(task_set.tasks[t].eval_docs) for t in names])
-    return {"samples": {t: list(range(k)) for t, k in zip(names, counts) if k > 0}}
-
-
-def prune(task_set, keep) -> None:
-    """Drop the subjects that get no items (lm-eval reads an empty ``samples`` list as "all documents")."""
-    from lm_eval.api.group import Group
-    for group in list(task_set.groups.values()):
-        for child in list(group):
-            if not isinstance(child, Group) and child.task_name not in keep:
-                group.pop(child.task_name)
-    for name, group in list(task_set.groups.items()):
-        if len(group) == 0:
-            del task_set.groups[name]
-            for parent in task_set.groups.values():
-                parent.pop(name)
-    task_set.tasks = {k: v for k, v in task_set.tasks.items() if k in keep}
-
-
 def _same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
@@ -175,10 +144,10 @@ def main(argv=None) -> int:
         loc = locations[name]
         ours = lmeval.build_task_set(name, load_task_data(name, loc, key="--data"))
         ref = reference.builtin_task_set(name, loc, manager=manager)
-        sel = selection(ours, limit)
+        sel = lmeval.selection(ours, limit)
         if "samples" in sel:
             for task_set in (ours, ref):
-                prune(task_set, set(sel["samples"]))
+                lmeval.prune(task_set, set(sel["samples"]))
         t = time.perf_counter()
         res_ours = lmeval.run(lm, ours.task_dict(), log_samples=True, **sel)
         t_ours = time.perf_counter() - t

@@ -176,9 +176,21 @@ class BlockwiseAlgorithm:
         evaluate("fake_quant")
         self.save_fake()
         if "real_quant" in self.cfg.eval.eval_pos:
-            from ..deploy import deploy_integer
-            deploy_integer(self.adapter.model)   # integer kernels in place of every fake-quant linear
+            self.deploy_real()
             evaluate("real_quant")
+
+    def deploy_real(self) -> None:
+        """The model evaluated at ``real_quant``: with ``save.save_real``, the packed checkpoint itself,
+        loaded with integer kernels (what is shipped is what is measured, int8 embeddings included);
+        otherwise the fake-quant model with its linears swapped for integer kernels in place."""
+        from ..deploy import deploy_integer, load_deployed, to_compute_dtype
+        if self.cfg.save.save_real:
+            from .saving import packed_dir
+            device = next(self.adapter.model.parameters()).device
+            model = load_deployed(packed_dir(self.cfg), device=device)
+            self.adapter.model = to_compute_dtype(model, self.adapter.dtype)
+        else:
+            deploy_integer(self.adapter.model)   # integer kernels in place of every fake-quant linear
 
     def quantize(self, calib) -> None:
         """Everything that counts as quantization cost: calibration, search, training, weight updates."""

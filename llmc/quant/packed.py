@@ -6,7 +6,11 @@ Layout of ``model.safetensors`` in the output folder:
   even input column in the low nibble, codes of 5..8 bits one per byte; signed codes stored in two's
   complement), ``<name>.scale`` (float32, the quantizer's shape), ``<name>.zero`` (uint8, asymmetric
   grids only), and ``<name>.bias`` when the layer has one;
-- every other tensor of the model (embeddings, norms, lm_head) as it is in the model's dtype.
+- the input embeddings and lm_head (``save.real_embed_bit: 8``, the default): ``<key>.int8`` (int8 codes,
+  symmetric, one scale per row: per token for the embedding, per output channel for lm_head) and
+  ``<key>.row_scale`` (float32 [rows, 1]); weight-only, dequantized to the model's dtype at load. A tied
+  lm_head is the embedding and is stored once. With ``real_embed_bit: null`` they are stored as floats;
+- every other tensor of the model (norms, unquantized linears) as it is in the model's dtype.
 
 The safetensors metadata holds, as JSON, the Hugging Face config, each quantized layer's weight and
 activation quantizer settings and its online input transform (e.g. a Hadamard of size n), so that
@@ -55,6 +59,29 @@ def unpack_codes(packed: torch.Tensor, bit: int, signed: bool, in_features: int)
     if signed:
         vals = torch.where(vals >= 128, vals - 256, vals)
     return vals.to(torch.int8 if signed else torch.uint8)
+
+
+def quantize_rows(weight: torch.Tensor, bit: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row round-to-nearest of a 2-D float tensor: (int8 codes, float32 scales [rows, 1]),
+    ``weight ~= codes * scale`` with ``scale = max|row| / (2^(bit-1) - 1)`` (an all-zero row gets scale 1)."""
+    w = weight.detach().float()
+    qmax = 2 ** (bit - 1) - 1
+    scale = w.abs().amax(dim=1, keepdim=True) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round(w / scale).clamp_(-qmax, qmax).to(torch.int8)
+    return codes, scale
+
+
+def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (codes.float() * scale.float()).to(dtype)
+
+
+def _embedding_keys(model) -> set:
+    """Names of the input embedding and lm_head weights, found through the model's own accessors (not by
+    name); a tied pair gives both names."""
+    targets = [getattr(m, "weight", None) for m in (model.get_input_embeddings(), model.get_output_embeddings())]
+    targets = [t for t in targets if isinstance(t, torch.Tensor) and t.dim() == 2]
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if any(p is t for t in targets)}
 
 
 def _quantizer_spec(q: Quantizer | None) -> dict | None:
@@ -106,6 +133,9 @@ def save_packed_model(adapter, cfg, out: Path) -> None:
                             "weight": _quantizer_spec(wq), "act": _quantizer_spec(module.act_quantizer),
                             "input_transform": _transform_spec(module.input_transform)}
             quantized_prefixes.add(name + ".")
+    embed_bit = getattr(cfg.save, "real_embed_bit", None)
+    embed_keys = _embedding_keys(model) if embed_bit else set()
+    int_embeddings = {}
     seen = set()
     for key, value in model.state_dict().items():
         if any(key.startswith(p) for p in quantized_prefixes):
@@ -113,9 +143,14 @@ def save_packed_model(adapter, cfg, out: Path) -> None:
         if value.data_ptr() in seen:  # tied weights are stored once; the config re-ties them
             continue
         seen.add(value.data_ptr())
+        if key in embed_keys:
+            codes, scale = quantize_rows(value, embed_bit)
+            tensors[f"{key}.int8"], tensors[f"{key}.row_scale"] = codes.contiguous(), scale.contiguous()
+            int_embeddings[key] = {"bit": embed_bit, "symmetric": True, "granularity": "per_row"}
+            continue
         tensors[key] = value.detach().contiguous()
     meta = {"format": FORMAT, "config": model.config.to_json_string(), "layers": json.dumps(layers),
-            "dtype": str(adapter.dtype).replace("torch.", "")}
+            "int_embeddings": json.dumps(int_embeddings), "dtype": str(adapter.dtype).replace("torch.", "")}
     with atomic_dir(out) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata=meta)
         if adapter.tokenizer is not None:
@@ -165,7 +200,11 @@ def load_packed_model(path: Path, linear_factory=None):
                          tensors.get(f"{name}.bias"), wq, aq, build_transform(info["input_transform"]), dtype)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-    rest = {k: v for k, v in tensors.items() if not any(k.startswith(n + ".") for n in layers)}
+    int_embeddings = json.loads(meta.get("int_embeddings", "{}"))
+    rest = {k: v for k, v in tensors.items() if not any(k.startswith(n + ".") for n in layers)
+            and not any(k.startswith(e + ".") for e in int_embeddings)}
+    for key in int_embeddings:
+        rest[key] = dequantize_rows(tensors[f"{key}.int8"], tensors[f"{key}.row_scale"], dtype)
     model.load_state_dict(rest, strict=False, assign=True)
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()

@@ -156,6 +156,40 @@ def quiet_lm_eval(level: int = logging.WARNING):
         log.setLevel(old)
 
 
+def spread(total: int, sizes: list[int]) -> list[int]:
+    """How many leading items of each part make ``total`` items spread evenly (earlier parts first)."""
+    n = len(sizes)
+    base, extra = divmod(total, n)
+    return [min(size, base + (1 if i < extra else 0)) for i, size in enumerate(sizes)]
+
+
+def selection(task_set, limit: int | None) -> dict:
+    """``limit`` / ``samples`` arguments for :func:`run`. A plain task: its first ``limit`` documents. A group
+    (MMLU): ``limit`` documents in total over its subjects, the first k of every subject, k = limit // n or
+    one more for the first limit % n subjects in alphabetical order (100 over 57 subjects: 2 items for 43,
+    1 for 14). Subjects that get none must then be dropped with :func:`prune`."""
+    if not task_set.groups or limit is None:
+        return {"limit": limit}
+    names = list(task_set.tasks)
+    counts = spread(limit, [len(task_set.tasks[t].eval_docs) for t in names])
+    return {"samples": {t: list(range(k)) for t, k in zip(names, counts) if k > 0}}
+
+
+def prune(task_set, keep) -> None:
+    """Drop the subjects that get no items (lm-eval reads an empty ``samples`` list as "all documents")."""
+    from lm_eval.api.group import Group
+    for group in list(task_set.groups.values()):
+        for child in list(group):
+            if not isinstance(child, Group) and child.task_name not in keep:
+                group.pop(child.task_name)
+    for name, group in list(task_set.groups.items()):
+        if len(group) == 0:
+            del task_set.groups[name]
+            for parent in task_set.groups.values():
+                parent.pop(name)
+    task_set.tasks = {k: v for k, v in task_set.tasks.items() if k in keep}
+
+
 def run(lm, task_dict: dict, *, limit: Optional[int] = None, samples: Optional[dict] = None,
         num_fewshot: int = 0, log_samples: bool = False) -> dict:
     """``lm_eval.evaluator.evaluate`` on prepared tasks, set up as ``simple_evaluate`` sets them up

@@ -30,8 +30,9 @@ What is measured (defaults = the protocol):
   ``peak_mem_above_runtime`` the difference. CUDA: the PyTorch allocator's peak
   (``max_memory_allocated``). ``memory_kind`` says which.
 * ``size``: bytes of the stored checkpoint's ``*.safetensors`` files (packed integer codes, float32
-  scales, uint8 zeros, and the float tensors: embeddings, norms and lm_head in the dtype they were
-  saved in); ``storage`` breaks it down by role and dtype.
+  scales, uint8 zeros; embeddings and lm_head as int8 rows + float32 row scales by default
+  (``save.real_embed_bit``), a tied lm_head once; norms in the dtype they were saved in); ``storage``
+  breaks it down by role and dtype.
 * ``macs``: multiply-accumulates of one forward pass at batch x seq_len: calflops 0.3.2's count
   (``macs_calflops``; it sees ``F.linear`` and ``torch.matmul`` but neither scaled-dot-product attention
   nor the integer kernels) + ``macs_attention`` (:data:`ATTENTION_MACS_FORMULA`) + ``macs_integer`` (the
