@@ -168,9 +168,10 @@ def test_kvcache_quantization_trains_the_qk_scale():
 
 # -------------------------------------------------------------------------------------- divergence
 def test_nan_loss_is_recorded_and_the_block_restored(monkeypatch):
+    """The official procedure (keep_best off): a NaN stops the block, which gets no LET and LWC at init."""
     adapter = outlier_adapter("llama")
     original_norm = adapter.blocks[1].input_layernorm.weight.clone()
-    algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "3"))
+    algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "3", "--quant.special.keep_best", "false"))
     real_loss = OmniQuant._loss
     calls = {"n": 0}
 
@@ -201,9 +202,52 @@ def test_exploding_loss_is_recorded_not_raised():
     algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "5", "--quant.special.let_lr", "1e4",
                                        "--quant.special.lwc_lr", "1e4"))
     algo.quantize(calib_ids())
-    assert algo.block_log[0]["diverged"] and "exploded" in algo.block_log[0]["reason"]
-    assert algo.block_log[0]["loss_final"] < 10 * algo.block_log[0]["loss_init"]
+    info = algo.block_log[0]
+    assert info["diverged"] and "exploded" in info["reason"]
+    # keep-best: three attempts (lr x1, x0.5, x0.25) all explode; the block keeps its initial parameters
+    assert [a["lr_scale"] for a in info["attempts"]] == [1.0, 0.5, 0.25]
+    assert all("exploded" in a["reason"] for a in info["attempts"])
+    assert info["chosen"] == "init" and info["loss_final"] == pytest.approx(info["loss_init"], rel=1e-6)
     assert all(torch.isfinite(p).all() for p in adapter.model.parameters())
+
+
+def test_nan_in_one_attempt_is_retried_with_keep_best(monkeypatch):
+    adapter = outlier_adapter("llama")
+    algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "3"))
+    real_loss = OmniQuant._loss
+    calls = {"n": 0}
+
+    def nan_once_in_block_1(self, block, *args):
+        loss = real_loss(self, block, *args)
+        if block is adapter.blocks[1] and torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 3:
+                return loss * float("nan")
+        return loss
+    monkeypatch.setattr(OmniQuant, "_loss", nan_once_in_block_1)
+    algo.quantize(calib_ids())
+    info = algo.block_log[1]
+    assert "non-finite" in info["attempts"][0]["reason"] and info["attempts"][1]["lr_scale"] == 0.5
+    assert not info["diverged"] and info["chosen"].startswith("attempt 2")
+    assert info["loss_final"] < info["loss_init"]
+
+
+def test_keep_best_never_ends_above_init_and_official_mode_can(monkeypatch):
+    """A learning rate that makes training worse without exploding: keep-best keeps the initial parameters
+    (after two retries at halved rates), the official procedure keeps the worse end of training."""
+    def make(keep):
+        adapter = outlier_adapter("llama")
+        algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "2", "--quant.special.let_lr", "0.3",
+                                           "--quant.special.lwc_lr", "3", "--quant.special.diverge_factor", "1e9",
+                                           "--quant.special.keep_best", keep))
+        algo.quantize(calib_ids())
+        return algo.block_log
+    official, kept = make("false"), make("true")
+    assert any(b["loss_final"] > b["loss_init"] for b in official)          # training can make a block worse
+    for b in kept:
+        assert b["loss_final"] <= b["loss_init"] * (1 + 1e-6)
+        if b["chosen"] == "init":
+            assert len(b["attempts"]) == 3
 
 
 # -------------------------------------------------------------------------------------- deployment

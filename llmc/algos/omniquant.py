@@ -71,10 +71,20 @@ exactly the weights the training forward used.  The result is an ordinary model 
 activations).
 
 Divergence: a non-finite batch loss, or one above ``diverge_factor`` (10) times that batch's loss at
-initialisation, stops the block's training; the block then gets its initial state (no LET, LWC at
-init), the event is recorded (``diverged``, ``reason``) and the pipeline goes on.  Per block the record
-has ``loss_init`` / ``loss_final`` (mean over the calibration batches before / after training),
-``loss_epochs`` and ``train_seconds``.
+initialisation, stops the block's training (an attempt); the event is recorded (``diverged``,
+``reason``) and the pipeline goes on.  Per block the record has ``loss_init`` / ``loss_final`` (mean
+over the calibration batches before / after training, measured with the training forward),
+``loss_epochs``, ``attempts``, ``chosen`` and ``train_seconds``.
+
+Keep-best (``keep_best: true``, ours, the default; not in the official code): the official procedure
+keeps whatever parameters training ends with, and on SmolLM2 some blocks end *worse* than their
+initialisation (block 11, where the massive activation appears: 53.8 at init, 124.4 after 5 epochs at the
+official learning rates).  So the loss over the whole calibration set is measured for the end of training
+and for the epoch with the lowest running loss, the lowest of those and the initial parameters is kept,
+and while that is the initial one the block is retrained from its initialisation with both learning rates
+halved (``lr_retries``, 2).  A block whose every attempt diverged keeps its initial parameters (LET at its
+SmoothQuant-style init, LWC at init).  ``keep_best: false`` reproduces the official behaviour (a diverged
+block gets no LET and LWC at init), e.g. to study the collapse the paper reports at W4A8.
 """
 
 from __future__ import annotations
@@ -115,6 +125,8 @@ class OmniQuantSpecial:
     let_alpha: float = 0.5          # official --alpha: SmoothQuant-style init of the LET scales
     lwc_init: float = 4.0           # official init_value of upbound/lowbound factors (sigmoid -> 0.982)
     diverge_factor: float = 10.0    # a batch loss above this x its initial loss counts as divergence
+    keep_best: bool = True          # ours: keep the lowest-loss parameters (init included), retry at lower lr
+    lr_retries: int = 2             # ours: retries (lrs halved each time) while a block ends no better than init
 
 
 def truncate_scale(s: torch.Tensor, threshold: float = LET_MIN) -> torch.Tensor:
@@ -455,52 +467,122 @@ class OmniQuant(BlockwiseAlgorithm):
         return loss
 
     def _train(self, index, block, state, q_in, kwargs, targets, aug) -> dict:
+        """Train one block; returns its log entry. With ``keep_best`` (ours, on by default) the block keeps
+        the parameters with the lowest loss over the whole calibration set among the initial ones, the
+        end of training, and the epoch whose running mean loss was lowest; while that is not below the
+        initial loss, training restarts from the initial parameters with both learning rates halved (at
+        most ``lr_retries`` times). ``keep_best: false`` is the official procedure: the parameters at the
+        end of training, whatever their loss."""
         sp = self.special
+        params = state.let_parameters() + state.lwc_parameters()
         with self._quantized_forward(block, state):
             init = self._losses(block, state, q_in, kwargs, targets, aug)
-            info = {"loss_init": float(sum(init) / len(init)), "diverged": False}
-            epochs_done, epoch_losses = 0, []
-            reason = None
-            if not all(math.isfinite(v) for v in init):
-                reason = "non-finite loss at initialisation"
-            groups = [g for g in ({"params": state.let_parameters(), "lr": sp.let_lr},
-                                  {"params": state.lwc_parameters(), "lr": sp.lwc_lr}) if g["params"]]
-            if reason is None and sp.epochs > 0 and groups:
-                opt = torch.optim.AdamW(groups, weight_decay=sp.wd)
-                with torch.enable_grad():
-                    for epoch in range(sp.epochs):
-                        batch_losses = []
-                        for j, h in enumerate(q_in):
-                            loss = self._loss(block, state, h, kwargs, targets[j], aug[j] if aug else None)
-                            value = float(loss.detach())
-                            if not math.isfinite(value):
-                                reason = f"non-finite loss at epoch {epoch}, batch {j}"
-                            elif value > sp.diverge_factor * max(init[j], 1e-30):
-                                reason = (f"loss exploded at epoch {epoch}, batch {j}: {value:.4g} > "
-                                          f"{sp.diverge_factor:g} x initial {init[j]:.4g}")
-                            if reason is not None:
-                                break
-                            batch_losses.append(value)
-                            opt.zero_grad(set_to_none=True)
-                            loss.backward()
-                            opt.step()
-                        if reason is not None:
-                            break
-                        epoch_losses.append(sum(batch_losses) / len(batch_losses))
-                        epochs_done += 1
-                del opt
-            final = self._losses(block, state, q_in, kwargs, targets, aug) if reason is None else None
-            if final is not None:
-                mean_final = sum(final) / len(final)
-                if not math.isfinite(mean_final):
-                    reason = "non-finite loss after training"
-                elif mean_final > sp.diverge_factor * max(info["loss_init"], 1e-30):
-                    reason = f"final loss {mean_final:.4g} > {sp.diverge_factor:g} x initial {info['loss_init']:.4g}"
-            if reason is not None:
-                log.warning("OmniQuant block %d diverged (%s): restoring its initial state (no LET, LWC at init)",
-                            index, reason)
-                state.reset()
-                final = self._losses(block, state, q_in, kwargs, targets, aug)
-                info.update(diverged=True, reason=reason)
-        info.update(loss_final=float(sum(final) / len(final)), loss_epochs=epoch_losses, epochs_done=epochs_done)
+            loss_init = sum(init) / len(init)
+            info = {"loss_init": float(loss_init), "diverged": False}
+            if not math.isfinite(loss_init):
+                return self._give_up(index, block, state, q_in, kwargs, targets, aug, info,
+                                     "non-finite loss at initialisation", [])
+            if sp.epochs <= 0 or not params:
+                info.update(loss_final=float(loss_init), loss_epochs=[], epochs_done=0, chosen="init")
+                return info
+            start = _snapshot(params)
+            best = {"loss": loss_init, "params": start, "chosen": "init"}
+            attempts = []
+            for attempt in range(1 + (sp.lr_retries if sp.keep_best else 0)):
+                lr_scale = 0.5 ** attempt
+                _restore(params, start)
+                run = self._epochs(state, block, q_in, kwargs, targets, aug, init, lr_scale, params)
+                attempts.append(run["log"])
+                if run["reason"] is not None:
+                    log.warning("OmniQuant block %d, attempt %d (lr x%g): %s", index, attempt + 1, lr_scale,
+                                run["reason"])
+                    if not sp.keep_best:
+                        return self._give_up(index, block, state, q_in, kwargs, targets, aug, info, run["reason"],
+                                             attempts)
+                    continue
+                candidates = [("end", None)] + ([("epoch", run["best_epoch"])] if run["best_epoch"] else [])
+                for kind, snap in candidates:
+                    if snap is not None:
+                        _restore(params, snap[1])
+                    losses = self._losses(block, state, q_in, kwargs, targets, aug)
+                    mean = sum(losses) / len(losses)
+                    label = f"attempt {attempt + 1} (lr x{lr_scale:g}), " + (
+                        "end of training" if snap is None else f"epoch {snap[0] + 1}")
+                    run["log"].setdefault("full_pass_loss", {})[label] = float(mean)
+                    if not math.isfinite(mean):
+                        continue
+                    if not sp.keep_best:
+                        if mean > sp.diverge_factor * max(loss_init, 1e-30):
+                            return self._give_up(index, block, state, q_in, kwargs, targets, aug, info,
+                                                 f"final loss {mean:.4g} > {sp.diverge_factor:g} x initial "
+                                                 f"{loss_init:.4g}", attempts)
+                        best = {"loss": mean, "params": _snapshot(params), "chosen": label}
+                        break
+                    if mean < best["loss"]:
+                        best = {"loss": mean, "params": _snapshot(params), "chosen": label}
+                if best["chosen"] != "init":
+                    break
+                log.info("OmniQuant block %d: attempt %d (lr x%g) ended no better than init (%.4g)%s", index,
+                         attempt + 1, lr_scale, loss_init, "; retrying with halved learning rates"
+                         if attempt < sp.lr_retries else "; keeping the initial parameters")
+            _restore(params, best["params"])
+            if best["chosen"] == "init" and all(a.get("reason") for a in attempts):
+                info.update(diverged=True, reason="; ".join(a["reason"] for a in attempts))
+        info.update(loss_final=float(best["loss"]), chosen=best["chosen"], attempts=attempts,
+                    loss_epochs=attempts[-1]["loss_epochs"], epochs_done=sum(a["epochs_done"] for a in attempts))
         return info
+
+    def _epochs(self, state, block, q_in, kwargs, targets, aug, init, lr_scale, params) -> dict:
+        """``epochs`` passes of AdamW over the calibration batches; stops at the first non-finite or
+        exploding batch loss (``reason``). ``best_epoch``: (epoch, snapshot) of the lowest running mean."""
+        sp = self.special
+        groups = [g for g in ({"params": state.let_parameters(), "lr": sp.let_lr * lr_scale},
+                              {"params": state.lwc_parameters(), "lr": sp.lwc_lr * lr_scale}) if g["params"]]
+        opt = torch.optim.AdamW(groups, weight_decay=sp.wd)
+        epoch_losses, reason, best_epoch = [], None, None
+        with torch.enable_grad():
+            for epoch in range(sp.epochs):
+                batch_losses = []
+                for j, h in enumerate(q_in):
+                    loss = self._loss(block, state, h, kwargs, targets[j], aug[j] if aug else None)
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        reason = f"non-finite loss at epoch {epoch}, batch {j}"
+                    elif value > sp.diverge_factor * max(init[j], 1e-30):
+                        reason = (f"loss exploded at epoch {epoch}, batch {j}: {value:.4g} > "
+                                  f"{sp.diverge_factor:g} x initial {init[j]:.4g}")
+                    if reason is not None:
+                        break
+                    batch_losses.append(value)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                if reason is not None:
+                    break
+                epoch_losses.append(sum(batch_losses) / len(batch_losses))
+                if sp.keep_best and epoch < sp.epochs - 1 and epoch_losses[-1] == min(epoch_losses):
+                    best_epoch = (epoch, _snapshot(params))
+        return {"reason": reason, "best_epoch": best_epoch,
+                "log": {"lr_scale": lr_scale, "loss_epochs": epoch_losses, "epochs_done": len(epoch_losses),
+                        **({"reason": reason} if reason else {})}}
+
+    def _give_up(self, index, block, state, q_in, kwargs, targets, aug, info, reason, attempts) -> dict:
+        """Divergence: the block gets no LET and LWC at init (recorded; the pipeline goes on)."""
+        log.warning("OmniQuant block %d diverged (%s): restoring its initial state (no LET, LWC at init)",
+                    index, reason)
+        state.reset()
+        final = self._losses(block, state, q_in, kwargs, targets, aug)
+        info.update(diverged=True, reason=reason, loss_final=float(sum(final) / len(final)), chosen="reset",
+                    attempts=attempts, loss_epochs=attempts[-1]["loss_epochs"] if attempts else [],
+                    epochs_done=sum(a["epochs_done"] for a in attempts))
+        return info
+
+
+def _snapshot(params) -> list:
+    return [p.detach().clone() for p in params]
+
+
+@torch.no_grad()
+def _restore(params, snapshot) -> None:
+    for p, v in zip(params, snapshot):
+        p.copy_(v)
