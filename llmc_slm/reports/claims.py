@@ -1,0 +1,409 @@
+"""The paper's five claims (``published.CLAIMS``), tested on the runs of a results folder.
+
+Each claim gets a verdict, ``holds`` / ``does not hold`` / ``not testable``, ``partial`` when only some of
+what it covers has runs, and the evidence (the numbers used). Runs: one per model, method and bits
+(:func:`~llmc_slm.reports.collect.primary_runs`), complete ones only; the claims are about the paper's
+methods (SmoothQuant, OmniQuant, SpinQuant): RTN and GPTQ are reported beside them, never counted.
+
+Definitions (relative drop of task i: (A_i - A_i^c) / A_i, A = float baseline, c = quantized):
+
+1. W8A8 keeps accuracy: the mean relative drop over the five accuracy tasks is < 0.5% for every method.
+2. W4A8 degrades sharply: for every method the W4A8 mean drop exceeds the W8A8 one (by how much is
+   reported); and SpinQuant degrades least at W4A8 (smallest mean drop; its SLMQ_perf is reported too).
+   Without accuracy results the degradation is 100 - SLMQ_perf on the datasets there are (said so).
+3. OmniQuant collapses at W4A8: WikiText-2 perplexity above 10x the float baseline's (or not finite).
+4. SmolLM is more robust than Qwen at W4A8: SmolLM's SLMQ_perf is higher, for every method run on both.
+5. SmoothQuant is the cheapest to quantize: the lowest W8A8 quantization time; the OmniQuant / SpinQuant
+   time ratios are reported, and whether they fall in the paper's 6-7x.
+
+Noise: a difference smaller than the combined standard error (accuracies' stderr, taken as independent)
+is called "within noise"; perplexity and timings come from single runs, without an error estimate.
+Runs evaluated on subsets are named in the evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from .collect import ACC_DATASETS, LABELS, PAPER_METHODS, Collection, Run, primary_runs
+from .published import CLAIMS
+from .render import Table
+from .tables import is_smollm
+
+HOLDS, FAILS, UNTESTABLE = "holds", "does not hold", "not testable"
+W8_THRESHOLD = 0.5        # percent
+COLLAPSE_FACTOR = 10.0
+
+
+@dataclass
+class Claim:
+    number: int
+    text: str
+    verdict: str
+    evidence: str
+    partial: bool = False
+
+    @property
+    def verdict_text(self) -> str:
+        return self.verdict + (" (partial)" if self.partial and self.verdict != UNTESTABLE else "")
+
+
+@dataclass
+class Drop:
+    """Degradation of one run: mean relative accuracy drop in % (or 100 - SLMQ_perf), with its stderr."""
+    value: float
+    stderr: Optional[float]
+    tasks: tuple
+    kind: str                # "accuracy" or "slmq_perf"
+    run: Run
+    points: Optional[float] = None   # mean absolute drop in accuracy points (accuracy kind)
+
+    def text(self) -> str:
+        se = f" ± {self.stderr:.2f}" if self.stderr else ""
+        if self.kind == "accuracy":
+            where = f"{len(self.tasks)} tasks" if len(self.tasks) == len(ACC_DATASETS) else \
+                ", ".join(LABELS[t] for t in self.tasks)
+            pts = f", {self.points:.2f} points" if self.points is not None else ""
+            return f"{self.value:.2f}%{se} mean drop ({where}{pts}){_flags(self.run, self.tasks)}"
+        return (f"100 - SLMQ_perf = {self.value:.2f}{se} (on {', '.join(LABELS[t] for t in self.tasks)})"
+                f"{_flags(self.run, self.tasks)}")
+
+
+def _flags(run: Run, datasets) -> str:
+    flags = []
+    subsets = [f"{LABELS[d]} {run.values[d].describe_items()}" for d in datasets
+               if d in run.values and run.values[d].subset]
+    if subsets:
+        flags.append("subset: " + "; ".join(subsets))
+    if any(d in run.mismatch for d in datasets):
+        flags.append("baseline on other items")
+    if run.profile:
+        flags.append(f"profile {run.profile}")
+    return f" [{', '.join(flags)}]" if flags else ""
+
+
+def mean_drop(run: Run, tasks=ACC_DATASETS) -> Optional[Drop]:
+    """Mean relative accuracy drop (%) over the ``tasks`` the run and its baseline both have."""
+    used, drops, points, var = [], [], [], 0.0
+    for t in tasks:
+        v, b = run.values.get(t), run.baseline.get(t)
+        if v is None or b is None or not v.finite or not b.finite or b.value <= 0:
+            continue
+        used.append(t)
+        drops.append(100.0 * (b.value - v.value) / b.value)
+        points.append(b.value - v.value)
+        var += (100.0 / b.value) ** 2 * ((v.stderr or 0.0) ** 2 + (b.stderr or 0.0) ** 2)
+    if not used:
+        return None
+    k = len(used)
+    return Drop(sum(drops) / k, math.sqrt(var) / k or None, tuple(used), "accuracy", run, sum(points) / k)
+
+
+def perf_drop(run: Run) -> Optional[Drop]:
+    if run.perf is None:
+        return None
+    return Drop(100.0 - run.perf, run.perf_stderr, run.perf_datasets, "slmq_perf", run)
+
+
+def degradation(runs) -> dict:
+    """Comparable degradations of several runs: mean accuracy drops over the tasks all of them have, else
+    100 - SLMQ_perf when they were all scored on the same datasets, else {}."""
+    runs = [r for r in runs if r is not None]
+    common = [t for t in ACC_DATASETS if all(t in r.values and t in r.baseline for r in runs)]
+    if runs and common:
+        drops = {id(r): mean_drop(r, common) for r in runs}
+        if all(drops.values()):
+            return drops
+    sets = {r.perf_datasets for r in runs}
+    if runs and all(r.perf is not None for r in runs) and len(sets) == 1:
+        return {id(r): perf_drop(r) for r in runs}
+    return {}
+
+
+def _within(diff: float, *ses) -> bool:
+    s = math.sqrt(sum((x or 0.0) ** 2 for x in ses))
+    return s > 0 and abs(diff) <= s
+
+
+def _combine(parts) -> tuple[str, bool]:
+    """Overall verdict of per-part verdicts; partial when some part could not be tested."""
+    tested = [p for p in parts if p != UNTESTABLE]
+    if not tested:
+        return UNTESTABLE, False
+    verdict = FAILS if FAILS in tested else HOLDS
+    return verdict, len(tested) < len(parts)
+
+
+class _Runs:
+    def __init__(self, coll: Collection):
+        self.coll = coll
+        self.primary = primary_runs(coll.runs)
+        self.models = [m for m in coll.models() if any(not r.is_float for r in coll.of_model(m))]
+
+    def get(self, model, method, bits) -> Optional[Run]:
+        r = self.primary.get((model, method, bits))
+        return r if r is not None and r.complete and r.baseline else None
+
+    def missing(self, model, method, bits) -> str:
+        r = self.primary.get((model, method, bits))
+        if r is None:
+            return "no run"
+        if not r.complete:
+            return f"run {r.status}"
+        return "no baseline"
+
+    def extras(self, model, bits) -> list:
+        return [r for (m, meth, b), r in self.primary.items() if m == model and b == bits
+                and meth not in PAPER_METHODS and r.complete and r.baseline]
+
+
+def claim1(R: _Runs) -> Claim:
+    parts, evidence = [], []
+    for model in R.models:
+        lines, missing = [], []
+        for method in PAPER_METHODS:
+            run = R.get(model, method, "W8A8")
+            d = mean_drop(run) if run else None
+            if d is None:
+                missing.append(f"{method} ({R.missing(model, method, 'W8A8') if not run else 'no accuracy results'})")
+                parts.append(UNTESTABLE)
+                continue
+            ok = d.value < W8_THRESHOLD
+            parts.append(HOLDS if ok else FAILS)
+            if len(d.tasks) < len(ACC_DATASETS):
+                parts.append(UNTESTABLE)        # the claim is over five tasks: partial
+            noise = " (within noise of the 0.5% threshold)" if _within(d.value - W8_THRESHOLD, d.stderr) else ""
+            lines.append(f"{method} {d.text()}: {'< 0.5%' if ok else '>= 0.5%'}{noise}")
+        for run in R.extras(model, "W8A8"):
+            d = mean_drop(run)
+            if d:
+                lines.append(f"extra, not counted: {run.method} {d.text()}")
+        if missing:
+            lines.append("not tested: " + ", ".join(missing))
+        w8 = [R.get(model, m, "W8A8") for m in PAPER_METHODS]
+        context = "" if any(mean_drop(r) for r in w8 if r) else _ppl_context(R, model, "W8A8")
+        evidence.append(f"{model}: " + "; ".join(lines) + context)
+    verdict, partial = _combine(parts)
+    return Claim(1, CLAIMS[1], verdict, " — ".join(evidence) or "no quantized runs", partial)
+
+
+def _ppl_context(R: _Runs, model, bits) -> str:
+    bits_runs = [r for (m, meth, b), r in R.primary.items() if m == model and b == bits and r.complete and
+                 "wikitext2" in r.values and "wikitext2" in r.baseline and r.values["wikitext2"].finite]
+    if not bits_runs:
+        return ""
+    parts = [f"{r.method} {100 * (r.values['wikitext2'].value / r.baseline['wikitext2'].value - 1):+.1f}%"
+             for r in sorted(bits_runs, key=lambda r: r.method)]
+    return f" (for context, {bits} WikiText-2 ppl change: {', '.join(parts)})"
+
+
+def claim2(R: _Runs) -> Claim:
+    parts_a, parts_b, evidence = [], [], []
+    for model in R.models:
+        lines = []
+        # (a) W4A8 worse than W8A8 for every method
+        for method in PAPER_METHODS:
+            r8, r4 = R.get(model, method, "W8A8"), R.get(model, method, "W4A8")
+            if not (r8 and r4):
+                parts_a.append(UNTESTABLE)
+                s8 = R.missing(model, method, "W8A8") if not r8 else "ok"
+                s4 = R.missing(model, method, "W4A8") if not r4 else "ok"
+                lines.append(f"{method}: W8A8 vs W4A8 not tested (W8A8 {s8}, W4A8 {s4})")
+                continue
+            d = degradation([r8, r4])
+            if not d:
+                parts_a.append(UNTESTABLE)
+                lines.append(f"{method}: W8A8 and W4A8 not scored on the same datasets")
+                continue
+            d8, d4 = d[id(r8)], d[id(r4)]
+            diff = d4.value - d8.value
+            parts_a.append(HOLDS if diff > 0 else FAILS)
+            ratio = f", {d4.value / d8.value:.1f}x" if d8.value >= 0.1 else ""
+            noise = " (within combined stderr)" if _within(diff, d4.stderr, d8.stderr) else ""
+            lines.append(f"{method}: W4A8 {d4.text()} vs W8A8 {d8.text()}: {diff:+.2f} points{ratio}{noise}")
+        # (b) SpinQuant degrades least at W4A8
+        w4 = {m: R.get(model, m, "W4A8") for m in PAPER_METHODS}
+        present = {m: r for m, r in w4.items() if r}
+        if "SpinQuant" not in present or len(present) < 2:
+            parts_b.append(UNTESTABLE)
+            lines.append("SpinQuant least degraded at W4A8: not tested (" +
+                         ("no SpinQuant W4A8 run" if "SpinQuant" not in present else "no other method at W4A8") + ")")
+        else:
+            d = degradation(present.values())
+            if not d:
+                parts_b.append(UNTESTABLE)
+                lines.append("SpinQuant least degraded at W4A8: not tested (W4A8 runs not scored on the same datasets)")
+            else:
+                ranked = sorted(present, key=lambda m: d[id(present[m])].value)
+                spin = d[id(present["SpinQuant"])]
+                best_other = next(m for m in ranked if m != "SpinQuant")
+                other = d[id(present[best_other])]
+                ok = ranked[0] == "SpinQuant"
+                parts_b.append(HOLDS if ok else FAILS)
+                within = _within(other.value - spin.value, spin.stderr, other.stderr)
+                noise = " (within combined stderr)" if within else ""
+                perf = ", ".join(f"{m} {present[m].perf:.2f}" for m in ranked if present[m].perf is not None)
+                extra = [r for r in R.extras(model, "W4A8")]
+                dx = degradation(list(present.values()) + extra) if extra else {}
+                extra_txt = ("; extra, not counted: " + ", ".join(f"{r.method} {dx[id(r)].value:.2f}" for r in extra)
+                             if dx else "")
+                lines.append(f"least degraded at W4A8: {ranked[0]} (" +
+                             ", ".join(f"{m} {d[id(present[m])].value:.2f}" for m in ranked) +
+                             f" [{spin.kind.replace('_', ' ')} measure]; SLMQ_perf {perf}){extra_txt}; SpinQuant vs "
+                             f"{best_other}: {other.value - spin.value:+.2f}{noise}"
+                             + ("" if spin.kind == "accuracy" else " — no accuracy results, SLMQ_perf on "
+                                + ", ".join(LABELS[t] for t in spin.tasks)
+                                + _flags(present["SpinQuant"], spin.tasks)))
+        per_task = _task_drops([R.get(model, m, "W4A8") for m in PAPER_METHODS])
+        if per_task:
+            lines.append("W4A8 relative drop per task, mean over methods (not part of the verdict): " + per_task)
+        evidence.append(f"{model}: " + "; ".join(lines))
+    va, pa = _combine(parts_a)
+    vb, pb = _combine(parts_b)
+    verdict, partial = _combine([va, vb])
+    partial = partial or pa or pb
+    summary = f"W4A8 worse than W8A8: {va}{' (partial)' if pa and va != UNTESTABLE else ''}; " \
+              f"SpinQuant least degraded: {vb}{' (partial)' if pb and vb != UNTESTABLE else ''}"
+    return Claim(2, CLAIMS[2], verdict, summary + " — " + " — ".join(evidence), partial)
+
+
+def _task_drops(runs) -> str:
+    """``MMLU 9.2%, ...`` (largest first): each task's relative drop averaged over the runs that have it."""
+    drops: dict = {}
+    for r in runs:
+        if r is None:
+            continue
+        for t in ACC_DATASETS:
+            v, b = r.values.get(t), r.baseline.get(t)
+            if v is not None and b is not None and v.finite and b.finite and b.value > 0:
+                drops.setdefault(t, []).append(100.0 * (b.value - v.value) / b.value)
+    ranked = sorted(drops, key=lambda t: -sum(drops[t]) / len(drops[t]))
+    return ", ".join(f"{LABELS[t]} {sum(drops[t]) / len(drops[t]):.1f}%" for t in ranked)
+
+
+def claim3(R: _Runs) -> Claim:
+    parts, evidence = [], []
+    from .published import TABLE1, TABLE2, row
+    for model in R.models:
+        run = R.get(model, "OmniQuant", "W4A8")
+        if not run or "wikitext2" not in run.values or "wikitext2" not in run.baseline:
+            parts.append(UNTESTABLE)
+            evidence.append(f"{model}: OmniQuant W4A8 " +
+                            (R.missing(model, "OmniQuant", "W4A8") if not run else "has no WikiText-2 perplexity "
+                             "with a baseline"))
+            continue
+        c, b = run.values["wikitext2"].value, run.baseline["wikitext2"].value
+        factor = c / b if c is not None and math.isfinite(c) else math.inf
+        collapsed = factor > COLLAPSE_FACTOR
+        parts.append(HOLDS if collapsed else FAILS)
+        table = TABLE1 if is_smollm(model) else TABLE2
+        p, pf = row(table, "OmniQuant", "W4A8"), row(table, "Full Prec.")
+        paper = (f"; paper ({table['model']}): {p['wikitext2']} vs {pf['wikitext2']} "
+                 f"({p['wikitext2'] / pf['wikitext2']:.1f}x)")
+        ours = f"{c:.2f} vs float {b:.2f} ({factor:.2f}x" if math.isfinite(factor) else \
+            f"{c} (diverged) vs float {b:.2f} (not finite"
+        evidence.append(f"{model}: OmniQuant W4A8 ppl {ours}, {'>' if collapsed else '<='} {COLLAPSE_FACTOR:g}x)"
+                        f"{_flags(run, ('wikitext2',))}{paper}")
+    verdict, partial = _combine(parts)
+    return Claim(3, CLAIMS[3], verdict, " — ".join(evidence) or "no quantized runs", partial)
+
+
+def claim4(R: _Runs) -> Claim:
+    smol = [m for m in R.models if is_smollm(m)]
+    other = [m for m in R.models if not is_smollm(m)]
+    if not smol or not other:
+        return Claim(4, CLAIMS[4], UNTESTABLE, "needs W4A8 runs of a SmolLM model and of another (Qwen) model; "
+                     f"models with quantized runs here: {', '.join(R.models) or 'none'}")
+    parts, evidence = [], []
+    for s in smol:
+        for q in other:
+            for method in PAPER_METHODS:
+                rs, rq = R.get(s, method, "W4A8"), R.get(q, method, "W4A8")
+                if not (rs and rq and rs.perf is not None and rq.perf is not None):
+                    parts.append(UNTESTABLE)
+                    evidence.append(f"{method}: not on both models")
+                    continue
+                diff = rs.perf - rq.perf
+                parts.append(HOLDS if diff > 0 else FAILS)
+                same = "" if rs.perf_datasets == rq.perf_datasets else " (scored on different datasets)"
+                noise = " (within combined stderr)" if _within(diff, rs.perf_stderr, rq.perf_stderr) else ""
+                evidence.append(f"{method}: SLMQ_perf {s} {rs.perf:.2f}{_flags(rs, rs.perf_datasets)} vs {q} "
+                                f"{rq.perf:.2f}{_flags(rq, rq.perf_datasets)}: {diff:+.2f}{same}{noise}")
+    verdict, partial = _combine(parts)
+    return Claim(4, CLAIMS[4], verdict, "; ".join(evidence), partial)
+
+
+def _times(R: _Runs, model, bits) -> dict:
+    out = {}
+    for (m, meth, b), r in R.primary.items():
+        if m == model and b == bits and r.complete and r.quant_cost and r.quant_cost["time_s"] > 0:
+            out[meth] = r
+    return out
+
+
+def _time_line(runs: dict) -> str:
+    ordered = sorted(runs.items(), key=lambda x: x[1].quant_cost["time_s"])
+    parts = [f"{m} {r.quant_cost['time_min']:.2f} min" for m, r in ordered]
+    profiles = {r.profile for r in runs.values()}
+    prof = "" if profiles == {None} else f" (profile {', '.join(sorted(str(p) for p in profiles))})"
+    return ", ".join(parts) + prof
+
+
+def claim5(R: _Runs) -> Claim:
+    parts, evidence = [], []
+    for model in R.models:
+        runs = _times(R, model, "W8A8")
+        paper_runs = {m: r for m, r in runs.items() if m in PAPER_METHODS}
+        extra4 = _times(R, model, "W4A8")
+        w4 = f"; at W4A8 (extra): {_time_line(extra4)}" + _ratios(extra4) if extra4 else ""
+        if "SmoothQuant" not in paper_runs or len(paper_runs) < 2:
+            parts.append(UNTESTABLE)
+            have = ", ".join(paper_runs) or "none"
+            evidence.append(f"{model}: W8A8 quant_cost of SmoothQuant and OmniQuant/SpinQuant needed "
+                            f"(have: {have}){w4}")
+            continue
+        cheapest = min(paper_runs, key=lambda m: paper_runs[m].quant_cost["time_s"])
+        parts.append(HOLDS if cheapest == "SmoothQuant" else FAILS)
+        if len(paper_runs) < len(PAPER_METHODS):
+            parts.append(UNTESTABLE)
+        profiles = {r.profile for r in paper_runs.values()}
+        mixed = " (runs of different profiles: not comparable)" if len(profiles) > 1 else ""
+        others = {m: r for m, r in runs.items() if m not in PAPER_METHODS}
+        extra = f"; extra, not counted: {_time_line(others)}" if others else ""
+        evidence.append(f"{model} W8A8: {_time_line(paper_runs)}; cheapest {cheapest}{_ratios(paper_runs)}{mixed}"
+                        f"{extra}{w4}")
+    verdict, partial = _combine(parts)
+    note = ("paper (A800): OmniQuant / SmoothQuant 6.25x (SmolLM), 7.74x (Qwen); SpinQuant / SmoothQuant 7.01x, "
+            "5.93x. Timings are single runs.")
+    return Claim(5, CLAIMS[5], verdict, " — ".join(evidence + [note]) if evidence else "no quantized runs", partial)
+
+
+def _ratios(runs: dict) -> str:
+    if "SmoothQuant" not in runs:
+        return ""
+    t0 = runs["SmoothQuant"].quant_cost["time_s"]
+    parts = []
+    for m in ("OmniQuant", "SpinQuant"):
+        if m in runs:
+            r = runs[m].quant_cost["time_s"] / t0
+            parts.append(f"{m} / SmoothQuant {r:.2f}x ({'in' if 6.0 <= round(r, 1) <= 7.0 else 'outside'} 6-7x)")
+    return "; " + ", ".join(parts) if parts else ""
+
+
+def evaluate(coll: Collection) -> list[Claim]:
+    """The five claims on ``coll``."""
+    R = _Runs(coll)
+    return [claim1(R), claim2(R), claim3(R), claim4(R), claim5(R)]
+
+
+def claims_table(claims) -> Table:
+    t = Table("claims", "The paper's claims, tested on these runs", ["#", "Claim", "Verdict", "Evidence"], left=4)
+    for c in claims:
+        t.add([str(c.number), c.text, c.verdict_text, c.evidence])
+    t.notes.append("Claims are about SmoothQuant, OmniQuant and SpinQuant (one run per model, method and bits; "
+                   "RTN/GPTQ shown as extra). Mean drop = mean over tasks of (A - A_c) / A in %. "
+                   "'partial': some of the runs the claim covers are missing. 'within noise': the difference is "
+                   "smaller than the combined standard error.")
+    return t

@@ -1,0 +1,495 @@
+"""A results folder -> one row (:class:`Run`) per run, each with its float baseline and SLMQ_perf.
+
+Every ``*.json`` under the folder that is a results record (``schema_version`` and ``status``; see
+``llmc/results.py``) becomes a :class:`Run`; other JSON files (``sweep.json`` manifests, anything else)
+are skipped and listed. Nothing here raises on a missing section: a value that is not there is None.
+
+Values (:class:`Value`), per table column:
+
+- accuracies (``mmlu``, ``arc_challenge``, ``arc_easy``, ``piqa``, ``hellaswag``): the harness metric of
+  ``llmc_slm.tasks.TABLE_METRIC`` (``table_value``), in percent, with its standard error and item
+  count. The MMLU column holds ``mmlu_continuation`` (the cloze form the paper's tables use,
+  protocol.md) when the run has it, else ``mmlu`` (the letter form);
+- ``wikitext2``: perplexity (no standard error), with the windows evaluated.
+
+A quantized run is read at one evaluation position (``fake_quant`` by default, or ``real_quant`` ...);
+a float run (``config.quant`` null) at ``pretrain``. Its baseline, per dataset, is the ``pretrain``
+value of a float run of the same model (the one evaluated on the same items when there are several);
+when no float run has that dataset on the same items, the ``pretrain`` value recorded by another run of
+the same model on the same items is used if there is one (same float model, same items; the source is
+named), else the float run's value on other items, marked as a mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from llmc.errors import UserError
+from llmc_slm.scoring import slmq_perf
+from llmc_slm.tasks import TABLE_METRIC
+from llmc_slm.tracks.quant_cost import bits_label
+
+FLOAT = "Full Prec."
+ACC_DATASETS = ("mmlu", "arc_challenge", "arc_easy", "piqa", "hellaswag")   # the paper's column order
+DATASETS = ACC_DATASETS + ("wikitext2",)
+LABELS = {"mmlu": "MMLU", "arc_challenge": "ARC-c", "arc_easy": "ARC-e", "piqa": "PIQA",
+          "hellaswag": "HellaSwag", "wikitext2": "Wiki ppl"}
+POSITIONS = ("pretrain", "transformed", "fake_quant", "real_quant")
+METHOD_ORDER = ("RTN", "SmoothQuant", "GPTQ", "OmniQuant", "SpinQuant")
+PAPER_METHODS = ("SmoothQuant", "OmniQuant", "SpinQuant")
+SKIP_NAMES = {"sweep.json"}
+MB = 2 ** 20
+
+
+class ReportError(UserError):
+    """A results folder that cannot be reported on (missing, empty); one line for the user."""
+
+
+def _num(x) -> Optional[float]:
+    """A float, or None for anything that is not a number (None, "N/A", a bool, a dict...)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x)
+
+
+def _int(x) -> Optional[int]:
+    v = _num(x)
+    return None if v is None or not math.isfinite(v) else int(v)
+
+
+@dataclass
+class Value:
+    """One table cell's number and what it was computed on."""
+    dataset: str                 # the column: "mmlu" also stands for mmlu_continuation
+    source: str                  # the results key it came from
+    value: Optional[float]       # percent for an accuracy, perplexity for wikitext2
+    stderr: Optional[float] = None
+    n: Optional[int] = None      # items (windows for wikitext2) evaluated
+    n_total: Optional[int] = None
+    limit: Optional[int] = None
+    subset: bool = False
+    items: tuple = ()            # identity of the evaluated items (compared with the baseline's)
+    metric: str = ""
+
+    @property
+    def finite(self) -> bool:
+        return self.value is not None and math.isfinite(self.value)
+
+    def describe_items(self) -> str:
+        """``first 40 of 148 windows`` / ``1140 of 14042 items (limit 20 per subject)``."""
+        unit = "windows" if self.dataset == "wikitext2" else "items"
+        of = f" of {self.n_total}" if self.n_total is not None else ""
+        if self.n is None:
+            return f"limit {self.limit}" if self.limit is not None else "unknown items"
+        first = "first " if self.subset else ""
+        lim = ""
+        if self.source.startswith("mmlu") and self.limit is not None:
+            lim = f" (first {self.limit} per subject)"
+            first = ""
+        return f"{first}{self.n}{of} {unit}{lim}"
+
+
+def read_values(metrics: Any) -> dict[str, Value]:
+    """The table values of one evaluation position's ``{dataset: metrics}``."""
+    out: dict[str, Value] = {}
+    if not isinstance(metrics, dict):
+        return out
+    for ds in ACC_DATASETS:
+        for key in (("mmlu_continuation", "mmlu") if ds == "mmlu" else (ds,)):
+            m = metrics.get(key)
+            if isinstance(m, dict):
+                out[ds] = _acc_value(ds, key, m)
+                break
+    m = metrics.get("wikitext2")
+    if isinstance(m, dict):
+        out["wikitext2"] = _ppl_value(m)
+    return out
+
+
+def _acc_value(ds: str, key: str, m: dict) -> Value:
+    metric = m.get("table_metric") or TABLE_METRIC.get(key, "acc")
+    v = _num(m.get("table_value"))
+    se = _num(m.get("table_stderr"))
+    if v is None:
+        v = _num(m.get(metric))
+        se = _num(m.get(f"{metric}_stderr"))
+    n, n_total, limit = _int(m.get("n")), _int(m.get("n_total")), _int(m.get("limit"))
+    if isinstance(m.get("subset"), bool):
+        subset = m["subset"]
+    elif n is not None and n_total is not None:
+        subset = n < n_total
+    else:
+        subset = limit is not None
+    return Value(ds, key, None if v is None else 100.0 * v, None if se is None else 100.0 * se, n, n_total, limit,
+                 subset, (key, n, n_total, _int(m.get("num_fewshot")) or 0), metric)
+
+
+def _ppl_value(m: dict) -> Value:
+    windows, total, limit = _int(m.get("windows")), _int(m.get("windows_in_split")), _int(m.get("limit"))
+    if windows is not None and total is not None:
+        subset = windows < total
+    else:
+        subset = limit is not None
+    return Value("wikitext2", "wikitext2", _num(m.get("ppl")), None, windows, total, limit, subset,
+                 ("wikitext2", _int(m.get("seq_len")), windows), "ppl")
+
+
+def read_inference(data: dict) -> Optional[dict]:
+    """The Track 2 figures of a run (``inference`` section), in MB (2^20 bytes), G MACs and M parameters;
+    None when absent. SLMQ_infer is read from the stored scores, or computed from the two profiles."""
+    inf = data.get("inference")
+    if not isinstance(inf, dict):
+        return None
+    base = inf.get("baseline") if isinstance(inf.get("baseline"), dict) else {}
+    comp = inf.get("compressed") if isinstance(inf.get("compressed"), dict) else {}
+    scores = inf.get("scores") if isinstance(inf.get("scores"), dict) else {}
+
+    def score(kind):
+        s = scores.get(kind)
+        return _num(s.get("slmq_infer")) if isinstance(s, dict) else None
+
+    out = {"baseline": _profile(base), "compressed": _profile(comp),
+           "measured": score("measured"), "paper_compatible": score("paper_compatible"),
+           "memory_kind": comp.get("memory_kind") or scores.get("memory_kind") or base.get("memory_kind"),
+           "warning": scores.get("warning"), "threads": comp.get("threads"), "device": comp.get("device")}
+    from llmc_slm.scoring import slmq_infer
+    variants = {"measured": ("size", "tps", "tps"), "paper_compatible": ("params_calflops", "macs_calflops", "macs")}
+    for kind, (size_key, speed_key, speed) in variants.items():
+        if out[kind] is None:
+            try:
+                out[kind] = slmq_infer({"peak_mem": base["peak_mem"], "size": base[size_key], speed: base[speed_key]},
+                                       {"peak_mem": comp["peak_mem"], "size": comp[size_key], speed: comp[speed_key]},
+                                       speed=speed)
+            except (KeyError, TypeError, ValueError):
+                pass
+    return out
+
+
+def _profile(d: dict) -> dict:
+    def scaled(key, unit):
+        v = _num(d.get(key))
+        return None if v is None else v / unit
+    return {"peak_mem_mb": scaled("peak_mem", MB), "size_mb": scaled("size", MB), "tps": _num(d.get("tps")),
+            "decode_tps": _num(d.get("decode_tps")), "macs_g": scaled("macs_calflops", 1e9),
+            "macs_counted_g": scaled("macs", 1e9), "params_m": scaled("params_calflops", 1e6),
+            "memory_kind": d.get("memory_kind")}
+
+
+def read_cost(data: dict) -> Optional[dict]:
+    """``quant_cost`` as {time_s, time_min, peak_mem_mb, memory_kind}, or None."""
+    cost = data.get("quant_cost")
+    if not isinstance(cost, dict) or _num(cost.get("time_s")) is None:
+        return None
+    mb = _num(cost.get("peak_mem_mb"))
+    if mb is None and _num(cost.get("peak_mem_bytes")) is not None:
+        mb = cost["peak_mem_bytes"] / MB
+    return {"time_s": float(cost["time_s"]), "time_min": float(cost["time_s"]) / 60, "peak_mem_mb": mb,
+            "memory_kind": cost.get("memory_kind")}
+
+
+@dataclass
+class Run:
+    """One results file, read for the reports."""
+    path: Path
+    rel: str                     # path relative to the results folder
+    data: dict = field(repr=False)
+    model: str
+    arch: dict
+    method: str                  # FLOAT for a float run
+    bits: str                    # W8A8, W4A16, FP
+    wbits: Optional[int]
+    abits: Optional[int]
+    profile: Optional[str]
+    status: str
+    task_id: Optional[str]
+    error: Optional[str]
+    position: str
+    values: dict
+    quant_cost: Optional[dict]
+    inference: Optional[dict]
+    environment: dict
+    diverged_blocks: list
+    # set by attach_baselines
+    baseline: dict = field(default_factory=dict)           # dataset -> Value
+    baseline_source: dict = field(default_factory=dict)    # dataset -> where it came from
+    mismatch: dict = field(default_factory=dict)           # dataset -> description of the difference
+    perf: Optional[float] = None
+    perf_stderr: Optional[float] = None
+    perf_datasets: tuple = ()
+    notes: list = field(default_factory=list)
+
+    @property
+    def is_float(self) -> bool:
+        return self.method == FLOAT
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def label(self) -> str:
+        """The method, with the run's task id (a variant) in parentheses."""
+        return self.method + (f" ({self.task_id})" if self.task_id else "")
+
+    @property
+    def key(self) -> tuple:
+        return (self.model, self.method, self.bits)
+
+    @property
+    def device(self) -> str:
+        env = self.environment
+        dev = env.get("device") or "?"
+        if dev == "cuda":
+            return f"GPU {env.get('gpu') or ''}".strip()
+        if dev == "cpu":
+            return f"CPU {env.get('cpu') or ''}".strip()
+        return str(dev)
+
+    def value(self, ds: str) -> Optional[float]:
+        v = self.values.get(ds)
+        return None if v is None else v.value
+
+
+def _bits(quant) -> tuple[str, Optional[int], Optional[int]]:
+    if not quant:
+        return "FP", None, None
+    try:
+        label = bits_label(quant)
+    except (KeyError, TypeError, AttributeError):
+        return "?", None, None
+    w, a = quant.get("weight"), quant.get("act")
+    return (label, _int(w.get("bit")) if isinstance(w, dict) else 16, _int(a.get("bit")) if isinstance(a, dict) else 16)
+
+
+def is_result(data: Any) -> bool:
+    return isinstance(data, dict) and "schema_version" in data and "status" in data \
+        and ("config" in data or "metrics" in data)
+
+
+def read_run(path: Path, data: dict, position: str = "fake_quant", root: Optional[Path] = None) -> Run:
+    """One results record as a :class:`Run` (baseline not yet attached)."""
+    cfg = data.get("config") if isinstance(data.get("config"), dict) else {}
+    quant = cfg.get("quant") if isinstance(cfg.get("quant"), dict) else None
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    bits, wbits, abits = _bits(quant)
+    is_float = quant is None
+    pos = "pretrain" if is_float else position
+    metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+    blocks = data.get("blocks") if isinstance(data.get("blocks"), list) else []
+    diverged = [i for i, b in enumerate(blocks) if isinstance(b, dict) and b.get("diverged")]
+    try:
+        rel = str(path.relative_to(root)) if root else path.name
+    except ValueError:
+        rel = str(path)
+    run = Run(path=path, rel=rel, data=data,
+              model=str(model.get("name") or (cfg.get("model") or {}).get("path") or "unknown"),
+              arch=model.get("arch") if isinstance(model.get("arch"), dict) else {},
+              method=FLOAT if is_float else str(quant.get("method") or "?"), bits=bits, wbits=wbits, abits=abits,
+              profile=data.get("profile"), status=str(data.get("status") or "unknown"),
+              task_id=data.get("task_id"), error=data.get("error"), position=pos,
+              values=read_values(metrics.get(pos)), quant_cost=read_cost(data), inference=read_inference(data),
+              environment=data.get("environment") if isinstance(data.get("environment"), dict) else {},
+              diverged_blocks=diverged)
+    if data.get("divergence"):
+        run.notes.append(f"divergence: {_short(data['divergence'])}")
+    if diverged:
+        run.notes.append(f"{len(diverged)} block(s) diverged during training and were restored "
+                         f"(blocks {', '.join(map(str, diverged))})")
+    return run
+
+
+def _short(x, n: int = 160) -> str:
+    s = x if isinstance(x, str) else json.dumps(x, default=str)
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def find_results(folder) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]]]:
+    """(results records, skipped files with the reason) under ``folder``; ReportError if the folder is
+    missing or holds no results record."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ReportError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise ReportError(f"{folder}: not a folder")
+    found, skipped = [], []
+    for path in sorted(folder.rglob("*.json")):
+        if not path.is_file():
+            continue
+        if path.name in SKIP_NAMES:
+            skipped.append((path, "sweep manifest"))
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            skipped.append((path, f"unreadable JSON ({type(e).__name__})"))
+            continue
+        if not is_result(data):
+            skipped.append((path, "not a results record"))
+            continue
+        found.append((path, data))
+    if not found:
+        raise ReportError(f"{folder}: no results JSON found" + (f" ({len(skipped)} other JSON file(s) skipped)"
+                                                                 if skipped else ""))
+    return found, skipped
+
+
+@dataclass
+class Collection:
+    """Every run of a folder, with the warnings met while reading them."""
+    folder: Path
+    position: str
+    runs: list
+    skipped: list
+    warnings: list
+
+    def models(self) -> list[str]:
+        seen = []
+        for r in self.runs:
+            if r.model not in seen:
+                seen.append(r.model)
+        return seen
+
+    def of_model(self, model: str) -> list:
+        return [r for r in self.runs if r.model == model]
+
+    def primary(self) -> dict:
+        return primary_runs(self.runs)
+
+
+def collect(folder, position: str = "fake_quant") -> Collection:
+    """Read every results record under ``folder``; quantized runs at ``position``."""
+    if position not in POSITIONS:
+        raise ReportError(f"--position: {position!r} is not one of {', '.join(POSITIONS)}")
+    folder = Path(folder)
+    found, skipped = find_results(folder)
+    runs = [read_run(p, d, position, folder) for p, d in found]
+    runs.sort(key=sort_key)
+    warnings = attach_baselines(runs)
+    return Collection(folder, position, runs, skipped, warnings)
+
+
+def method_rank(method: str) -> tuple:
+    if method == FLOAT:
+        return (0, "")
+    return (1, METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (2, method)
+
+
+def bits_rank(run: Run) -> tuple:
+    return (-(run.wbits or 99) if run.bits != "FP" else -100, -(run.abits or 0))
+
+
+def sort_key(run: Run) -> tuple:
+    """Float runs first, then by bits (W8 before W4), method (RTN, SmoothQuant, GPTQ, OmniQuant, SpinQuant,
+    others), variant, file."""
+    return (run.model, bits_rank(run), method_rank(run.method), run.task_id is not None, str(run.task_id or ""),
+            run.rel)
+
+
+def primary_runs(runs) -> dict:
+    """One run per (model, method, bits): complete first, then no task id (not a variant), then the most
+    datasets evaluated, the full protocol (no profile) before a reduced one, the file name."""
+    best: dict = {}
+    for r in runs:
+        if r.is_float:
+            continue
+        rank = (not r.complete, r.task_id is not None, -len(r.values), r.profile is not None, r.rel)
+        if r.key not in best or rank < best[r.key][0]:
+            best[r.key] = (rank, r)
+    return {k: v[1] for k, v in best.items()}
+
+
+def attach_baselines(runs) -> list[str]:
+    """Give every quantized run its baseline per dataset, SLMQ_perf and its standard error; return the
+    warnings (no float run for a model, baselines on other items)."""
+    warnings = []
+    models = []
+    for r in runs:
+        if r.model not in models:
+            models.append(r.model)
+    for model in models:
+        members = [r for r in runs if r.model == model]
+        floats = sorted((r for r in members if r.is_float and r.values),
+                        key=lambda r: (not r.complete, -len(r.values), r.rel))
+        others = [(r, read_values(((r.data.get("metrics") or {}).get("pretrain"))))
+                  for r in members if not r.is_float]
+        quantized = [r for r in members if not r.is_float]
+        if quantized and not floats:
+            warnings.append(f"{model}: no float run (config.quant null) with metrics in the folder: "
+                            f"no baseline, no SLMQ_perf")
+        for r in quantized:
+            for ds, v in r.values.items():
+                if v.value is None:
+                    continue
+                chosen = None
+                for f in floats:
+                    b = f.values.get(ds)
+                    if b is not None and b.items == v.items:
+                        chosen = (b, f"{f.rel} (pretrain)", None)
+                        break
+                if chosen is None:
+                    for o, vals in others:
+                        b = vals.get(ds)
+                        if b is not None and b.items == v.items:
+                            chosen = (b, f"{o.rel} (pretrain, same items)", None)
+                            break
+                if chosen is None:
+                    for f in floats:
+                        b = f.values.get(ds)
+                        if b is not None and b.source == v.source:
+                            chosen = (b, f"{f.rel} (pretrain)",
+                                      f"{LABELS[ds]}: baseline on {b.describe_items()}, this run on "
+                                      f"{v.describe_items()}")
+                            break
+                if chosen is None:
+                    if floats:
+                        r.notes.append(f"{LABELS[ds]}: no baseline (no float run of {model} evaluated {v.source})")
+                    continue
+                b, source, mismatch = chosen
+                r.baseline[ds] = b
+                r.baseline_source[ds] = source
+                if mismatch:
+                    r.mismatch[ds] = mismatch
+                    warnings.append(f"{r.rel}: baseline evaluated on different items: {mismatch}")
+            _score(r)
+    return warnings
+
+
+def _score(r: Run) -> None:
+    common = tuple(ds for ds in DATASETS if ds in r.values and ds in r.baseline and r.values[ds].value is not None
+                   and r.baseline[ds].finite and r.baseline[ds].value > 0)
+    r.perf_datasets = common
+    if not r.complete or not common:
+        return
+    base = {ds: r.baseline[ds].value for ds in common}
+    comp = {ds: r.values[ds].value for ds in common}
+    try:
+        r.perf = slmq_perf(base, comp)
+    except ValueError as e:
+        r.notes.append(f"SLMQ_perf not computed: {e}")
+        return
+    r.perf_stderr = perf_stderr(r.baseline, r.values, common, r.perf)
+
+
+def perf_stderr(baseline: dict, values: dict, datasets, perf: float) -> Optional[float]:
+    """Standard error of SLMQ_perf by the delta method, from the accuracies' standard errors (baseline and
+    compressed taken as independent, which overstates it for the same items; perplexity counts as exact)."""
+    if not perf:
+        return None
+    n = len(datasets)
+    total = 0.0
+    for ds in datasets:
+        b, c = baseline[ds], values[ds]
+        if ds == "wikitext2" or not (b.finite and c.finite) or c.value <= 0:
+            continue
+        if b.stderr is None and c.stderr is None:
+            continue
+        r = c.value / b.value
+        se_r = r * math.sqrt(((c.stderr or 0) / c.value) ** 2 + ((b.stderr or 0) / b.value) ** 2)
+        total += (r * se_r) ** 2
+    # S = 100 sqrt(mean r^2): dS/dr_i = 100^2 r_i / (n S)
+    return 100.0 ** 2 / (n * perf) * math.sqrt(total)

@@ -1,0 +1,174 @@
+"""Figures from a results folder (matplotlib, Agg backend), each written as PNG and PDF.
+
+- ``slmq_scores_<model>``: the three SLMQ scores (perf, infer measured, quant) per method, grouped bars, one
+  panel per bit width; a score that is missing is not drawn and is annotated ``n/a``;
+- ``accuracy_vs_bits_<model>``: each task's value against the weight bit width (16 = float, 8, 4), one
+  line per method, one panel per task; WikiText-2 perplexity in its own panel, log scale.
+
+One run per model, method and bits (:func:`~llmc_slm.reports.collect.primary_runs`), complete ones only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .collect import DATASETS, LABELS, METHOD_ORDER, Collection, bits_rank, method_rank, primary_runs
+from .tables import cost_scores, slug
+
+SCORES = (("perf", "SLMQ_perf"), ("infer", "SLMQ_infer (measured)"), ("quant", "SLMQ_quant"))
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, out: Path, stem: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        p = out / f"{stem}.{ext}"
+        fig.savefig(p, dpi=150 if ext == "png" else None, bbox_inches="tight")
+        paths.append(p)
+    return paths
+
+
+def score_data(coll: Collection, model: str) -> dict:
+    """{bits: {method: {"perf": x|None, "infer": x|None, "quant": x|None}}} for ``model``."""
+    runs = [r for r in primary_runs(coll.runs).values() if r.model == model and r.complete]
+    quant, _ = cost_scores(runs)
+    data: dict = {}
+    for r in sorted(runs, key=lambda r: (bits_rank(r), method_rank(r.method))):
+        data.setdefault(r.bits, {})[r.method] = {
+            "perf": r.perf, "infer": (r.inference or {}).get("measured"),
+            "quant": (quant.get(r.rel) or {}).get("slmq_quant")}
+    return data
+
+
+def plot_scores(coll: Collection, model: str, out: Path) -> list[Path]:
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+    data = score_data(coll, model)
+    if not data:
+        return []
+    counts = [len(m) for m in data.values()]
+    fig, axes = plt.subplots(1, len(data), figsize=(1.3 * sum(counts) + 2.5 * len(data), 4.2), squeeze=False,
+                             gridspec_kw={"width_ratios": counts})
+    width = 0.26
+    colors = ("#4C72B0", "#DD8452", "#55A868")
+    values = [v for methods in data.values() for m in methods.values() for v in m.values() if v is not None]
+    top = max(values + [100.0])
+    log = top > 400
+    for ax, (bits, methods) in zip(axes[0], data.items()):
+        names = list(methods)
+        for k, ((key, _), color) in enumerate(zip(SCORES, colors)):
+            for i, name in enumerate(names):
+                x = i + (k - 1) * width
+                v = methods[name][key]
+                if v is None:
+                    ax.text(x, 1.2 if log else top * 0.02, "n/a", ha="center", va="bottom", fontsize=7,
+                            rotation=90, color="0.4")
+                else:
+                    ax.bar(x, v, width, color=color)
+                    ax.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=6)
+        ax.axhline(100, color="0.5", lw=0.8, ls="--")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=20)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.set_title(bits)
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylim(1, top * 2)
+        else:
+            ax.set_ylim(0, top * 1.15)
+    axes[0][0].set_ylabel("score (100 = reference)" + (", log scale" if log else ""))
+    axes[0][-1].legend([Patch(color=c) for c in colors], [label for _, label in SCORES], fontsize=7, loc="upper right")
+    fig.suptitle(f"SLMQ scores, {model} (n/a: not measured; SLMQ_perf uncapped)", fontsize=10)
+    fig.tight_layout()
+    paths = _save(fig, out, f"slmq_scores_{slug(model)}")
+    plt.close(fig)
+    return paths
+
+
+def bits_data(coll: Collection, model: str) -> dict:
+    """{dataset: {line label: [(weight bits, value), ...]}}: the float run's value at 16, then each
+    method's runs (activation bits in the label when not 8)."""
+    floats = sorted((r for r in coll.of_model(model) if r.is_float and r.complete and r.values),
+                    key=lambda r: (-len(r.values), r.rel))
+    runs = [r for r in primary_runs(coll.runs).values() if r.model == model and r.complete and r.wbits]
+    out: dict = {}
+    for ds in DATASETS:
+        lines: dict = {}
+        for r in sorted(runs, key=lambda r: (method_rank(r.method), bits_rank(r))):
+            v = r.values.get(ds)
+            if v is None or not v.finite:
+                continue
+            label = r.method + ("" if r.abits == 8 else f" (A{r.abits})")
+            pts = lines.setdefault(label, [])
+            base = r.baseline.get(ds)
+            if not pts and base is not None and base.finite:
+                pts.append((16, base.value))
+            elif not pts and floats and ds in floats[0].values and floats[0].values[ds].finite:
+                pts.append((16, floats[0].values[ds].value))
+            pts.append((r.wbits, v.value))
+        if lines:
+            out[ds] = lines
+    return out
+
+
+def plot_bits(coll: Collection, model: str, out: Path) -> list[Path]:
+    plt = _pyplot()
+    data = bits_data(coll, model)
+    if not data:
+        return []
+    n = len(data)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    markers = "osD^vP*X"
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    for ax, (ds, lines) in zip(axes.flat, data.items()):
+        for label, pts in sorted(lines.items(), key=lambda x: (order.get(x[0].split(" ")[0], 99), x[0])):
+            pts = sorted(set(pts), key=lambda p: -p[0])
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            line, = ax.plot(xs, ys, marker=markers[order.get(label.split(" ")[0], 7) % len(markers)], ls="none",
+                            label=label)
+            for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+                # solid between neighbouring widths (16-8, 8-4); dotted across a width without a run
+                ax.plot([x0, x1], [y0, y1], color=line.get_color(), ls="-" if x0 == 2 * x1 else ":")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([16, 8, 4])
+        ax.set_xticklabels(["16 (FP)", "8", "4"])
+        ax.invert_xaxis()
+        ax.set_xlabel("weight bits")
+        if ds == "wikitext2":
+            from matplotlib.ticker import FuncFormatter
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_ylabel("perplexity (log scale)")
+        else:
+            ax.set_ylabel("accuracy (%)")
+        ax.set_title(LABELS[ds])
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    subset = any(v.subset for r in coll.of_model(model) for v in r.values.values())
+    fig.suptitle(f"{model}: task results against weight bit width (dotted: no run at the width between)" +
+                 ("\nsome points on subsets, see the tables" if subset else ""), fontsize=10)
+    fig.tight_layout()
+    paths = _save(fig, out, f"accuracy_vs_bits_{slug(model)}")
+    plt.close(fig)
+    return paths
+
+
+def make_plots(coll: Collection, out) -> list[Path]:
+    """Both figures for every model of the folder; returns the files written."""
+    out = Path(out)
+    paths = []
+    for model in coll.models():
+        paths += plot_scores(coll, model, out)
+        paths += plot_bits(coll, model, out)
+    return paths

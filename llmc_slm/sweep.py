@@ -1,0 +1,636 @@
+"""A grid of experiments (models x methods x bits, plus each model's float baseline), one process per run,
+resumable. The command line is ``tools/sweep.py``; this module holds the logic.
+
+Each run is ``python -m llmc --config configs/<model>/<method>_<bits>.yml ...`` (the baseline:
+``configs/<model>/fp16.yml``) with its stdout and stderr in ``<results>/logs/<model>/<run>.log`` and its
+results where the engine puts them: ``llmc.runner.results_path`` of the config that
+``llmc.config.load_config`` resolves from the same arguments, so the sweep and the engine always agree.
+
+What happens to a run, decided from its results file before anything is launched:
+
+- ``complete`` and its recorded ``config`` equals the config this sweep would run: skipped;
+  ``complete`` with a different config: rerun (the log names the keys that differ);
+- ``failed`` with the same config: reported as failed, rerun only with ``retry_failed``
+  (a failed run whose config has changed since is rerun);
+- ``interrupted``, no file, an unreadable file: run;
+- ``running``: rerun when stale (the process the previous sweep started for it is gone); skipped and
+  reported while that process is still alive (an orphan of a sweep killed with SIGKILL).
+
+A child that exits non-zero normally leaves ``status: failed`` written by the engine. When it was killed
+(signal 9: out of memory?) or timed out, its file may still say ``running`` or not exist: the sweep then
+writes ``status: failed`` with the ``error`` and a ``sweep`` block (command, return code, log) itself.
+
+SIGINT / SIGTERM on the sweep sends SIGTERM to the running children (the engine records
+``interrupted``), waits for them, writes the manifest ``<results>/sweep.json`` and returns 130.
+Otherwise the result is 0 when every run is complete, 1 when any is not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmc.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("rtn", "smooth", "gptq", "omni", "spin")
+METHOD_ALIASES = {"rtn": "rtn", "smoothquant": "smooth", "smooth": "smooth", "gptq": "gptq",
+                  "omniquant": "omni", "omni": "omni", "spinquant": "spin", "spin": "spin"}
+BITS = ("w8a8", "w4a8")
+BASELINE = "fp16"
+RESULT_ENV = "SLMQUANT_SWEEP_RESULT"    # every child gets the results file the sweep expects ...
+CONFIG_ENV = "SLMQUANT_SWEEP_CONFIG"    # ... and the resolved config (JSON), for wrappers and test engines
+MANIFEST = "sweep.json"
+
+
+def default_engine() -> list[str]:
+    return [sys.executable, "-m", "llmc"]
+
+
+def default_configs_dir() -> Path:
+    """``configs/`` in the working directory if there is one, else the project's."""
+    return Path("configs") if Path("configs").is_dir() else PROJECT_ROOT / "configs"
+
+
+@dataclass
+class Run:
+    """One planned experiment: what is run, where its results and log go, and what happened to it."""
+    model: str
+    method: str                  # config stem's method part (``fp16`` for the baseline)
+    bits: str | None
+    config: Path
+    command: list[str]
+    result: Path
+    log: Path
+    expected: dict               # the resolved config the engine will record (JSON form)
+    eval_pos: str                # the position whose metrics summarise the run
+    action: str = "run"          # run | skip
+    reason: str = ""
+    status: str = "pending"      # pending | running | complete | failed | interrupted
+    seconds: float | None = None
+    returncode: int | None = None
+    error: str | None = None
+    pid: int | None = None
+
+    @property
+    def stem(self) -> str:
+        return self.result.stem
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.stem}"
+
+    def manifest_entry(self) -> dict:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "expected"}
+        d.update(name=self.name, config=str(self.config), result=str(self.result), log=str(self.log),
+                 command_line=shlex.join(self.command))
+        return d
+
+
+# ------------------------------------------------------------------------------------------ planning
+def method_stem(name: str) -> str:
+    """``SmoothQuant`` / ``smooth`` -> ``smooth``; an unknown name is taken as a config stem as is."""
+    return METHOD_ALIASES.get(name.lower(), name)
+
+
+def _dedupe(items) -> list:
+    return list(dict.fromkeys(items))
+
+
+def parse_sets(sets: list[str] | None) -> list[str]:
+    """``['eval.bs=16']`` -> ``['--eval.bs', '16']``."""
+    out = []
+    for s in sets or []:
+        key, sep, value = s.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise UserError(f"--set: '{s}' is not key=value (e.g. eval.bs=16)")
+        out += [f"--{key}", value]
+    return out
+
+
+def _yaml_list(items: list[str]) -> str:
+    return "[" + ",".join(items) + "]"
+
+
+def plan(models: list[str], methods: list[str] | None = None, bits: list[str] | None = None, *,
+         results: str | Path = "results", configs_dir: str | Path | None = None, profile: str | None = None,
+         limit: int | None = None, eval_names: list[str] | None = None, inference: bool = False,
+         sets: list[str] | None = None, baseline: bool = True, engine: list[str] | None = None) -> list[Run]:
+    """Expand the grid into runs, each with its command, results file and resolved config.
+
+    Every config file is checked to exist before any is read; any config error is a ``UserError``."""
+    from llmc.config import load_config, load_profile
+    from llmc.runner import _config_dict, results_path  # the engine's own naming and recorded config
+
+    configs_dir = Path(configs_dir) if configs_dir is not None else default_configs_dir()
+    engine = list(engine) if engine else default_engine()
+    methods = _dedupe(method_stem(m) for m in (methods or METHODS))
+    bits = _dedupe(b.lower() for b in (bits or BITS))
+    models = _dedupe(models)
+    if not models:
+        raise UserError("--models: name at least one model folder under configs/")
+    for model in models:
+        if not (configs_dir / model).is_dir():
+            known = sorted(p.name for p in configs_dir.iterdir() if p.is_dir() and p.name != "profiles") \
+                if configs_dir.is_dir() else []
+            raise UserError(f"--models: no folder {configs_dir / model} (known: {', '.join(known) or 'none'})")
+
+    grid = []
+    for model in models:
+        if baseline:
+            grid.append((model, BASELINE, None, configs_dir / model / f"{BASELINE}.yml"))
+        for method in methods:
+            for b in bits:
+                grid.append((model, method, b, configs_dir / model / f"{method}_{b}.yml"))
+    missing = [str(c) for *_, c in grid if not c.is_file()]
+    if missing:
+        raise UserError(f"missing config file{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+
+    # the baseline gets the profile only if the profile has something for it (its `default` entry);
+    # otherwise it would only rename the file (fp16_cpu.json) without changing the run
+    baseline_profile = profile if profile and load_profile(profile, None) else None
+    extra = parse_sets(sets)
+    results = Path(results)
+    runs = []
+    for model, method, b, config in grid:
+        is_base = method == BASELINE
+        overrides = ["--save.save_path", str(results / model)]
+        if limit is not None:
+            overrides += ["--eval.limit", str(limit)]
+        if eval_names:
+            overrides += ["--eval.name", _yaml_list(eval_names)]
+        pos = "pretrain" if is_base else "fake_quant"
+        overrides += ["--eval.eval_pos", _yaml_list([pos])]
+        if inference and not is_base:
+            overrides += ["--save.save_real", "true", "--eval.inference", "true"]
+        overrides += extra
+        run_profile = baseline_profile if is_base else profile
+        try:
+            cfg = load_config(config, overrides, profile=run_profile)
+        except UserError as e:
+            raise UserError(f"{config}: {e}") from None
+        command = [*engine, "--config", str(config), *(["--profile", run_profile] if run_profile else []),
+                   "--quiet", *overrides]
+        result = results_path(cfg)
+        runs.append(Run(model=model, method=method, bits=b, config=config, command=command, result=result,
+                        log=results / "logs" / model / f"{result.stem}.log",
+                        expected=json.loads(json.dumps(_config_dict(cfg))),
+                        eval_pos=cfg.eval.eval_pos[-1] if cfg.eval.eval_pos else pos))
+    seen = {}
+    for r in runs:
+        if r.result in seen:
+            raise UserError(f"{r.config} and {seen[r.result]} would write the same results file {r.result}")
+        seen[r.result] = r.config
+    return runs
+
+
+# ------------------------------------------------------------------------------------------ deciding
+def read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _flatten(d, prefix="") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(_flatten(v, key) if isinstance(v, dict) and v else {key: v})
+    return out
+
+
+def config_diff(old: dict | None, new: dict, most: int = 4) -> str:
+    """``eval.limit: 100 -> 200, ...`` (empty when equal)."""
+    a, b = _flatten(old or {}), _flatten(new)
+    keys = [k for k in dict.fromkeys([*b, *a]) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    parts = [f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}" for k in keys[:most]]
+    return ", ".join(parts) + (f" (+{len(keys) - most} more)" if len(keys) > most else "")
+
+
+def _pid_alive(pid: int | None, config: Path) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # guard against a reused pid where /proc exists
+        return str(config).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
+def decide(runs: list[Run], retry_failed: bool = False, previous: dict | None = None) -> None:
+    """Set each run's ``action``, ``reason`` and (for skipped runs) ``status`` from its results file."""
+    prev = {e.get("result"): e for e in (previous or {}).get("runs", []) if isinstance(e, dict)}
+    for r in runs:
+        data = read_json(r.result)
+        r.action, r.status, r.reason = "run", "pending", ""
+        if data is None:
+            r.reason = "unreadable results, rerun" if r.result.exists() else "no results yet"
+            continue
+        status = data.get("status")
+        same = data.get("config") == r.expected
+        if status == "complete":
+            if same:
+                r.action, r.status, r.reason = "skip", "complete", "complete"
+                r.seconds = _record_seconds(data)
+            else:
+                r.reason = f"config changed ({config_diff(data.get('config'), r.expected)}), rerun"
+        elif status == "failed":
+            r.error = data.get("error")
+            if retry_failed:
+                r.reason = "failed before, retried (--retry-failed)"
+            elif not same:
+                r.reason = f"failed before with another config ({config_diff(data.get('config'), r.expected)}), rerun"
+            else:
+                r.action, r.status = "skip", "failed"
+                r.reason = "failed before (rerun with --retry-failed)"
+        elif status == "running":
+            pid = (prev.get(str(r.result)) or {}).get("pid")
+            if _pid_alive(pid, r.config):
+                r.action, r.status, r.reason = "skip", "running", f"still running elsewhere (pid {pid})"
+                r.pid = pid
+            else:
+                r.reason = "stale 'running' record (its process is gone), rerun"
+        elif status == "interrupted":
+            r.reason = "interrupted before, rerun"
+        else:
+            r.reason = f"status {status!r}, rerun"
+
+
+def _record_seconds(data: dict) -> float | None:
+    try:
+        t0 = _dt.datetime.fromisoformat(data["started"])
+        t1 = _dt.datetime.fromisoformat(data["finished"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (t1 - t0).total_seconds()
+
+
+# ------------------------------------------------------------------------------------------ results
+def main_metric(data: dict | None, eval_pos: str) -> str:
+    """WikiText-2 perplexity at the run's evaluated position, else the first accuracy there."""
+    metrics = (data or {}).get("metrics") or {}
+    by_name = metrics.get(eval_pos) or (metrics[list(metrics)[-1]] if metrics else {})
+    if not by_name:
+        return ""
+    if "ppl" in (by_name.get("wikitext2") or {}):
+        return f"wikitext2 {by_name['wikitext2']['ppl']:.2f} ppl"
+    for name, m in by_name.items():
+        if isinstance(m, dict) and m.get("acc") is not None:
+            return f"{name} {100 * m['acc']:.2f} acc"
+        if isinstance(m, dict) and m.get("ppl") is not None:
+            return f"{name} {m['ppl']:.2f} ppl"
+    return ""
+
+
+def exit_error(rc: int) -> str:
+    if rc < 0 or rc == 137:
+        sig = -rc if rc < 0 else 9
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"killed by signal {sig} (out of memory?)" if sig == 9 else f"killed by signal {sig} ({name})"
+    return f"exit status {rc}"
+
+
+def _last_line(log: Path, limit: int = 200) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:limit] if lines else ""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------------ running
+class Sweep:
+    """Run the planned runs, ``workers`` at a time, each as its own process (in its own session, so that
+    a terminal's Ctrl-C reaches only the sweep, which forwards SIGTERM once)."""
+
+    def __init__(self, runs: list[Run], results: str | Path, *, workers: int = 1, timeout: float | None = None,
+                 retry_failed: bool = False, quiet: bool = False, grace: float = 30.0, argv: list[str] | None = None,
+                 out=None):
+        self.runs = runs
+        self.results = Path(results)
+        self.workers = max(1, int(workers))
+        self.timeout = timeout
+        self.retry_failed = retry_failed
+        self.quiet = quiet
+        self.grace = grace
+        self.argv = argv
+        self.out = out or (lambda s: print(s, flush=True))
+        self.manifest_path = self.results / MANIFEST
+        self._stop = 0          # number of stop signals received
+        self._done = 0
+        self._bar = None
+
+    # ---------------------------------------------------------------- planning output
+    def decide(self) -> None:
+        decide(self.runs, self.retry_failed, read_json(self.manifest_path))
+
+    def print_plan(self) -> None:
+        n = len(self.runs)
+        for i, r in enumerate(self.runs, 1):
+            self.out(f"[{i}/{n}] {r.action:4s} {r.model} {r.stem}: {r.reason}")
+            self.out(f"    {shlex.join(r.command)}")
+            self.out(f"    -> {r.result}  (log {r.log})")
+        todo = sum(r.action == "run" for r in self.runs)
+        self.out(f"{todo} to run, {n - todo} skipped")
+
+    # ---------------------------------------------------------------- main loop
+    def run(self) -> int:
+        lock = self._lock()
+        handlers = self._install_handlers()
+        try:
+            return self._run()
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+            lock.close()
+
+    def _run(self) -> int:
+        n = len(self.runs)
+        for r in self.runs:
+            if r.action == "skip":
+                self._done += 1
+                if not self.quiet:
+                    self.out(f"[{self._done}/{n}] {r.model} {r.stem} {r.status} (skipped: {r.reason})")
+            elif not self.quiet and r.reason not in ("no results yet",):
+                self.out(f"{r.model} {r.stem}: {r.reason}")
+        self._write_manifest()
+        from tqdm import tqdm
+        self._bar = tqdm(total=n, initial=self._done, unit="run", dynamic_ncols=True,
+                         disable=self.quiet or not sys.stderr.isatty())
+        todo = deque(r for r in self.runs if r.action == "run")
+        active: dict = {}   # run name -> [run, Popen, log file, t0, t_term or None, timed_out]
+        while (todo or active) and not self._stop:
+            while todo and len(active) < self.workers and not self._stop:
+                r = todo.popleft()
+                active[r.name] = self._launch(r)
+            for name, slot in list(active.items()):
+                r, proc, logf, t0, t_term, _ = slot
+                if proc.poll() is not None:
+                    del active[name]
+                    self._finish(slot)
+                    continue
+                now = time.monotonic()
+                if self.timeout and t_term is None and now - t0 > self.timeout:
+                    slot[4], slot[5] = now, True
+                    _signal(proc, signal.SIGTERM)
+                elif t_term is not None and now - t_term > self.grace:
+                    _signal(proc, signal.SIGKILL, group=True)
+            time.sleep(0.05)
+        if self._stop:
+            self._interrupt(active)
+            self._write_manifest("interrupted")
+            self.print_summary()
+            self.out(f"interrupted: {sum(r.status == 'complete' for r in self.runs)}/{n} complete; "
+                     f"rerun the same command to resume")
+            return 130
+        ok = all(r.status == "complete" for r in self.runs)
+        self._write_manifest("complete" if ok else "failed")
+        self.print_summary()
+        return 0 if ok else 1
+
+    def _launch(self, r: Run) -> list:
+        r.log.parent.mkdir(parents=True, exist_ok=True)
+        r.result.parent.mkdir(parents=True, exist_ok=True)
+        logf = open(r.log, "a")
+        logf.write(f"=== {_now()} {shlex.join(r.command)}\n")
+        logf.flush()
+        env = dict(os.environ)
+        env[RESULT_ENV] = str(r.result)
+        env[CONFIG_ENV] = json.dumps(r.expected)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
+        import subprocess
+        proc = subprocess.Popen(r.command, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        r.status, r.pid, r.returncode, r.error = "running", proc.pid, None, None
+        self._write_manifest()
+        return [r, proc, logf, time.monotonic(), None, False]
+
+    def _finish(self, slot: list, interrupted: bool = False) -> None:
+        r, proc, logf, t0, _, timed_out = slot
+        logf.close()
+        r.seconds = time.monotonic() - t0
+        r.returncode = rc = proc.returncode
+        data = read_json(r.result)
+        st = (data or {}).get("status")
+        if st == "complete":
+            r.status, r.error = "complete", None
+        elif timed_out:
+            self._record(r, data, "failed", f"timeout after {self.timeout:g} s")
+        elif interrupted:
+            r.status, r.error = ("failed", data.get("error")) if st == "failed" else ("interrupted", None)
+            if st == "running":   # the engine did not get to record it: say so
+                self._record(r, data, "interrupted", "interrupted by the sweep (SIGTERM)")
+        elif rc == 0:
+            self._record(r, data, "failed", f"exit status 0 but the results say {st or 'nothing'}")
+        elif st == "failed":
+            self._record(r, data, "failed", data.get("error") or exit_error(rc), keep_error=True)
+        elif st == "interrupted":
+            r.status, r.error = "interrupted", data.get("error")
+        else:
+            err = exit_error(rc)
+            last = _last_line(r.log) if rc > 0 and rc != 137 else ""
+            self._record(r, data, "failed", f"{err}: {last}" if last else err)
+        self._done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        line = f"[{self._done}/{len(self.runs)}] {r.model} {r.stem} {r.status} {r.seconds:.1f}s"
+        if r.status != "complete" and r.error:
+            line += f": {r.error}"
+        self._print(line)
+        self._write_manifest()
+
+    def _record(self, r: Run, data: dict | None, status: str, error: str, keep_error: bool = False) -> None:
+        """Write the run's status into its results file (atomically), keeping whatever the engine wrote."""
+        from llmc.utils import atomic_write_json
+        if data is None:
+            data = {"schema_version": 1, "status": status, "task_id": None,
+                    "profile": (r.command[r.command.index("--profile") + 1] if "--profile" in r.command else None),
+                    "config": r.expected, "config_file": str(r.config), "metrics": {}, "timings": {}, "log": []}
+        data["status"] = status
+        if not keep_error or not data.get("error"):
+            data["error"] = error
+        data.setdefault("finished", _now())
+        data["sweep"] = {"command": r.command, "returncode": r.returncode, "log": str(r.log)}
+        atomic_write_json(r.result, data)
+        r.status, r.error = status, data["error"]
+
+    def _interrupt(self, active: dict) -> None:
+        """SIGTERM every child (the engine records ``interrupted``), wait ``grace`` s, then SIGKILL."""
+        if active:
+            self._print(f"stopping {len(active)} running run(s) ...")
+        for r, proc, *_ in active.values():
+            _signal(proc, signal.SIGTERM)
+        t0, killed, stops = time.monotonic(), False, self._stop
+        while active:
+            for name, slot in list(active.items()):
+                if slot[1].poll() is not None:
+                    del active[name]
+                    self._finish(slot, interrupted=True)
+            if not killed and active and (time.monotonic() - t0 > self.grace or self._stop > stops):
+                for r, proc, *_ in active.values():
+                    _signal(proc, signal.SIGKILL, group=True)
+                killed = True
+            time.sleep(0.05)
+
+    # ---------------------------------------------------------------- signals, lock, manifest
+    def _install_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            self._stop += 1
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+        return old
+
+    def _lock(self):
+        import fcntl
+        self.results.mkdir(parents=True, exist_ok=True)
+        path = self.results / ".sweep.lock"
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise UserError(f"another sweep is running on {self.results} (pid {holder})") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        return f
+
+    def _write_manifest(self, status: str = "running") -> None:
+        from llmc.utils import atomic_write_json
+        counts: dict = {}
+        for r in self.runs:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        atomic_write_json(self.manifest_path, {
+            "status": status, "updated": _now(), "argv": self.argv, "workers": self.workers,
+            "timeout": self.timeout, "counts": counts, "runs": [r.manifest_entry() for r in self.runs]})
+
+    def _print(self, line: str) -> None:
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(line)
+        else:
+            self.out(line)
+
+    def print_summary(self) -> None:
+        from tabulate import tabulate
+        rows = []
+        for r in self.runs:
+            err = (r.error or "")
+            rows.append([r.name, r.status, "" if r.seconds is None else f"{r.seconds:.1f}",
+                         main_metric(read_json(r.result), r.eval_pos),
+                         err if len(err) <= 80 else err[:77] + "..."])
+        self._print("\n" + tabulate(rows, headers=["run", "status", "seconds", "metric", "error"],
+                                    tablefmt="github"))
+        self._print(f"manifest: {self.manifest_path}")
+
+
+def _signal(proc, sig, group: bool = False) -> None:
+    try:
+        if group:
+            os.killpg(proc.pid, sig)   # the child leads its own session: this reaches its helpers too
+        else:
+            proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def build_parser():
+    import argparse
+    p = argparse.ArgumentParser(
+        prog="python tools/sweep.py",
+        description="Run a grid of experiments (models x methods x bits + float baselines), one process "
+                    "per run, resumably: complete runs with the same config are skipped.",
+        epilog="Exit status: 0 when every run is complete, 1 if any is not, 2 on a usage or config error, "
+               "130 when interrupted (rerun the same command to resume).")
+    p.add_argument("--models", nargs="+", default=["smollm"], help="config folders under configs/ (default smollm)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS),
+                   help="config stems rtn smooth gptq omni spin, or RTN SmoothQuant GPTQ OmniQuant SpinQuant "
+                        "(default: all five)")
+    p.add_argument("--bits", nargs="+", default=list(BITS), help="w8a8 w4a8 (default both), any <method>_<bits>.yml")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip each model's fp16.yml run")
+    p.add_argument("--profile", default=None, help="calibration profile passed to the engine (e.g. cpu)")
+    p.add_argument("--limit", type=int, default=None, help="eval.limit for every run")
+    p.add_argument("--eval-names", nargs="+", default=None, help="eval.name for every run (default: the configs')")
+    p.add_argument("--results", default="results", help="results folder: <results>/<model>/*.json, logs/, sweep.json")
+    p.add_argument("--configs", default=None, help="configs folder (default: ./configs or the project's)")
+    p.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--inference", action="store_true",
+                   help="Track 2 for method runs: --save.save_real true --eval.inference true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", nargs="+",
+                   help="config override for every run, e.g. --set eval.bs=16 model.torch_dtype=float32")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (commands, skip/run) and exit")
+    p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per run; then SIGTERM, then SIGKILL")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no lines for skipped runs")
+    p.add_argument("--engine-cmd", default=None, help=argparse.SUPPRESS)   # tests: a fake engine
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        print("error: --workers: must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        runs = plan(args.models, args.methods, args.bits, results=args.results, configs_dir=args.configs,
+                    profile=args.profile, limit=args.limit, eval_names=args.eval_names,
+                    inference=args.inference, sets=[s for group in args.set for s in group],
+                    baseline=args.baseline, engine=shlex.split(args.engine_cmd) if args.engine_cmd else None)
+        sweep = Sweep(runs, args.results, workers=args.workers, timeout=args.timeout,
+                      retry_failed=args.retry_failed, quiet=args.quiet,
+                      argv=list(sys.argv if argv is None else argv))
+        sweep.decide()
+        if args.dry_run:
+            try:
+                sweep.print_plan()
+            except BrokenPipeError:   # `--dry-run | head`
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        return sweep.run()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:   # before any run started
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,277 @@
+"""tools/sweep.py: planning, skipping, resuming, failures, workers (on a fake engine: real runs are slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmc.config import load_config
+from llmc.errors import UserError
+from llmc.runner import _config_dict, results_path
+from llmc_slm import sweep as sw
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+FAKE_ENGINE = r'''
+"""Mimics python -m llmc's contract: results JSON running -> complete | failed | interrupted."""
+import json, os, signal, sys, time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+result = Path(os.environ["SLMQUANT_SWEEP_RESULT"])
+config = json.loads(os.environ["SLMQUANT_SWEEP_CONFIG"])
+argv = sys.argv[1:]
+assert "--config" in argv and "--save.save_path" in argv, argv
+assert str(result.parent) == argv[argv.index("--save.save_path") + 1], argv
+stem = result.stem
+with open(HERE / "launches.txt", "a") as f:
+    f.write(f"{stem} {os.environ.get('OMP_NUM_THREADS')}\n")
+control = HERE / "control.json"
+action = (json.loads(control.read_text()) if control.exists() else {}).get(stem, "")
+
+def write(status, **extra):
+    data = {"schema_version": 1, "status": status, "config": config, "config_file": argv[argv.index("--config") + 1],
+            "metrics": {}, "timings": {}, "log": [], **extra}
+    tmp = result.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, result)
+
+def term(signum, frame):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, term)
+result.parent.mkdir(parents=True, exist_ok=True)
+write("running")
+try:
+    if action.startswith("sleep"):
+        time.sleep(float(action.split(":")[1]))
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action == "fail":
+        write("failed", error="RuntimeError: boom")
+        print("RuntimeError: boom", file=sys.stderr)
+        sys.exit(1)
+    write("complete", metrics={"fake_quant": {"wikitext2": {"ppl": 20.5}}, "pretrain": {"wikitext2": {"ppl": 20.0}}})
+except KeyboardInterrupt:
+    write("interrupted", error="interrupted (Ctrl-C or SIGTERM)")
+    sys.exit(130)
+'''
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """A fake engine in tmp_path; returns helpers to control it and read its launch log."""
+    script = tmp_path / "fake_engine.py"
+    script.write_text(FAKE_ENGINE)
+
+    class Fake:
+        engine = [sys.executable, str(script)]
+        results = tmp_path / "res"
+
+        @staticmethod
+        def control(**actions):
+            (tmp_path / "control.json").write_text(json.dumps(actions))
+
+        @staticmethod
+        def launches() -> list[str]:
+            p = tmp_path / "launches.txt"
+            return [line.split()[0] for line in p.read_text().splitlines()] if p.exists() else []
+
+        @staticmethod
+        def launch_lines() -> list[str]:
+            p = tmp_path / "launches.txt"
+            return p.read_text().splitlines() if p.exists() else []
+
+    return Fake
+
+
+def make_runs(fake, methods=("rtn", "smooth"), bits=("w8a8",), **kw):
+    return sw.plan(["smollm"], list(methods), list(bits), results=fake.results, configs_dir=CONFIGS,
+                   profile="cpu", limit=3, engine=fake.engine, **kw)
+
+
+def sweep_once(fake, retry_failed=False, workers=1, timeout=None, **kw):
+    runs = make_runs(fake, **kw)
+    s = sw.Sweep(runs, fake.results, workers=workers, timeout=timeout, retry_failed=retry_failed, quiet=True,
+                 grace=5, out=lambda line: None)
+    s.decide()
+    return s.run(), runs
+
+
+def status(path):
+    return json.loads(Path(path).read_text())["status"]
+
+
+# --------------------------------------------------------------------------------------------- plan
+def test_plan_expands_the_grid_like_the_engine(tmp_path):
+    res = tmp_path / "res"
+    runs = sw.plan(["smollm"], ["RTN", "smooth", "OmniQuant"], ["w8a8", "w4a8"], results=res,
+                   configs_dir=CONFIGS, profile="cpu", limit=100, eval_names=["wikitext2", "piqa"],
+                   sets=["eval.bs=4"])
+    names = [r.stem for r in runs]
+    # the cpu profile has nothing for the baseline: it runs without it and its file name stays fp16.json
+    assert names == ["fp16", "rtn_w8a8_cpu", "rtn_w4a8_cpu", "smooth_w8a8_cpu", "smooth_w4a8_cpu",
+                     "omni_w8a8_cpu", "omni_w4a8_cpu"]
+    for r in runs:
+        base = r.method == "fp16"
+        assert r.config == CONFIGS / "smollm" / (f"{r.method}_{r.bits}.yml" if not base else "fp16.yml")
+        assert r.command[:3] == [sys.executable, "-m", "llmc"]
+        assert ("--profile" in r.command) is (not base)
+        overrides = ["--save.save_path", str(res / "smollm"), "--eval.limit", "100",
+                     "--eval.name", "[wikitext2,piqa]",
+                     "--eval.eval_pos", "[pretrain]" if base else "[fake_quant]", "--eval.bs", "4"]
+        assert r.command[-len(overrides):] == overrides
+        cfg = load_config(r.config, overrides, profile=None if base else "cpu")
+        assert r.result == results_path(cfg)
+        assert r.expected == json.loads(json.dumps(_config_dict(cfg)))
+        assert r.log == res / "logs" / "smollm" / f"{r.stem}.log"
+        assert cfg.eval.name == ["wikitext2", "piqa"] and cfg.eval.limit == 100 and cfg.eval.bs == 4
+    omni = runs[-1]
+    assert omni.expected["calib"]["n_samples"] == 32 and omni.expected["quant"]["special"]["epochs"] == 5
+
+    inf = sw.plan(["smollm"], ["rtn"], ["w4a8"], results=res, configs_dir=CONFIGS, inference=True)
+    assert "--save.save_real" not in inf[0].command and inf[1].expected["eval"]["inference"] is True
+
+    with pytest.raises(UserError, match=r"configs/smollm/rtn_w2a8.yml"):
+        sw.plan(["smollm"], ["rtn"], ["w2a8"], results=res, configs_dir=CONFIGS)
+    assert not res.exists()
+
+
+def test_missing_config_is_one_line_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep.py"), "--methods", "rtn", "--bits",
+                           "w3a8", "--results", str(tmp_path / "r"), "--configs", str(CONFIGS)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "rtn_w3a8.yml" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_real_command_line_is_what_the_engine_resolves(tmp_path):
+    """The command built for a run, given to the real `python -m llmc` (--print-config: nothing runs), resolves
+    to exactly the config the sweep expects the results to record."""
+    (run,) = sw.plan(["smollm"], ["spin"], ["w4a8"], results=tmp_path / "res", configs_dir=CONFIGS,
+                     profile="cpu", limit=7, eval_names=["wikitext2", "arc_easy"], inference=True,
+                     sets=["model.torch_dtype=float32"], baseline=False)
+    proc = subprocess.run([*run.command, "--print-config"], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(json.dumps(yaml.safe_load(proc.stdout))) == run.expected
+    assert run.expected["eval"]["name"] == ["wikitext2", "arc_easy"]
+    assert run.expected["eval"]["eval_pos"] == ["fake_quant"]
+    assert run.expected["model"]["torch_dtype"] == "float32"
+
+
+# --------------------------------------------------------------------------------------------- runs
+def test_complete_runs_are_skipped(fake):
+    rc, runs = sweep_once(fake)
+    assert rc == 0
+    assert sorted(fake.launches()) == ["fp16", "rtn_w8a8_cpu", "smooth_w8a8_cpu"]
+    assert all(status(r.result) == "complete" for r in runs)
+    assert all(r.log.exists() for r in runs)
+    manifest = json.loads((fake.results / "sweep.json").read_text())
+    assert manifest["status"] == "complete" and [e["status"] for e in manifest["runs"]] == ["complete"] * 3
+    assert manifest["runs"][1]["command"] == runs[1].command
+    rc, _ = sweep_once(fake)
+    assert rc == 0 and len(fake.launches()) == 3     # nothing launched again
+
+
+def test_changed_config_is_rerun(fake):
+    sweep_once(fake)
+    runs = make_runs(fake, sets=["eval.bs=2"])
+    sw.decide(runs)
+    assert all(r.action == "run" and "eval.bs: 1 -> 2" in r.reason for r in runs)
+    rc, _ = sweep_once(fake, sets=["eval.bs=2"])
+    assert rc == 0 and len(fake.launches()) == 6
+
+
+def test_killed_child_is_recorded_failed_and_retried(fake):
+    fake.control(rtn_w8a8_cpu="kill")
+    rc, runs = sweep_once(fake)
+    assert rc == 1
+    data = json.loads(runs[1].result.read_text())
+    assert data["status"] == "failed" and data["error"] == "killed by signal 9 (out of memory?)"
+    assert data["sweep"]["returncode"] == -9 and data["sweep"]["log"] == str(runs[1].log)
+    assert data["config"] == runs[1].expected
+    assert status(runs[2].result) == "complete"    # the sweep went on
+
+    rc, runs = sweep_once(fake)                    # failed: reported, not rerun
+    assert rc == 1 and len(fake.launches()) == 3 and runs[1].status == "failed" and runs[1].action == "skip"
+
+    fake.control()
+    rc, runs = sweep_once(fake, retry_failed=True)
+    assert rc == 0 and fake.launches()[3:] == ["rtn_w8a8_cpu"]
+    assert status(runs[1].result) == "complete"
+
+
+def test_engine_failure_and_timeout(fake):
+    fake.control(rtn_w8a8_cpu="fail", smooth_w8a8_cpu="sleep:60")
+    t0 = time.monotonic()
+    rc, runs = sweep_once(fake, timeout=2)
+    assert rc == 1 and time.monotonic() - t0 < 30
+    fail = json.loads(runs[1].result.read_text())
+    assert fail["status"] == "failed" and fail["error"] == "RuntimeError: boom" and fail["sweep"]["returncode"] == 1
+    slow = json.loads(runs[2].result.read_text())
+    assert slow["status"] == "failed" and slow["error"] == "timeout after 2 s"
+
+
+def test_stale_running_record_is_rerun(fake):
+    sweep_once(fake, methods=("rtn",))
+    runs = make_runs(fake, methods=("rtn",))
+    data = json.loads(runs[1].result.read_text())
+    data["status"] = "running"
+    runs[1].result.write_text(json.dumps(data))
+    sw.decide(runs)
+    assert [r.action for r in runs] == ["skip", "run"] and "stale" in runs[1].reason
+
+
+def test_workers_run_everything_once(fake, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    rc, runs = sweep_once(fake, workers=2, methods=("rtn", "smooth", "gptq"))
+    assert rc == 0
+    assert sorted(fake.launches()) == sorted(r.stem for r in runs) and len(runs) == 4
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    assert all(line.split()[1] == threads for line in fake.launch_lines())
+
+
+def test_interrupted_sweep_resumes(fake):
+    fake.control(smooth_w8a8_cpu="sleep:120")
+    cmd = [sys.executable, str(ROOT / "tools" / "sweep.py"), "--models", "smollm", "--methods", "rtn", "smooth",
+           "gptq", "--bits", "w8a8", "--profile", "cpu", "--limit", "3", "--results", str(fake.results),
+           "--configs", str(CONFIGS), "--engine-cmd", " ".join(fake.engine)]
+    runs = make_runs(fake, methods=("rtn", "smooth", "gptq"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (runs[1].result.exists() and status(runs[1].result) == "complete" and runs[2].result.exists()
+                    and status(runs[2].result) == "running"):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("run 3 never started")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert [status(r.result) for r in runs[:3]] == ["complete", "complete", "interrupted"]
+    assert not runs[3].result.exists()
+    manifest = json.loads((fake.results / "sweep.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert [e["status"] for e in manifest["runs"]] == ["complete", "complete", "interrupted", "pending"]
+
+    fake.control()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert fake.launches() == ["fp16", "rtn_w8a8_cpu", "smooth_w8a8_cpu", "smooth_w8a8_cpu", "gptq_w8a8_cpu"]
+    assert all(status(r.result) == "complete" for r in runs)
+    assert "wikitext2 20.50 ppl" in proc.stdout and "smollm/gptq_w8a8_cpu" in proc.stdout
