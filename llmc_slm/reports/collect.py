@@ -80,7 +80,7 @@ class Value:
         return self.value is not None and math.isfinite(self.value)
 
     def describe_items(self) -> str:
-        """``first 40 of 148 windows`` / ``1140 of 14042 items (limit 20 per subject)``."""
+        """``first 40 of 148 windows`` / ``100 of 14042 items (spread over the 57 subjects)``."""
         unit = "windows" if self.dataset == "wikitext2" else "items"
         of = f" of {self.n_total}" if self.n_total is not None else ""
         if self.n is None:
@@ -88,7 +88,7 @@ class Value:
         first = "first " if self.subset else ""
         lim = ""
         if self.source.startswith("mmlu") and self.limit is not None:
-            lim = f" (first {self.limit} per subject)"
+            lim = " (the first items of each subject, spread over the 57)"   # llmc_slm.tasks.lmeval.selection
             first = ""
         return f"{first}{self.n}{of} {unit}{lim}"
 
@@ -318,8 +318,8 @@ def find_results(folder) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]
         raise ReportError(f"{folder}: not a folder")
     found, skipped = [], []
     for path in sorted(folder.rglob("*.json")):
-        if not path.is_file():
-            continue
+        if not path.is_file() or (path.parent / "model.safetensors").is_file():
+            continue   # the JSON files of a saved checkpoint folder (save_real / save_fake) are not results
         if path.name in SKIP_NAMES:
             skipped.append((path, "sweep manifest"))
             continue

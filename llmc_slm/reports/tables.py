@@ -283,8 +283,9 @@ def inference_table(coll: Collection, bits: str = "W8A8", name: str = "table3") 
         threads = with_inf[0].inference.get("threads")
         t.notes.append(f"Peak Mem.: {_memory_note(kinds)}; device {_devices(with_inf)}"
                        + (f", {threads} thread(s)" if threads else "") + ". MB = 2^20 bytes.")
-    t.notes.append("Model Size: bytes of the stored checkpoint (packed integer codes, scales and the float "
-                   "embeddings/norms/lm_head); Params: calflops' parameter count in millions (what the paper's "
+    t.notes.append("Model Size: bytes of the stored checkpoint (packed integer codes and their scales; "
+                   "embeddings and lm_head as int8 rows with float scales by default, save.real_embed_bit; "
+                   "float norms); Params: calflops' parameter count in millions (what the paper's "
                    "'Model Size' column holds); MACs: calflops' count for one forward pass (batch 1 x 128 tokens), "
                    "as in the paper: it sees neither attention nor integer GEMMs.")
     t.notes.append("SLMQ_infer (measured): peak memory, prefill TPS and bytes (the protocol). (paper-compat.): peak "
