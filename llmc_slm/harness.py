@@ -21,7 +21,9 @@ the data's provenance, and for MMLU ``categories`` and ``subjects`` (each with i
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 import time
 
 from llmc.config import Config
@@ -51,8 +53,17 @@ def make_lm(adapter, batch_size: int = 1):
 
     from .tasks.lmeval import quiet_lm_eval
     with _weights_left_as_they_are(adapter.model), quiet_lm_eval(logging.ERROR):
-        return HFLM(pretrained=adapter.model, tokenizer=adapter.tokenizer, backend="causal",
-                    batch_size=int(batch_size))
+        lm = HFLM(pretrained=adapter.model, tokenizer=adapter.tokenizer, backend="causal",
+                  batch_size=int(batch_size))
+    if progress_disabled():   # lm-eval passes tqdm's `disable` itself, so TQDM_DISABLE alone is not enough
+        for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+            setattr(lm, name, functools.partial(getattr(lm, name), disable_tqdm=True))
+    return lm
+
+
+def progress_disabled() -> bool:
+    """``python -m llmc --quiet`` sets TQDM_DISABLE=1 (tqdm's own switch)."""
+    return os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
 
 
 class HarnessTask:

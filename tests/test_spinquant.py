@@ -335,3 +335,46 @@ def test_special_validation_and_calibration_need():
     assert cls.requires_calibration(make_cfg("SpinQuant"))
     assert not cls.requires_calibration(make_cfg("SpinQuant", "--quant.special.learn_rotations", "false",
                                                  "--quant.special.weight_algo", "rtn"))
+
+
+# ------------------------------------------------------------------------------ packed, tied head
+@pytest.mark.parametrize("embed_bit", ["null", "8"])
+def test_packed_checkpoint_reties_the_rotated_head(tmp_path, embed_bit):
+    """R1 unties SmolLM2-style tied embeddings (the final norm folds into lm_head); the packed checkpoint
+    stores them tied again (embedding once + M = R1^T diag(g) R1) and reloads to the fake-quant outputs."""
+    from llmc.quant.packed import load_packed_model, read_packed, save_packed_model
+    adapter = tiny_adapter("llama", tie_word_embeddings=True, **SHAPE)
+    with torch.no_grad():   # a non-trivial final norm, so that M is not just the identity
+        adapter.model.model.norm.weight.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(7))
+    algo = spin(adapter, "--quant.special.learn_rotations", "false", "--quant.special.weight_algo", "rtn",
+                "--quant.weight.bit", "4", "--save.real_embed_bit", embed_bit)
+    algo.run(None)
+    head, embed = adapter.model.lm_head.weight, adapter.model.model.embed_tokens.weight
+    assert head is not embed
+    m = adapter.model.slmquant_tied_head_transform
+    torch.testing.assert_close(embed.double() @ m.double(), head.double(), atol=1e-5, rtol=1e-5)
+    ids = calib_ids(seed=4).input_ids
+    expected = logits(adapter, ids)
+    save_packed_model(adapter, algo.cfg, tmp_path / "p")
+    tensors, meta = read_packed(tmp_path / "p")
+    assert not any(k.startswith("lm_head.weight") for k in tensors)      # the head is not stored
+    assert tensors["lm_head.tied_input_transform"].shape == (48, 48)
+    model = load_packed_model(tmp_path / "p")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+    if embed_bit == "null":
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    else:   # int8 rows of E' instead of float W': a small, bounded change
+        assert rel_diff(expected, got) < 0.02
+
+
+def test_untied_models_keep_their_own_head(tmp_path):
+    from llmc.quant.packed import read_packed, save_packed_model
+    adapter = tiny_adapter("qwen2", tie_word_embeddings=False, **SHAPE)
+    algo = spin(adapter, "--quant.special.learn_rotations", "false", "--quant.special.weight_algo", "rtn")
+    algo.run(None)
+    assert getattr(adapter.model, "slmquant_tied_head_transform", None) is None
+    save_packed_model(adapter, algo.cfg, tmp_path / "p")
+    tensors, _ = read_packed(tmp_path / "p")
+    assert "lm_head.weight.int8" in tensors and "lm_head.tied_input_transform" not in tensors

@@ -103,6 +103,21 @@ def test_prompts_match_the_harness_configs(name):
         assert choices(ours) == builtin.doc_to_choice(doc)
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_silences_the_harness_progress_bars(tiny, quiet, monkeypatch, capfd):
+    """``python -m llmc --quiet`` sets TQDM_DISABLE; lm-eval passes tqdm's `disable` itself, so the
+    evaluator has to pass it on."""
+    from llmc_slm.harness import HarnessTask
+    if quiet:
+        monkeypatch.setenv("TQDM_DISABLE", "1")
+    else:
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    capfd.readouterr()
+    HarnessTask("piqa", _cfg(limit=3, bs=4)).run(tiny)
+    err = capfd.readouterr().err
+    assert ("Running loglikelihood requests" in err) != quiet
+
+
 @pytest.mark.parametrize("name", ["mmlu", "mmlu_continuation"])
 def test_mmlu_prompts_match_the_harness_configs(name):
     loc = location(name)

@@ -40,11 +40,12 @@ import torch
 from torch import nn
 
 from ..quant.hadamard import apply_hadamard
+from ..quant.packed import HEAD_TRANSFORM_ATTR
 
 __all__ = [
     "untie_embeddings", "fold_norms", "rotate_embeddings", "rotate_lm_head", "rotate_block_r1",
     "rotate_block_r2", "hadamard_down_proj", "add_online_hadamard", "rotated_block_params",
-    "random_orthogonal_matrix", "rotation_error",
+    "random_orthogonal_matrix", "rotation_error", "tied_head_transform", "mark_tied_head",
 ]
 
 
@@ -143,6 +144,21 @@ def fold_norms(adapter) -> None:
     if adapter.tied_embeddings:
         raise RuntimeError("fold_norms: untie the embeddings first (the final norm folds into lm_head)")
     _fold(adapter.final_norm, [adapter.lm_head])
+
+
+def tied_head_transform(final_norm_weight: torch.Tensor, r1: torch.Tensor) -> torch.Tensor:
+    """``M = R1^T diag(g) R1`` (float64), with which a rotated model whose embeddings were tied can tie them
+    again: the rotated embedding is ``E' = E R1`` and the rotated lm_head (final norm ``g`` folded in) is
+    ``W' = E diag(g) R1 = E' M``, so ``logits = (h M^T) E'^T``. A deployed checkpoint then stores ``E'``
+    once plus one hidden x hidden matrix instead of a second vocabulary-sized one."""
+    r = _f64(r1)
+    return r.t() @ (_f64(final_norm_weight).to(r.device).unsqueeze(1) * r)
+
+
+def mark_tied_head(model: nn.Module, transform: Optional[torch.Tensor]) -> None:
+    """Record on the model that ``lm_head.weight == embed.weight @ transform`` (``None`` clears it); the
+    packed checkpoint (``llmc.quant.packed``) then stores the head tied, with the transform beside it."""
+    setattr(model, HEAD_TRANSFORM_ATTR, None if transform is None else transform.detach().float().cpu())
 
 
 @torch.no_grad()

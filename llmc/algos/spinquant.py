@@ -201,6 +201,7 @@ class SpinQuant(GPTQ):
         self.rotation_log: dict = {}
         self._record = None
         self._r1 = None          # R1 as the learning hooks see it (embedding output, lm_head input)
+        self._tied_final_norm = None   # the final norm's weight when R1 unties tied embeddings
 
     # -- config ------------------------------------------------------------------------------
     @classmethod
@@ -296,6 +297,7 @@ class SpinQuant(GPTQ):
         if sp.r1:
             if rotation.untie_embeddings(a):
                 log.info("SpinQuant: untied the embeddings (lm_head has its own copy)")
+                self._tied_final_norm = a.final_norm.weight.detach().clone()
             rotation.fold_norms(a)
         if sp.r4:
             for i, block in enumerate(a.blocks):
@@ -322,6 +324,8 @@ class SpinQuant(GPTQ):
         if r1 is not None:
             rotation.rotate_embeddings(a, r1)
             rotation.rotate_lm_head(a, r1)
+            if self._tied_final_norm is not None:   # the packed checkpoint stores the head tied again
+                rotation.mark_tied_head(a.model, rotation.tied_head_transform(self._tied_final_norm, r1))
         for i, block in enumerate(a.blocks):
             if r1 is not None:
                 rotation.rotate_block_r1(a, block, r1)

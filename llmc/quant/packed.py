@@ -10,6 +10,10 @@ Layout of ``model.safetensors`` in the output folder:
   symmetric, one scale per row: per token for the embedding, per output channel for lm_head) and
   ``<key>.row_scale`` (float32 [rows, 1]); weight-only, dequantized to the model's dtype at load. A tied
   lm_head is the embedding and is stored once. With ``real_embed_bit: null`` they are stored as floats;
+- a rotated model whose embeddings were tied before the rotation (SpinQuant's R1 with the final norm folded
+  into lm_head: ``lm_head.weight == embed.weight @ M``, see ``llmc.algos.rotation.tied_head_transform``)
+  is stored tied again: the embedding once, plus ``<head>.tied_input_transform`` (float32 ``M``, hidden x
+  hidden); the loader re-ties the two and applies ``h -> h M^T`` before lm_head (a forward pre-hook);
 - every other tensor of the model (norms, unquantized linears) as it is in the model's dtype.
 
 The safetensors metadata holds, as JSON, the Hugging Face config, each quantized layer's weight and
@@ -31,6 +35,8 @@ from .fake_linear import FakeQuantLinear
 from .quantizer import Quantizer
 
 FORMAT = "slmquant-packed-v1"
+# the attribute of a model holding ``M`` with ``lm_head.weight == embed.weight @ M`` (set by a rotation)
+HEAD_TRANSFORM_ATTR = "slmquant_tied_head_transform"
 
 
 def pack_codes(codes: torch.Tensor, bit: int) -> torch.Tensor:
@@ -82,6 +88,36 @@ def _embedding_keys(model) -> set:
     targets = [getattr(m, "weight", None) for m in (model.get_input_embeddings(), model.get_output_embeddings())]
     targets = [t for t in targets if isinstance(t, torch.Tensor) and t.dim() == 2]
     return {n for n, p in model.named_parameters(remove_duplicate=False) if any(p is t for t in targets)}
+
+
+def _tied_head(model) -> dict | None:
+    """Keys of the head weight, the embedding weight and the stored transform when the model carries a
+    tied-head transform (``lm_head.weight == embed.weight @ M``), else None."""
+    transform = getattr(model, HEAD_TRANSFORM_ATTR, None)
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if transform is None or embed is None or head is None or head.weight is embed.weight:
+        return None
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    head_module = next(n for n, m in model.named_modules() if m is head)
+    return {"head": names[id(head.weight)], "embed": names[id(embed.weight)],
+            "transform": f"{head_module}.tied_input_transform"}
+
+
+def attach_head_transform(model, transform: torch.Tensor) -> None:
+    """Apply ``h -> h M^T`` (in float32) to lm_head's input, so that the tied head computes ``h W'^T`` with
+    ``W' = E' M``. The matrix is kept as a float32 attribute (not a buffer: casting the model to bfloat16
+    must not round it)."""
+    head = model.get_output_embeddings()
+    head.slmquant_tied_input_transform = transform.float()
+
+    def pre_hook(module, args):
+        x = args[0]
+        m = module.slmquant_tied_input_transform
+        if m.device != x.device:
+            m = module.slmquant_tied_input_transform = m.to(x.device)
+        return ((x.float() @ m.t()).to(x.dtype),) + tuple(args[1:])
+
+    head.register_forward_pre_hook(pre_hook)
 
 
 def _quantizer_spec(q: Quantizer | None) -> dict | None:
@@ -136,9 +172,15 @@ def save_packed_model(adapter, cfg, out: Path) -> None:
     embed_bit = getattr(cfg.save, "real_embed_bit", None)
     embed_keys = _embedding_keys(model) if embed_bit else set()
     int_embeddings = {}
+    tied_head, config = _tied_head(model), json.loads(model.config.to_json_string())
+    if tied_head is not None:
+        tensors[tied_head["transform"]] = getattr(model, HEAD_TRANSFORM_ATTR).float().contiguous()
+        config["tie_word_embeddings"] = True
     seen = set()
     for key, value in model.state_dict().items():
         if any(key.startswith(p) for p in quantized_prefixes):
+            continue
+        if tied_head is not None and key == tied_head["head"]:   # stored as the embedding times M
             continue
         if value.data_ptr() in seen:  # tied weights are stored once; the config re-ties them
             continue
@@ -149,8 +191,9 @@ def save_packed_model(adapter, cfg, out: Path) -> None:
             int_embeddings[key] = {"bit": embed_bit, "symmetric": True, "granularity": "per_row"}
             continue
         tensors[key] = value.detach().contiguous()
-    meta = {"format": FORMAT, "config": model.config.to_json_string(), "layers": json.dumps(layers),
-            "int_embeddings": json.dumps(int_embeddings), "dtype": str(adapter.dtype).replace("torch.", "")}
+    meta = {"format": FORMAT, "config": json.dumps(config), "layers": json.dumps(layers),
+            "int_embeddings": json.dumps(int_embeddings), "tied_head": json.dumps(tied_head),
+            "dtype": str(adapter.dtype).replace("torch.", "")}
     with atomic_dir(out) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata=meta)
         if adapter.tokenizer is not None:
@@ -201,6 +244,8 @@ def load_packed_model(path: Path, linear_factory=None):
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
     int_embeddings = json.loads(meta.get("int_embeddings", "{}"))
+    tied_head = json.loads(meta.get("tied_head", "null"))
+    head_transform = tensors.pop(tied_head["transform"]) if tied_head else None
     rest = {k: v for k, v in tensors.items() if not any(k.startswith(n + ".") for n in layers)
             and not any(k.startswith(e + ".") for e in int_embeddings)}
     for key in int_embeddings:
@@ -208,6 +253,8 @@ def load_packed_model(path: Path, linear_factory=None):
     model.load_state_dict(rest, strict=False, assign=True)
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
+    if head_transform is not None:
+        attach_head_transform(model, head_transform)
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {missing[:3]}")
