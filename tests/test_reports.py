@@ -463,3 +463,13 @@ def test_clis_on_the_real_results_folder(tmp_path, capsys):
     assert make_tables.main([str(real), "--out", str(tmp_path / "t")]) == 0
     assert compare_published.main([str(real)]) == 0
     assert "Table 1" in capsys.readouterr().out
+
+
+def test_group_without_a_harness_stderr_gets_the_item_stderr():
+    """Results written before the evaluator filled MMLU's group stderr in (limit spread one item over some
+    subjects) still get a standard error in the tables."""
+    metrics = {"mmlu_continuation": {"acc": 0.23, "acc_stderr": None, "table_metric": "acc", "table_value": 0.23,
+                                     "table_stderr": None, "n": 100, "n_total": 14042, "limit": 100}}
+    v = collect.read_values(metrics)["mmlu"]
+    assert v.value == pytest.approx(23.0)
+    assert v.stderr == pytest.approx(100 * math.sqrt(0.23 * 0.77 / 99))

@@ -291,3 +291,25 @@ def test_group_limit_is_a_total_spread_over_subjects():
     assert spread(100, [50] * 57) == [2] * 43 + [1] * 14
     assert sum(spread(200, [100] * 57)) == 200
     assert spread(10, [1, 50, 50]) == [1, 3, 3]          # a short subject gives what it has
+
+
+def test_mmlu_group_stderr_with_single_item_subjects(tiny):
+    """One item per subject: the harness has no stderr for the group ("N/A"); ours is the item-level one."""
+    from llmc_slm.harness import HarnessTask
+    from llmc_slm.tasks import item_stderr
+    location("mmlu_continuation")
+    ev = HarnessTask("mmlu_continuation", _cfg(limit=4, bs=8))
+    ev.data = {s: ev.data[s] for s in ("college_physics", "marketing", "sociology", "logical_fallacies")}
+    out = ev.run(tiny)
+    assert out["n"] == 4 and out["stderr_from_items"]
+    assert out["acc_stderr"] == pytest.approx(item_stderr(out["acc"], 4))
+    assert out["table_stderr"] == out["acc_stderr"]
+
+
+def test_item_stderr_is_the_harness_sample_stderr():
+    from lm_eval.api.metrics import mean_stderr
+
+    from llmc_slm.tasks import item_stderr
+    items = [1, 0, 0, 1, 1, 0, 0, 0]
+    assert item_stderr(sum(items) / len(items), len(items)) == pytest.approx(mean_stderr(items))
+    assert item_stderr(0.5, 1) is None and item_stderr(None, 10) is None

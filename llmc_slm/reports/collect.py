@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from llmc.errors import UserError
 from llmc_slm.scoring import slmq_perf
-from llmc_slm.tasks import TABLE_METRIC
+from llmc_slm.tasks import TABLE_METRIC, item_stderr
 from llmc_slm.tracks.quant_cost import bits_label
 
 FLOAT = "Full Prec."
@@ -118,6 +118,8 @@ def _acc_value(ds: str, key: str, m: dict) -> Value:
         v = _num(m.get(metric))
         se = _num(m.get(f"{metric}_stderr"))
     n, n_total, limit = _int(m.get("n")), _int(m.get("n_total")), _int(m.get("limit"))
+    if se is None and v is not None:   # results written before the evaluator filled a group's stderr in
+        se = item_stderr(v, n)
     if isinstance(m.get("subset"), bool):
         subset = m["subset"]
     elif n is not None and n_total is not None:

@@ -37,6 +37,16 @@ TABLE_METRIC = {"mmlu": "acc", "mmlu_continuation": "acc", "arc_easy": "acc_norm
                 "piqa": "acc_norm", "hellaswag": "acc_norm"}
 
 
+def item_stderr(p: float | None, n: int | None) -> float | None:
+    """Standard error of an accuracy ``p`` that is the mean of ``n`` 0/1 item scores: the sample standard
+    deviation over sqrt(n), ``sqrt(p (1 - p) / (n - 1))``, which is what the harness reports for a single
+    task. Used for a group (MMLU) whose pooled stderr the harness leaves out ("N/A") when a subject has
+    a single item, as happens under ``eval.limit``; ``None`` when it cannot be computed."""
+    if p is None or n is None or n < 2 or not 0.0 <= p <= 1.0:
+        return None
+    return (p * (1.0 - p) / (n - 1)) ** 0.5
+
+
 def load_task_data(name: str, location: DataLocation, num_fewshot: int = 0, key: str = "eval.path"):
     """The documents ``name`` needs: ``{split: docs}``, or ``{subject: {split: docs}}`` for MMLU.
 

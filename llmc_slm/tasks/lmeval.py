@@ -19,6 +19,7 @@ from lm_eval.api.group import Group
 from lm_eval.api.task import ConfigurableTask, Task
 
 from . import prompts
+from . import item_stderr
 from .docs import as_dataset
 from .mmlu_subjects import CATEGORIES, SUBJECTS, description, subjects_of, task_name
 
@@ -241,4 +242,8 @@ def summarize(task_set: TaskSet, results: dict) -> dict:
                     categories[cat].pop(k)
         out["categories"] = categories
         out["subjects"] = subjects
+        for metric in ("acc", "acc_norm"):
+            if out.get(metric) is not None and out.get(f"{metric}_stderr") is None:
+                out[f"{metric}_stderr"] = item_stderr(out[metric], out["n"])
+                out["stderr_from_items"] = True
     return out
