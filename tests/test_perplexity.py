@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 import torch
 from torch import nn
 
@@ -71,3 +73,17 @@ def test_rows_keep_newlines_and_blank_lines_become_empty(tmp_path):
     assert rows == ["", " = Title = \n", "", " text one \n"]
     assert "\n\n".join(rows) == "\n\n = Title = \n" + "\n\n" + "\n\n" + " text one \n"
 
+
+
+def test_logits_budget_splits_the_batch_without_changing_the_result():
+    model = tiny_hf_model("llama")
+    ids = torch.randint(0, 256, (6 * 16,), generator=torch.Generator().manual_seed(2))
+    windows = window_ids(ids, 16)
+    whole = perplexity(model, windows, bs=6, progress=False)
+    per_window = 16 * model.config.vocab_size * (4 + 4)          # float32 logits + float32 log-softmax
+    split = perplexity(model, windows, bs=6, progress=False, max_logits_bytes=2 * per_window)
+    assert whole["micro_batch"] == 6 and split["micro_batch"] == 2
+    assert split["ppl"] == pytest.approx(whole["ppl"], rel=1e-6)
+    assert split["tokens"] == whole["tokens"] == 6 * 15
+    tiny_budget = perplexity(model, windows, bs=6, progress=False, max_logits_bytes=1)
+    assert tiny_budget["micro_batch"] == 1 and tiny_budget["ppl"] == pytest.approx(whole["ppl"], rel=1e-6)
