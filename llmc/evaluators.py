@@ -7,14 +7,13 @@ An evaluator is built from the config before the model is loaded (so missing dat
 
 from __future__ import annotations
 
-import os
-
 from .config import Config
 from .data.sources import find_dataset
 from .data.wikitext2 import evaluation_text
 from .errors import ConfigError
 from .eval.perplexity import perplexity, window_ids
 from .registry import load_builtin
+from .utils import progress_disabled
 
 EVALUATOR_REGISTRY: dict[str, type] = {}
 
@@ -47,7 +46,7 @@ class WikiText2Perplexity:
         limit = self.cfg.eval.limit
         windows = self._windows[:limit] if limit else self._windows
         result = perplexity(adapter.model, windows, bs=self.cfg.eval.bs,
-                            progress=not os.environ.get("TQDM_DISABLE"))
+                            progress=not progress_disabled())
         result["limit"] = limit if limit and limit < self._windows.shape[0] else None
         result["windows_in_split"] = int(self._windows.shape[0])
         return result

@@ -15,6 +15,11 @@ import numpy as np
 import torch
 
 
+def progress_disabled() -> bool:
+    """Whether progress bars are off: ``python -m llmc --quiet`` sets TQDM_DISABLE=1 (tqdm's own switch)."""
+    return os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+
+
 def cache_root() -> Path:
     """Where converted models live: ``$SLMQUANT_CACHE`` or ``~/.cache/slmquant``."""
     root = os.environ.get("SLMQUANT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "slmquant")

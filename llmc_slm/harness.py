@@ -23,12 +23,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import time
 
 from llmc.config import Config
 from llmc.data.sources import find_dataset
 from llmc.evaluators import register_evaluator
+from llmc.utils import progress_disabled
 
 from .tasks import HARNESS_NAME, TABLE_METRIC, TASK_NAMES, load_task_data
 
@@ -59,11 +59,6 @@ def make_lm(adapter, batch_size: int = 1):
         for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
             setattr(lm, name, functools.partial(getattr(lm, name), disable_tqdm=True))
     return lm
-
-
-def progress_disabled() -> bool:
-    """``python -m llmc --quiet`` sets TQDM_DISABLE=1 (tqdm's own switch)."""
-    return os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
 
 
 class HarnessTask:

@@ -18,8 +18,7 @@ import datasets
 from lm_eval.api.group import Group
 from lm_eval.api.task import ConfigurableTask, Task
 
-from . import prompts
-from . import item_stderr
+from . import item_stderr, prompts
 from .docs import as_dataset
 from .mmlu_subjects import CATEGORIES, SUBJECTS, description, subjects_of, task_name
 
