@@ -78,7 +78,7 @@ def test_unsupported(n):
             random_hadamard_matrix(n, seed=0)
 
 
-@pytest.mark.parametrize("n", MODEL_SIZES + [156, 344])
+@pytest.mark.parametrize("n", MODEL_SIZES + [156, 344, 512, 2048, 12 * 1024])  # 2048, 12 * 1024: butterfly path
 @pytest.mark.parametrize("lead", [(), (3,), (2, 5)])
 def test_apply_matches_dense(n, lead):
     g = torch.Generator().manual_seed(n)

@@ -85,7 +85,8 @@ def plot_scores(coll: Collection, model: str, out: Path) -> list[Path]:
             ax.set_ylim(0, top * 1.15)
     axes[0][0].set_ylabel("score (100 = reference)" + (", log scale" if log else ""))
     axes[0][-1].legend([Patch(color=c) for c in colors], [label for _, label in SCORES], fontsize=7, loc="upper right")
-    fig.suptitle(f"SLMQ scores, {model} (n/a: not measured; SLMQ_perf uncapped)", fontsize=10)
+    fig.suptitle(f"SLMQ scores, {model} (n/a: not measured, or RTN's SLMQ_quant: no calibration, not scored; "
+                 "SLMQ_perf uncapped)", fontsize=10)
     fig.tight_layout()
     paths = _save(fig, out, f"slmq_scores_{slug(model)}")
     plt.close(fig)

@@ -27,7 +27,8 @@ from llmc_slm.scoring import quant_ratios, slmq_quant
 
 ResultLike = Union[str, Path, Mapping]
 
-__all__ = ["load_result", "bits_label", "read_quant_cost", "collect_quant_costs", "quant_scores", "quant_table"]
+__all__ = ["load_result", "bits_label", "read_quant_cost", "collect_quant_costs", "quant_scores", "is_calibrated",
+           "quant_table"]
 
 
 def load_result(result: ResultLike) -> dict:
@@ -98,16 +99,29 @@ def quant_scores(costs_by_method: Mapping[str, Mapping[str, float]]) -> dict[str
             for m in costs_by_method}
 
 
+def is_calibrated(method: str | None) -> bool:
+    """Whether a method learns from calibration data (the algorithm's own ``needs_calib``, read from the
+    registry). Unknown names (other toolkits' results, test fixtures) count as calibrated."""
+    from llmc.registry import ALGO_REGISTRY, load_builtin
+
+    load_builtin()
+    algo = ALGO_REGISTRY.get(method) if method else None
+    return True if algo is None else bool(algo.needs_calib)
+
+
 def quant_table(results: Iterable[ResultLike], group_by: tuple[str, ...] = ("model", "bits", "profile"),
-                min_time_s: float = 1.0) -> list[dict]:
+                score_uncalibrated: bool = False) -> list[dict]:
     """Score SLMQ_quant within each group of runs (same model, bits and profile by default), one row per run.
 
     Rows carry the group, the method, ``time_s``, ``peak_mem_mb``, ``slmq_quant`` and the ratios. Within a
     group each method must appear once (ValueError otherwise: pass only the runs to compare) and every
-    run must use the same ``memory_kind``. Runs faster than ``min_time_s`` are reported with
-    ``slmq_quant`` None, a ``note``, and are left out of T_max: RTN has no calibration and rounds its
-    weights when the fake-quant layers are deployed, outside the measured stretch, so its recorded time is
-    ~0 s and T_max / T would be ~10^5. ``min_time_s=0`` scores every run.
+    run must use the same ``memory_kind``.
+
+    SLMQ_quant compares what calibration-based methods cost (the paper's Table 4: SmoothQuant, OmniQuant,
+    SpinQuant). A method without calibration (:func:`is_calibrated` false: RTN) only rounds its weights,
+    in about a second, so T_max / T would be ~10^3 and its score would say nothing about cost; its row
+    keeps its time and memory with ``slmq_quant`` None and a ``note``, and it is left out of T_max and
+    M_max. ``score_uncalibrated=True`` scores every run.
     """
     rows = collect_quant_costs(results)
     groups: dict = {}
@@ -123,16 +137,20 @@ def quant_table(results: Iterable[ResultLike], group_by: tuple[str, ...] = ("mod
         if dup:
             raise ValueError(f"group {dict(zip(group_by, key))}: method(s) {sorted(dup)} appear more than once: "
                              f"{[m['source'] for m in members if m['method'] in dup]}")
-        scored = {m["method"]: {"time": m["time_s"], "peak_mem": m["peak_mem_bytes"]}
-                  for m in members if m["time_s"] >= min_time_s and m["time_s"] > 0}
+        scored = {m["method"]: {"time": m["time_s"], "peak_mem": m["peak_mem_bytes"]} for m in members
+                  if m["time_s"] > 0 and (score_uncalibrated or is_calibrated(m["method"]))}
         scores = quant_scores(scored) if scored else {}
         for m in members:
             s = scores.get(m["method"], {})
+            if m["method"] in scored:
+                note = None
+            elif m["time_s"] <= 0:
+                note = "not scored: no quantization time recorded"
+            else:
+                note = f"not scored: {m['method']} has no calibration (only weight rounding, {m['time_s']:.3g} s)"
             table.append({**dict(zip(group_by, key)), "method": m["method"], "time_s": m["time_s"],
                           "time_min": m["time_s"] / 60, "peak_mem_mb": m["peak_mem_mb"],
                           "memory_kind": m["memory_kind"], "slmq_quant": s.get("slmq_quant"),
                           "time_ratio": s.get("time_ratio"), "mem_ratio": s.get("mem_ratio"),
-                          "methods_compared": len(scored), "source": m["source"],
-                          "note": None if m["method"] in scored else
-                          f"not scored: quantization took {m['time_s']:.3g} s (< min_time_s {min_time_s} s)"})
+                          "methods_compared": len(scored), "source": m["source"], "note": note})
     return table
