@@ -407,6 +407,24 @@ def test_claims_both_ways(tmp_path):
     assert "cheapest OmniQuant" in bad[5].evidence
 
 
+def test_claim4_compares_the_models_on_the_datasets_both_have(tmp_path):
+    """SmolLM scored on six datasets (accuracies kept, perplexity x3.2) against Qwen scored on WikiText-2
+    only (x3.0): over each run's own datasets SmolLM would look far more robust (~82 vs 33), but on the one
+    dataset they share Qwen degrades less, so the claim does not hold."""
+    fp = {"mmlu": 30.0, "arc_challenge": 30.0, "arc_easy": 60.0, "piqa": 70.0, "hellaswag": 40.0, "wikitext2": 15.0}
+    smol_w4 = {k: v * (3.2 if k == "wikitext2" else 0.99) for k, v in fp.items()}
+    write(tmp_path, "smol_fp.json", result(SMOL, values=fp))
+    write(tmp_path, "smol_sq4.json", result(SMOL, "SmoothQuant", 4, 8, smol_w4))
+    write(tmp_path, "qwen_fp.json", result(QWEN, values={"wikitext2": 20.0}))
+    write(tmp_path, "qwen_sq4.json", result(QWEN, "SmoothQuant", 4, 8, {"wikitext2": 60.0}))
+    coll = collect.collect(tmp_path)
+    smol = next(r for r in coll.runs if r.model == SMOL and r.method == "SmoothQuant")
+    assert smol.perf > 80 and len(smol.perf_datasets) == 6
+    c4 = {c.number: c for c in claims.evaluate(coll)}[4]
+    assert c4.verdict == claims.FAILS and c4.partial, c4.evidence
+    assert "31.25" in c4.evidence and "33.33" in c4.evidence and "datasets they share: Wiki ppl" in c4.evidence
+
+
 def test_claims_not_testable_and_noise(synthetic):
     cs = {c.number: c for c in claims.evaluate(collect.collect(synthetic))}
     assert cs[4].verdict == claims.UNTESTABLE and "one" not in cs[4].verdict

@@ -12,7 +12,8 @@ Definitions (relative drop of task i: (A_i - A_i^c) / A_i, A = float baseline, c
    reported); and SpinQuant degrades least at W4A8 (smallest mean drop; its SLMQ_perf is reported too).
    Without accuracy results the degradation is 100 - SLMQ_perf on the datasets there are (said so).
 3. OmniQuant collapses at W4A8: WikiText-2 perplexity above 10x the float baseline's (or not finite).
-4. SmolLM is more robust than Qwen at W4A8: SmolLM's SLMQ_perf is higher, for every method run on both.
+4. SmolLM is more robust than Qwen at W4A8: SmolLM's SLMQ_perf is higher, for every method run on both,
+   both scored over the datasets the two runs share.
 5. SmoothQuant is the cheapest to quantize: the lowest W8A8 quantization time; the OmniQuant / SpinQuant
    time ratios are reported, and whether they fall in the paper's 6-7x.
 
@@ -27,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from .collect import ACC_DATASETS, LABELS, PAPER_METHODS, Collection, Run, primary_runs
+from .collect import ACC_DATASETS, LABELS, PAPER_METHODS, Collection, Run, perf_on, primary_runs
 from .published import CLAIMS
 from .render import Table
 from .tables import is_smollm
@@ -345,12 +346,19 @@ def claim4(R: _Runs) -> Claim:
                     parts.append(UNTESTABLE)
                     evidence.append(f"{method}: not on both models")
                     continue
-                diff = rs.perf - rq.perf
+                common = tuple(ds for ds in rs.perf_datasets if ds in rq.perf_datasets)
+                if not common:
+                    parts.append(UNTESTABLE)
+                    evidence.append(f"{method}: no dataset evaluated on both models")
+                    continue
+                (ps, ses), (pq, seq) = perf_on(rs, common), perf_on(rq, common)
+                diff = ps - pq
                 parts.append(HOLDS if diff > 0 else FAILS)
-                same = "" if rs.perf_datasets == rq.perf_datasets else " (scored on different datasets)"
-                noise = " (within combined stderr)" if _within(diff, rs.perf_stderr, rq.perf_stderr) else ""
-                evidence.append(f"{method}: SLMQ_perf {s} {rs.perf:.2f}{_flags(rs, rs.perf_datasets)} vs {q} "
-                                f"{rq.perf:.2f}{_flags(rq, rq.perf_datasets)}: {diff:+.2f}{same}{noise}")
+                on = "" if common == rs.perf_datasets == rq.perf_datasets else \
+                    f" (both scored on the datasets they share: {', '.join(LABELS[d] for d in common)})"
+                noise = " (within combined stderr)" if _within(diff, ses, seq) else ""
+                evidence.append(f"{method}: SLMQ_perf {s} {ps:.2f}{_flags(rs, common)} vs {q} "
+                                f"{pq:.2f}{_flags(rq, common)}: {diff:+.2f}{on}{noise}")
     verdict, partial = _combine(parts)
     return Claim(4, CLAIMS[4], verdict, "; ".join(evidence), partial)
 

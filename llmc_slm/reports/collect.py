@@ -467,14 +467,19 @@ def _score(r: Run) -> None:
     r.perf_datasets = common
     if not r.complete or not common:
         return
-    base = {ds: r.baseline[ds].value for ds in common}
-    comp = {ds: r.values[ds].value for ds in common}
     try:
-        r.perf = slmq_perf(base, comp)
+        r.perf, r.perf_stderr = perf_on(r, common)
     except ValueError as e:
         r.notes.append(f"SLMQ_perf not computed: {e}")
-        return
-    r.perf_stderr = perf_stderr(r.baseline, r.values, common, r.perf)
+
+
+def perf_on(r: Run, datasets) -> tuple[float, Optional[float]]:
+    """SLMQ_perf of a run over the given datasets (a subset of ``r.perf_datasets``: to compare two runs on
+    the datasets both have), with its standard error. Raises ValueError as ``slmq_perf`` does."""
+    base = {ds: r.baseline[ds].value for ds in datasets}
+    comp = {ds: r.values[ds].value for ds in datasets}
+    perf = slmq_perf(base, comp)
+    return perf, perf_stderr(r.baseline, r.values, datasets, perf)
 
 
 def perf_stderr(baseline: dict, values: dict, datasets, perf: float) -> Optional[float]:
