@@ -264,7 +264,8 @@ def _fwht(x: torch.Tensor) -> torch.Tensor:
 
 # Up to this order the power-of-two factor is one dense H_p product (at most 1 MB of float32): on a CPU
 # that is faster than log2(p) butterfly stages, each of which allocates (SmolLM2's 1536 = 128 x 12:
-# 1.9 -> 1.3 ms per 128 x 1536 bf16 input, one thread). Larger orders keep the O(n log n) butterfly.
+# 1.9 -> 1.3 ms per 128 x 1536 bf16 input, one thread beside another job; end to end within the noise of
+# Track 2). Larger orders keep the O(n log n) butterfly.
 DENSE_POW2_MAX = 512
 
 
