@@ -16,7 +16,7 @@ setup(
     description="SLMQuant: post-training quantization benchmark for small language models (LLMC-style)",
     python_requires=">=3.10",
     packages=find_packages(include=["llmc", "llmc.*", "llmc_slm", "llmc_slm.*"]),
-    package_data={"llmc_slm": ["model_configs/*.json", "published/*.json"]},
+    package_data={"llmc_slm": ["model_configs/*.json", "published/*.json"], "llmc": ["quant/csrc/*.cpp"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.24,<6",

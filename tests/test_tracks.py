@@ -161,3 +161,39 @@ def test_quant_table_leaves_uncalibrated_rtn_out_of_the_comparison():
     assert rows["SmoothQuant"]["slmq_quant"] == pytest.approx(expected)
     everything = {r["method"]: r for r in quant_table([smooth, omni, rtn], score_uncalibrated=True)}
     assert everything["RTN"]["slmq_quant"] > 1000 and everything["RTN"]["methods_compared"] == 3
+
+
+# ------------------------------------------------------------------------------ interleaved timing
+def test_speed_ab_summary_takes_per_round_ratios():
+    from llmc_slm.tracks.speed_ab import summarize
+    # the machine slows down 2x in rounds 3-4: per-round ratios stay 2.0 for "fast", the pooled times do not
+    times = {"base": {"prefill": [1.0, 1.0, 2.0, 2.0, 1.0]}, "fast": {"prefill": [0.5, 0.5, 1.0, 1.0, 0.5]},
+             "odd": {"prefill": [1.0, 0.5, 4.0, 1.0, 2.0]}}
+    s = summarize(times, "base", tokens=128, passes=2)
+    assert s["base"]["prefill"]["speedup_median"] == 1.0
+    fast = s["fast"]["prefill"]
+    assert fast["speedup_median"] == fast["speedup_min"] == fast["speedup_max"] == 2.0 and fast["rounds"] == 5
+    assert fast["tps_median"] == pytest.approx(128 * 2 / 0.5)
+    odd = s["odd"]["prefill"]          # ratios 1, 2, 0.5, 2, 0.5
+    assert odd["speedup_median"] == 1.0 and odd["speedup_min"] == 0.5 and odd["speedup_max"] == 2.0
+    assert odd["speedup_q1"] == 0.5 and odd["speedup_q3"] == 2.0
+
+
+def test_speed_ab_in_a_fresh_process(tmp_path):
+    from llmc.quant.prepacked_linear import prepack_available
+    from llmc_slm.tracks.speed_ab import compare_speed
+    base_dir, packed_dir = _checkpoints(tmp_path)
+    ids = torch.randint(3, 256, (1, 16), generator=torch.Generator().manual_seed(0))
+    prepack = {"base_packed": base_dir} if prepack_available() else {}
+    res = compare_speed({"base": base_dir, "w4a8": packed_dir}, prepack=prepack, rounds=3, passes=1, warmup=1,
+                        seq_len=16, input_ids=ids, input_source="test ids")
+    assert res["baseline"] == "base" and res["input"] == "test ids" and res["tokens_per_pass"] == 16
+    assert set(res["summary"]) == {"base", "w4a8", *prepack}
+    for name, modes in res["times"].items():
+        assert set(modes) == {"prefill", "prefill_last_logit"}
+        assert all(len(v) == 3 and all(t > 0 for t in v) for v in modes.values())
+    assert res["models"]["w4a8"]["deployment"]["int_layers"] == 14 and not res["models"]["w4a8"]["prepacked"]
+    if prepack:
+        assert res["models"]["base_packed"]["prepacked"] and res["models"]["base_packed"]["prepacked_float_linears"] > 0
+    ratios = [b / t for b, t in zip(res["times"]["base"]["prefill"], res["times"]["w4a8"]["prefill"])]
+    assert res["summary"]["w4a8"]["prefill"]["speedup_median"] == pytest.approx(sorted(ratios)[1])

@@ -29,9 +29,11 @@ Kernels (``IntLinear.kind``):
 
   - ``onednn`` (x86 CPUs, the default there): ``torch.ops.onednn.qlinear_pointwise`` with the weight
     pre-packed once by ``onednn.qlinear_prepack`` (PyTorch's own x86 int8 linear, used by Inductor's
-    quantization); activations are passed as uint8 ``a + 128`` with zero point 128 (exact), the
+    quantization); activations are passed as int8 codes (zero point 0; where an older oneDNN takes
+    only uint8, as ``a + 128`` with zero point 128: the same integers), the
     per-channel weight scale (and, for per-tensor activations, the activation scale and the bias) are
-    applied inside the kernel, a per-token scale and the bias in one fused ``addcmul`` afterwards.
+    applied inside the kernel, a per-token scale and the bias in one pass afterwards (the fused
+    ``rescale_rows`` of ``llmc.quant.cpu_kernels``; ``addcmul`` where it is not built).
     Used for symmetric activations and weights without a zero-point correction.
   - ``int_mm``: ``torch._int_mm`` (int8 x int8 -> int32; any shape on CPU, padded to cuBLASLt's
     constraints on CUDA) with the corrections and rescale in PyTorch ops. Everything else (8-bit
@@ -65,7 +67,7 @@ from torch import Tensor, nn
 from .quantizer import Quantizer
 
 __all__ = ["IntLinear", "int_mm", "quantize_act_int8", "unpack_int4_signed", "pack_int4_signed",
-           "onednn_available", "int_mm_info", "SHARED_ACT_CACHE", "KINDS", "BACKENDS"]
+           "onednn_available", "onednn_takes_int8", "int_mm_info", "SHARED_ACT_CACHE", "KINDS", "BACKENDS"]
 
 KINDS = ("int", "dequant")
 BACKENDS = ("auto", "onednn", "int_mm")
@@ -107,6 +109,7 @@ def int_mm(a: Tensor, b: Tensor) -> Tensor:
 
 
 _ONEDNN: Optional[bool] = None
+_ONEDNN_S8: Optional[bool] = None
 
 
 def onednn_available() -> bool:
@@ -122,25 +125,45 @@ def onednn_available() -> bool:
                 g = torch.Generator().manual_seed(0)
                 a = torch.randint(-128, 128, (3, 16), dtype=torch.int8, generator=g)
                 w = torch.randint(-127, 128, (8, 16), dtype=torch.int8, generator=g)
-                y = _onednn_linear(a.view(torch.uint8) ^ 0x80, 1.0, torch.ops.onednn.qlinear_prepack(w, None),
-                                   torch.ones(8), torch.zeros(8, dtype=torch.int32), None, torch.float32)
-                ok = torch.equal(y, (a.to(torch.int64) @ w.to(torch.int64).t()).float())
+                wp = torch.ops.onednn.qlinear_prepack(w, None)
+                ones, zeros = torch.ones(8), torch.zeros(8, dtype=torch.int32)
+                ref = (a.to(torch.int64) @ w.to(torch.int64).t()).float()
+                y = _onednn_linear(a.view(torch.uint8) ^ 0x80, 1.0, wp, ones, zeros, None, torch.float32)
+                ok = torch.equal(y, ref)
+                s8 = False
+                if ok:
+                    try:
+                        s8 = torch.equal(_onednn_linear(a, 1.0, wp, ones, zeros, None, torch.float32), ref)
+                    except Exception:  # noqa: BLE001 - signed activations unsupported: use u8
+                        s8 = False
+                global _ONEDNN_S8
+                _ONEDNN_S8 = s8
         except Exception:  # noqa: BLE001 - any failure means: not usable here
             ok = False
         _ONEDNN = bool(ok)
     return _ONEDNN
 
 
-def _onednn_linear(a_u8: Tensor, x_scale: float, w_packed: Tensor, w_scale: Tensor, w_zp: Tensor,
+def onednn_takes_int8() -> bool:
+    """Whether oneDNN's int8 linear takes signed int8 activations (zero point 0) here, as torch 2.13's does;
+    otherwise they are passed as uint8 ``a + 128`` with zero point 128 (the same integers)."""
+    return onednn_available() and bool(_ONEDNN_S8)
+
+
+def _onednn_linear(a: Tensor, x_scale: float, w_packed: Tensor, w_scale: Tensor, w_zp: Tensor,
                    bias: Optional[Tensor], out_dtype: torch.dtype) -> Tensor:
-    """x_scale * w_scale[n] * sum_k (a_u8 - 128) w + bias, by oneDNN (u8 activations, zero point 128)."""
-    return torch.ops.onednn.qlinear_pointwise(a_u8, x_scale, 128, w_packed, w_scale, w_zp, bias, 1.0, 0,
+    """x_scale * w_scale[n] * sum_k a_int w + bias, by oneDNN: ``a`` int8 (zero point 0) or uint8
+    ``a_int + 128`` (zero point 128)."""
+    zp = 0 if a.dtype == torch.int8 else 128
+    return torch.ops.onednn.qlinear_pointwise(a, x_scale, zp, w_packed, w_scale, w_zp, bias, 1.0, 0,
                                               out_dtype, "none", [], "")
 
 
 def int_mm_info() -> dict:
     """What the integer kernels run on here (for result records)."""
-    return {"onednn_qlinear": onednn_available(), "int_mm": hasattr(torch, "_int_mm"),
+    return {"onednn_qlinear": onednn_available(), "onednn_int8_activations": onednn_takes_int8(),
+            "int_mm": hasattr(torch, "_int_mm"),
+            "fused_kernels": _fused_status(),
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "backend_env": os.environ.get("SLMQUANT_INT_BACKEND") or None}
 
@@ -162,6 +185,18 @@ def unpack_int4_signed(p: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------- activations
+def _fused_status() -> str:
+    from .cpu_kernels import fused_kernels, fused_kernels_status
+    fused_kernels()
+    return fused_kernels_status()
+
+
+def _fused():
+    """The fused CPU kernels (``llmc.quant.cpu_kernels``) or None (then PyTorch ops, same results)."""
+    from .cpu_kernels import fused_kernels
+    return fused_kernels()
+
+
 def _fast_act(q: Optional[Quantizer]) -> bool:
     """Symmetric dynamic min/max activation quantizer with one range per token (or per tensor)."""
     return (q is not None and q.symmetric and not q.static and q.calib_algo != "mse"
@@ -178,18 +213,26 @@ def quantize_act_int8(x2d: Tensor, q: Quantizer, unsigned: bool = False
     (symmetric grids only) returns ``a + 128`` as uint8, the oneDNN kernel's input.
     """
     if _fast_act(q):
+        kernels = _fused()
+        if (kernels is not None and q.granularity != "per_tensor" and x2d.device.type == "cpu"
+                and x2d.dtype in (torch.bfloat16, torch.float32) and x2d.is_contiguous()):
+            codes, s = kernels.quantize_rows_s8(x2d, float(q.qmax), float(q.eps))
+            if unsigned:
+                codes = codes.view(torch.uint8).bitwise_xor_(0x80)
+            return codes, s, None
         # The quantizer's range max(-min(x, 0), max(x, 0)) is max |x|: the same float32 value, also when
         # taken in bf16 (abs and max are exact). x / s is computed in float32 as the quantizer does
         # (torch.div promotes a bf16 x). No clamp: |x| <= max|x| = qmax * s up to float32 rounding, so
         # |x / s| < qmax + 1/2 and the rounded code is always inside [-qmax, qmax].
-        # Large inputs are read in their own dtype (fewer passes over memory), small ones in float32.
-        xs = x2d if (x2d.dtype != torch.float32 and x2d.numel() >= 1 << 18) else x2d.float()
-        if q.granularity == "per_tensor":
-            amax = xs.abs().amax().reshape(1, 1)
-        else:
-            amax = xs.abs().amax(dim=-1, keepdim=True)
-        s = amax.float().div_(q.qmax).clamp_(min=q.eps)
-        codes = torch.div(xs, s).round_().to(torch.int8)
+        # Speed (CPU, 1 x 128 x 4864 bf16, 1 thread): one float32 copy worked on in place, max |x| as
+        # max(max x, -min x) (no |x| temporary): 0.84 ms; dividing the bf16 tensor by the float32 scale
+        # (a mixed-dtype division) and reducing |x| took 2.7 ms, more than the int8 GEMM after it.
+        xf = x2d.to(torch.float32, copy=True)
+        dim = None if q.granularity == "per_tensor" else -1
+        hi = xf.amax() if dim is None else xf.amax(dim=-1, keepdim=True)
+        lo = xf.amin() if dim is None else xf.amin(dim=-1, keepdim=True)
+        s = torch.maximum(hi, lo.neg_()).reshape(-1, 1).div_(q.qmax).clamp_(min=q.eps)
+        codes = xf.div_(s).round_().to(torch.int8)
         if unsigned:
             codes = codes.view(torch.uint8).bitwise_xor_(0x80)   # int8 v -> uint8 v + 128
         return codes, s, None
@@ -462,12 +505,15 @@ class IntLinear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
     def _forward_onednn(self, x, x2d, shareable, out_dtype):
-        a, sx, _ = self._act(x, x2d, shareable, unsigned=True)
+        a, sx, _ = self._act(x, x2d, shareable, unsigned=not onednn_takes_int8())
         direct = out_dtype in (torch.float32, torch.bfloat16)
         if sx.numel() == 1 and direct:       # one activation scale: everything inside the kernel
             return _onednn_linear(a, float(sx), self._w_packed, self._w_scale_vec, self._w_zp, self.bias,
                                   out_dtype)
         y = _onednn_linear(a, 1.0, self._w_packed, self._w_scale_vec, self._w_zp, None, torch.float32)
+        kernels = _fused()
+        if kernels is not None and direct:
+            return kernels.rescale_rows(y, sx, self.bias, out_dtype)
         out = torch.empty(y.shape, dtype=out_dtype if direct else torch.float32)
         if self.bias is not None:
             torch.addcmul(self.bias, y, sx, out=out)

@@ -1,0 +1,95 @@
+"""Fused CPU kernels for :class:`~llmc.quant.int_linear.IntLinear` (``csrc/act_int8.cpp``), compiled on
+first use with PyTorch's C++ extension builder and cached.
+
+What they replace, and why: around each int8 GEMM an ``IntLinear`` quantizes its input per token and
+rescales the int32 / float32 result per token. In PyTorch ops that is a chain of element-wise passes
+(copy to float32, max, min, divide, round, convert; multiply into bfloat16), and for Qwen2.5-0.5B's
+layers at 1 x 128 tokens on the 2-core Sapphire Rapids VM (1 thread) the chain cost about as much time
+as the int8 GEMMs saved against bfloat16 (down_proj's 128 x 4864 input: quantization 0.75-1.2 ms and
+its GEMM 0.7 ms). The fused kernels make one pass per step:
+
+* ``quantize_rows_s8(x, qmax, eps)``: symmetric per-token int8 codes and scales of a bfloat16 or float32
+  ``[M, K]`` tensor, computed with the same float32 operations as ``Quantizer.fake_quant`` (IEEE
+  division, round-half-even): the codes and scales are identical (tests compare them bit for bit).
+  128 x 4864 bf16: 0.24 ms against 1.19 ms.
+* ``rescale_rows(acc, s_x, bias, dtype)``: ``acc * s_x (+ bias)`` from float32 into bfloat16 / float32.
+  128 x 4864: 0.21 ms against 0.56 ms.
+
+Building: the first call compiles the source with ``-O3 -march=native`` (about 35 s here; needs a C++
+compiler and ninja) into ``$SLMQUANT_CACHE/kernels/<hash>`` (the hash covers the source, the flags, the
+torch version and the CPU's feature flags, so another machine type builds its own), under a file lock;
+later processes load it in about a second. If anything fails (no compiler, no ninja, a build error),
+:func:`fused_kernels` returns None once and for all, says why in the log, and ``IntLinear`` keeps its
+PyTorch-op path (the same results, slower). ``SLMQUANT_FUSED_KERNELS=0`` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["fused_kernels", "fused_kernels_status", "SOURCE"]
+
+SOURCE = Path(__file__).with_name("csrc") / "act_int8.cpp"
+FUNCTIONS = ["quantize_rows_s8", "rescale_rows"]
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffinite-math-only",
+          "-fno-signed-zeros", "-ffp-contract=off"]
+
+_MODULE = None
+_STATUS: Optional[str] = None     # None: not tried yet; "ok"; otherwise why the kernels are off
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build_dir(source: str) -> Path:
+    from llmc.utils import cache_root
+    key = hashlib.sha256("\n".join([source, " ".join(CFLAGS), torch.__version__, _cpu_flags()]).encode())
+    return cache_root() / "kernels" / key.hexdigest()[:16]
+
+
+def fused_kernels():
+    """The compiled kernel module, or None where it is turned off or cannot be built (see the module
+    docstring); the build is tried once per process."""
+    global _MODULE, _STATUS
+    if _STATUS is not None:
+        return _MODULE
+    if os.environ.get("SLMQUANT_FUSED_KERNELS", "1").lower() in ("0", "false", "no", "off"):
+        _STATUS = "turned off by SLMQUANT_FUSED_KERNELS"
+        return None
+    try:
+        from torch.utils.cpp_extension import load_inline
+        source = SOURCE.read_text()
+        build = _build_dir(source)
+        build.mkdir(parents=True, exist_ok=True)
+        if not (build / "slmq_act_int8.so").exists():
+            log.info("building the fused int8 CPU kernels (first use on this machine, ~30 s) in %s", build)
+        _MODULE = load_inline("slmq_act_int8", cpp_sources=[source], functions=FUNCTIONS, extra_cflags=CFLAGS,
+                              build_directory=str(build), verbose=False)
+        _STATUS = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure: keep the PyTorch-op path
+        _MODULE = None
+        _STATUS = f"build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        log.warning("fused int8 CPU kernels unavailable (%s); IntLinear uses PyTorch ops (same results, slower)",
+                    _STATUS)
+    return _MODULE
+
+
+def fused_kernels_status() -> str:
+    """"ok", why the kernels are off, or "not tried"."""
+    return _STATUS or "not tried"

@@ -1,0 +1,133 @@
+"""The CPU speed paths of integer deployment: the fused per-token kernels (llmc.quant.cpu_kernels) give the
+quantizer's codes and scales bit for bit and the same layer outputs as the PyTorch-op path; the pre-packed
+float linear (llmc.quant.prepacked_linear) is bit-identical to F.linear."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import tiny_adapter
+from llmc.quant import int_linear
+from llmc.quant.cpu_kernels import fused_kernels, fused_kernels_status
+from llmc.quant.fake_linear import FakeQuantLinear
+from llmc.quant.int_linear import IntLinear, quantize_act_int8
+from llmc.quant.prepacked_linear import PrepackedLinear, prepack_available, prepack_float_linears
+from llmc.quant.quantizer import Quantizer
+
+needs_kernels = pytest.mark.skipif(fused_kernels() is None, reason=f"fused kernels: {fused_kernels_status()}")
+needs_prepack = pytest.mark.skipif(not prepack_available(), reason="oneDNN pre-packed linear unavailable")
+
+
+def _activations(m, k, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * torch.rand(m, 1, generator=g) * 20   # rows of very different ranges
+    x[1] = 0                                                                  # an all-zero token
+    x[2] = -x[2].abs()                                                        # all negative: max|x| = -min
+    x[3, 5] = 1e4                                                             # one outlier
+    return x.to(dtype)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("k", [7, 64, 4864])
+def test_fused_quantization_gives_the_quantizers_codes_and_scales(dtype, k):
+    q = Quantizer(bit=8, granularity="per_token")
+    x = _activations(9, k, dtype)
+    codes, scale = fused_kernels().quantize_rows_s8(x, float(q.qmax), float(q.eps))
+    want_codes, want_scale, _ = q.quantize_with_params(x)
+    assert codes.dtype == torch.int8 and torch.equal(codes, want_codes.to(torch.int8))
+    assert torch.equal(scale, want_scale.float().reshape(9, 1))
+    assert scale[1].item() == pytest.approx(q.eps)          # the zero row: eps, codes 0
+    assert not codes[1].any()
+
+
+@needs_kernels
+def test_fused_quantization_is_what_int_linear_uses_and_matches_the_op_path(monkeypatch):
+    q = Quantizer(bit=8, granularity="per_token")
+    x = _activations(16, 96, torch.bfloat16)
+    fused = quantize_act_int8(x, q)
+    unsigned = quantize_act_int8(x, q, unsigned=True)
+    monkeypatch.setattr(int_linear, "_fused", lambda: None)
+    ops = quantize_act_int8(x, q)
+    assert torch.equal(fused[0], ops[0]) and torch.equal(fused[1], ops[1])
+    assert torch.equal(unsigned[0].to(torch.int32) - 128, ops[0].to(torch.int32))
+
+
+@needs_kernels
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_fused_rescale(out_dtype):
+    g = torch.Generator().manual_seed(0)
+    acc = torch.randn(5, 33, generator=g) * 1000
+    sx = torch.rand(5, 1, generator=g)
+    bias = torch.randn(33, generator=g)
+    k = fused_kernels()
+    assert torch.equal(k.rescale_rows(acc, sx, None, out_dtype), (acc * sx).to(out_dtype))
+    exact = acc.double() * sx.double() + bias.double()
+    got = k.rescale_rows(acc, sx, bias, out_dtype).double()
+    # one float32 fma (half an ulp), then for bf16 one more rounding (half a bf16 ulp)
+    ulp = 2 ** -8 if out_dtype == torch.bfloat16 else 2 ** -23
+    assert ((got - exact).abs() <= exact.abs() * ulp).all()
+    assert not torch.equal(got, (acc * sx).to(out_dtype).double())   # the bias was added
+
+
+@needs_kernels
+@pytest.mark.parametrize("bias", [True, False])
+def test_int_linear_outputs_with_and_without_the_fused_kernels(monkeypatch, bias):
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(64, 48, bias=bias).to(torch.bfloat16)
+    fq = FakeQuantLinear(lin, Quantizer(bit=8, granularity="per_channel"), Quantizer(bit=8, granularity="per_token"))
+    il = IntLinear.from_fake(fq, share_act_quant=False)
+    x = (torch.randn(3, 20, 64, generator=g) * 2).to(torch.bfloat16)
+    with torch.no_grad():
+        fused = il(x)
+        monkeypatch.setattr(int_linear, "_fused", lambda: None)
+        ops = il(x)
+        want = fq(x)
+    assert fused.dtype == torch.bfloat16 and fused.shape == ops.shape
+    # the same int32 sums and scales; the two paths round acc * s_x (+ bias) to bf16 the same way up to
+    # the fma's single rounding: at most one bf16 ulp apart
+    assert ((fused.float() - ops.float()).abs() <= ops.float().abs() * 2 ** -7 + 1e-6).all()
+    err = ((fused.float() - want.float()).abs().max() / want.float().abs().max()).item()
+    assert err < 2e-2      # against the fake-quant layer, which rounds s_x q_x and s_w q_w to bf16 first
+
+
+def test_kernels_can_be_turned_off(monkeypatch):
+    from llmc.quant import cpu_kernels
+    monkeypatch.setattr(cpu_kernels, "_STATUS", None)
+    monkeypatch.setattr(cpu_kernels, "_MODULE", None)
+    monkeypatch.setenv("SLMQUANT_FUSED_KERNELS", "0")
+    assert cpu_kernels.fused_kernels() is None
+    assert "SLMQUANT_FUSED_KERNELS" in cpu_kernels.fused_kernels_status()
+
+
+# ------------------------------------------------------------------------------- pre-packed float
+@needs_prepack
+@pytest.mark.parametrize("bias", [True, False])
+def test_prepacked_linear_is_bit_identical_in_bfloat16(bias):
+    g = torch.Generator().manual_seed(0)
+    dtype = torch.bfloat16
+    lin = nn.Linear(40, 24, bias=bias).to(dtype)
+    packed = PrepackedLinear(lin, batch_hint=16)
+    for shape in [(16, 40), (1, 40), (2, 7, 40)]:
+        x = torch.randn(*shape, generator=g).to(dtype)
+        with torch.no_grad():
+            assert torch.equal(packed(x), F.linear(x, lin.weight, lin.bias))
+    with pytest.raises(TypeError, match="bfloat16"):
+        packed(torch.randn(2, 40))
+
+
+@needs_prepack
+def test_prepacking_a_whole_model_keeps_its_logits():
+    adapter = tiny_adapter("qwen2")
+    model = adapter.model.to(torch.bfloat16).eval()
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        n = prepack_float_linears(model, batch_hint=12)
+        got = model(input_ids=ids).logits
+    linears = 7 * model.config.num_hidden_layers + 1          # q k v o gate up down per layer + lm_head
+    assert n == linears and sum(isinstance(m, PrepackedLinear) for m in model.modules()) == linears
+    assert torch.equal(got, want)
+    fp32 = tiny_adapter("qwen2").model
+    assert prepack_float_linears(fp32) == 0          # float32 linears stay F.linear (not bit-identical there)
