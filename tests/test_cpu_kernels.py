@@ -34,9 +34,12 @@ def _activations(m, k, dtype, seed=0):
 def test_fused_quantization_gives_the_quantizers_codes_and_scales(dtype, k):
     q = Quantizer(bit=8, granularity="per_token")
     x = _activations(9, k, dtype)
-    codes, scale = fused_kernels().quantize_rows_s8(x, float(q.qmax), float(q.eps))
+    codes, scale = fused_kernels().quantize_rows_sym(x, float(q.qmax), float(q.eps), False)
     want_codes, want_scale, _ = q.quantize_with_params(x)
     assert codes.dtype == torch.int8 and torch.equal(codes, want_codes.to(torch.int8))
+    u8, u8_scale = fused_kernels().quantize_rows_sym(x, float(q.qmax), float(q.eps), True)
+    assert u8.dtype == torch.uint8 and torch.equal(u8.to(torch.int32) - 128, codes.to(torch.int32))
+    assert torch.equal(u8_scale, scale)
     assert torch.equal(scale, want_scale.float().reshape(9, 1))
     assert scale[1].item() == pytest.approx(q.eps)          # the zero row: eps, codes 0
     assert not codes[1].any()
@@ -90,6 +93,51 @@ def test_int_linear_outputs_with_and_without_the_fused_kernels(monkeypatch, bias
     assert ((fused.float() - ops.float()).abs() <= ops.float().abs() * 2 ** -7 + 1e-6).all()
     err = ((fused.float() - want.float()).abs().max() / want.float().abs().max()).item()
     assert err < 2e-2      # against the fake-quant layer, which rounds s_x q_x and s_w q_w to bf16 first
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_asymmetric_quantization_matches_the_quantizer_and_the_op_path(monkeypatch, dtype):
+    q = Quantizer(bit=8, symmetric=False, granularity="per_token")
+    x = _activations(9, 77, dtype)
+    x[4] = x[4].abs() + 0.5                         # all positive: the range still starts at 0
+    a, s, z = quantize_act_int8(x, q)
+    codes, scale, zero = q.quantize_with_params(x)
+    assert a.dtype == torch.int8 and z.dtype == torch.int32
+    assert torch.equal(a.to(torch.int32) + 128, codes.to(torch.int32))
+    assert torch.equal(z + 128, zero.to(torch.int32).reshape(9, 1)) and torch.equal(s, scale.float().reshape(9, 1))
+    monkeypatch.setattr(int_linear, "_fused", lambda: None)
+    ops = quantize_act_int8(x, q)
+    assert all(torch.equal(f, o) for f, o in zip((a, s, z), ops))
+
+
+# (weight bits, weight symmetric, activations symmetric, static): every correction term of the _int_mm path
+INT_MM_CASES = [(8, False, True, False), (8, True, False, False), (8, False, False, False), (4, False, False, False),
+                (8, False, True, True)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("wbit,wsym,act_sym,static", INT_MM_CASES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_int_mm_epilogue_is_bit_identical_to_the_op_path(monkeypatch, wbit, wsym, act_sym, static, dtype):
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(64, 40, bias=True)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(40, 64, generator=g) * 0.1 + 0.02)
+    aq = Quantizer(bit=8, symmetric=act_sym, granularity="per_tensor" if static else "per_token", static=static)
+    fq = FakeQuantLinear(lin, Quantizer(bit=wbit, symmetric=wsym, granularity="per_channel"), aq)
+    if static:
+        fq.calibrating = True
+        fq(torch.randn(4, 8, 64, generator=g))
+        fq.calibrating = False
+        fq.act_quantizer.freeze()
+    il = IntLinear.from_fake(fq, backend="int_mm", share_act_quant=False)
+    x = (torch.randn(2, 9, 64, generator=g) * 3 + 0.5).to(dtype)
+    with torch.no_grad():
+        fused = il(x)
+        monkeypatch.setattr(int_linear, "_fused", lambda: None)
+        ops = il(x)
+    assert fused.dtype == dtype and torch.equal(fused, ops)
 
 
 def test_kernels_can_be_turned_off(monkeypatch):

@@ -8,12 +8,15 @@ layers at 1 x 128 tokens on the 2-core Sapphire Rapids VM (1 thread) the chain c
 as the int8 GEMMs saved against bfloat16 (down_proj's 128 x 4864 input: quantization 0.75-1.2 ms and
 its GEMM 0.7 ms). The fused kernels make one pass per step:
 
-* ``quantize_rows_s8(x, qmax, eps)``: symmetric per-token int8 codes and scales of a bfloat16 or float32
-  ``[M, K]`` tensor, computed with the same float32 operations as ``Quantizer.fake_quant`` (IEEE
+* ``quantize_rows_sym(x, qmax, eps, unsigned)``: symmetric per-token int8 codes (or uint8 codes + 128,
+  oneDNN's input) and scales of a bfloat16 or float32 ``[M, K]`` tensor, computed with the same float32 operations as ``Quantizer.fake_quant`` (IEEE
   division, round-half-even): the codes and scales are identical (tests compare them bit for bit).
   128 x 4864 bf16: 0.24 ms against 1.19 ms.
 * ``rescale_rows(acc, s_x, bias, dtype)``: ``acc * s_x (+ bias)`` from float32 into bfloat16 / float32.
   128 x 4864: 0.21 ms against 0.56 ms.
+* ``quantize_rows_asym(x, qmax, eps, shift)`` and ``int_epilogue_rows(...)``: the same for asymmetric
+  per-token activations (OmniQuant's and SpinQuant's configs) and for the ``torch._int_mm`` path with its
+  exact integer zero-point corrections; bit-identical to the op path.
 
 Building: the first call compiles the source with ``-O3 -march=native`` (about 35 s here; needs a C++
 compiler and ninja) into ``$SLMQUANT_CACHE/kernels/<hash>`` (the hash covers the source, the flags, the
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 __all__ = ["fused_kernels", "fused_kernels_status", "SOURCE"]
 
 SOURCE = Path(__file__).with_name("csrc") / "act_int8.cpp"
-FUNCTIONS = ["quantize_rows_s8", "rescale_rows"]
+FUNCTIONS = ["quantize_rows_sym", "quantize_rows_asym", "rescale_rows", "int_epilogue_rows"]
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffinite-math-only",
           "-fno-signed-zeros", "-ffp-contract=off"]
 

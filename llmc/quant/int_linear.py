@@ -29,8 +29,7 @@ Kernels (``IntLinear.kind``):
 
   - ``onednn`` (x86 CPUs, the default there): ``torch.ops.onednn.qlinear_pointwise`` with the weight
     pre-packed once by ``onednn.qlinear_prepack`` (PyTorch's own x86 int8 linear, used by Inductor's
-    quantization); activations are passed as int8 codes (zero point 0; where an older oneDNN takes
-    only uint8, as ``a + 128`` with zero point 128: the same integers), the
+    quantization); activations are passed as uint8 ``a + 128`` with zero point 128 (exact), the
     per-channel weight scale (and, for per-tensor activations, the activation scale and the bias) are
     applied inside the kernel, a per-token scale and the bias in one pass afterwards (the fused
     ``rescale_rows`` of ``llmc.quant.cpu_kernels``; ``addcmul`` where it is not built).
@@ -67,7 +66,7 @@ from torch import Tensor, nn
 from .quantizer import Quantizer
 
 __all__ = ["IntLinear", "int_mm", "quantize_act_int8", "unpack_int4_signed", "pack_int4_signed",
-           "onednn_available", "onednn_takes_int8", "int_mm_info", "SHARED_ACT_CACHE", "KINDS", "BACKENDS"]
+           "onednn_available", "int_mm_info", "SHARED_ACT_CACHE", "KINDS", "BACKENDS"]
 
 KINDS = ("int", "dequant")
 BACKENDS = ("auto", "onednn", "int_mm")
@@ -109,7 +108,6 @@ def int_mm(a: Tensor, b: Tensor) -> Tensor:
 
 
 _ONEDNN: Optional[bool] = None
-_ONEDNN_S8: Optional[bool] = None
 
 
 def onednn_available() -> bool:
@@ -125,44 +123,29 @@ def onednn_available() -> bool:
                 g = torch.Generator().manual_seed(0)
                 a = torch.randint(-128, 128, (3, 16), dtype=torch.int8, generator=g)
                 w = torch.randint(-127, 128, (8, 16), dtype=torch.int8, generator=g)
-                wp = torch.ops.onednn.qlinear_prepack(w, None)
-                ones, zeros = torch.ones(8), torch.zeros(8, dtype=torch.int32)
-                ref = (a.to(torch.int64) @ w.to(torch.int64).t()).float()
-                y = _onednn_linear(a.view(torch.uint8) ^ 0x80, 1.0, wp, ones, zeros, None, torch.float32)
-                ok = torch.equal(y, ref)
-                s8 = False
-                if ok:
-                    try:
-                        s8 = torch.equal(_onednn_linear(a, 1.0, wp, ones, zeros, None, torch.float32), ref)
-                    except Exception:  # noqa: BLE001 - signed activations unsupported: use u8
-                        s8 = False
-                global _ONEDNN_S8
-                _ONEDNN_S8 = s8
+                y = _onednn_linear(a.view(torch.uint8) ^ 0x80, 1.0, torch.ops.onednn.qlinear_prepack(w, None),
+                                   torch.ones(8), torch.zeros(8, dtype=torch.int32), None, torch.float32)
+                ok = torch.equal(y, (a.to(torch.int64) @ w.to(torch.int64).t()).float())
         except Exception:  # noqa: BLE001 - any failure means: not usable here
             ok = False
         _ONEDNN = bool(ok)
     return _ONEDNN
 
 
-def onednn_takes_int8() -> bool:
-    """Whether oneDNN's int8 linear takes signed int8 activations (zero point 0) here, as torch 2.13's does;
-    otherwise they are passed as uint8 ``a + 128`` with zero point 128 (the same integers)."""
-    return onednn_available() and bool(_ONEDNN_S8)
-
-
-def _onednn_linear(a: Tensor, x_scale: float, w_packed: Tensor, w_scale: Tensor, w_zp: Tensor,
+def _onednn_linear(a_u8: Tensor, x_scale: float, w_packed: Tensor, w_scale: Tensor, w_zp: Tensor,
                    bias: Optional[Tensor], out_dtype: torch.dtype) -> Tensor:
-    """x_scale * w_scale[n] * sum_k a_int w + bias, by oneDNN: ``a`` int8 (zero point 0) or uint8
-    ``a_int + 128`` (zero point 128)."""
-    zp = 0 if a.dtype == torch.int8 else 128
-    return torch.ops.onednn.qlinear_pointwise(a, x_scale, zp, w_packed, w_scale, w_zp, bias, 1.0, 0,
+    """x_scale * w_scale[n] * sum_k (a_u8 - 128) w + bias, by oneDNN (u8 activations, zero point 128).
+
+    Not signed int8 activations with zero point 0, although torch 2.13 takes them: for one token and a
+    narrow output (SmolLM2's k_proj, 576 -> 192; Qwen2.5's, 896 -> 128) oneDNN then runs a ~100x slower
+    kernel (4.0 ms against 0.04 ms on the development machine), which made decoding 5x slower."""
+    return torch.ops.onednn.qlinear_pointwise(a_u8, x_scale, 128, w_packed, w_scale, w_zp, bias, 1.0, 0,
                                               out_dtype, "none", [], "")
 
 
 def int_mm_info() -> dict:
     """What the integer kernels run on here (for result records)."""
-    return {"onednn_qlinear": onednn_available(), "onednn_int8_activations": onednn_takes_int8(),
-            "int_mm": hasattr(torch, "_int_mm"),
+    return {"onednn_qlinear": onednn_available(), "int_mm": hasattr(torch, "_int_mm"),
             "fused_kernels": _fused_status(),
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "backend_env": os.environ.get("SLMQUANT_INT_BACKEND") or None}
@@ -216,9 +199,7 @@ def quantize_act_int8(x2d: Tensor, q: Quantizer, unsigned: bool = False
         kernels = _fused()
         if (kernels is not None and q.granularity != "per_tensor" and x2d.device.type == "cpu"
                 and x2d.dtype in (torch.bfloat16, torch.float32) and x2d.is_contiguous()):
-            codes, s = kernels.quantize_rows_s8(x2d, float(q.qmax), float(q.eps))
-            if unsigned:
-                codes = codes.view(torch.uint8).bitwise_xor_(0x80)
+            codes, s = kernels.quantize_rows_sym(x2d, float(q.qmax), float(q.eps), unsigned)
             return codes, s, None
         # The quantizer's range max(-min(x, 0), max(x, 0)) is max |x|: the same float32 value, also when
         # taken in bf16 (abs and max are exact). x / s is computed in float32 as the quantizer does
@@ -236,6 +217,11 @@ def quantize_act_int8(x2d: Tensor, q: Quantizer, unsigned: bool = False
         if unsigned:
             codes = codes.view(torch.uint8).bitwise_xor_(0x80)   # int8 v -> uint8 v + 128
         return codes, s, None
+    kernels = _fused()
+    if (kernels is not None and not unsigned and not q.symmetric and q.bit == 8 and not q.static
+            and q.calib_algo != "mse" and q.granularity in ("per_token", "per_channel")
+            and x2d.device.type == "cpu" and x2d.dtype in (torch.bfloat16, torch.float32) and x2d.is_contiguous()):
+        return tuple(kernels.quantize_rows_asym(x2d, float(q.qmax), float(q.eps), 128))
     xf = x2d.float()
     scale, zero = q.compute_params(xf)
     scale, zero = scale.float(), zero.float()
@@ -250,6 +236,12 @@ def quantize_act_int8(x2d: Tensor, q: Quantizer, unsigned: bool = False
     if q.bit <= 7:
         return (codes - zero).to(torch.int8), scale, None
     return (codes - 128).to(torch.int8), scale, (zero - 128).to(torch.int32)
+
+
+def _rows(t: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """A per-row (or per-column) parameter as ``n`` contiguous values (a single value repeated)."""
+    t = t.reshape(-1).to(dtype)
+    return t.expand(n).contiguous() if t.numel() == 1 and n != 1 else t.contiguous()
 
 
 class _SharedActCache:
@@ -385,7 +377,10 @@ class IntLinear(nn.Module):
             self.unpack = "call"
             self.register_buffer("qweight", pack_int4_signed(b))                 # uint8 [out, in / 2]
         else:
-            self.register_buffer("qweight", b.t().contiguous())                  # int8 [in, out]
+            # int8 [out, in]; weight_int8() is its [in, out] view: torch._int_mm on CPU is 5-7x faster with
+            # this column-major right operand than with a contiguous [in, out] one (Qwen2.5-0.5B's shapes at
+            # 128 tokens: gate_proj 1.24 vs 8.7 ms, down_proj 0.93 vs 6.9 ms)
+            self.register_buffer("qweight", b.contiguous())
         self.set_backend(backend)
 
     # ------------------------------------------------------------------------------ backends
@@ -403,9 +398,9 @@ class IntLinear(nn.Module):
         use = self.onednn_applicable() and onednn_available() if backend == "auto" else backend == "onednn"
         if use and not (self.onednn_applicable() and onednn_available()):
             raise ValueError("backend 'onednn' does not apply to this layer or is unavailable here")
-        dense = self.weight_int8() if self.qweight is None else None
+        dense = self.weight_int8() if self.qweight is None else None     # [in, out], from oneDNN's packing
         if use:
-            w_kn = self.qweight if dense is None else dense
+            w_kn = self.weight_int8()
             self._w_packed = torch.ops.onednn.qlinear_prepack(w_kn.t().contiguous(), None)
             self.qweight = None     # one copy of the weight in memory: oneDNN's
             self._w_scale_vec = self.w_scale.float().reshape(-1).expand(self.out_features).contiguous()
@@ -413,7 +408,7 @@ class IntLinear(nn.Module):
             self.backend = "onednn"
         else:
             if dense is not None:
-                self.qweight = dense.contiguous()
+                self.qweight = dense.t().contiguous()
             self._w_packed = None
             self.backend = "int_mm"
         return self
@@ -423,7 +418,7 @@ class IntLinear(nn.Module):
         state = self.__dict__.copy()
         if state.get("_w_packed") is not None:
             buffers = dict(state["_buffers"])
-            buffers["qweight"] = self._w_packed.to_dense().contiguous()
+            buffers["qweight"] = self._w_packed.to_dense().t().contiguous()   # [out, in]
             state["_buffers"] = buffers
             state["_w_packed"] = None
             state["_repack"] = True
@@ -458,7 +453,7 @@ class IntLinear(nn.Module):
             return self._w_packed.to_dense()
         if self.unpack == "call":
             return unpack_int4_signed(self.qweight).t()
-        return self.qweight
+        return self.qweight.t()
 
     def dequantized_weight(self, dtype: Optional[torch.dtype] = None) -> Tensor:
         """``s_w (q_w - z_w)`` [out, in] in ``dtype`` (the fake-quant model's weight)."""
@@ -505,7 +500,7 @@ class IntLinear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
     def _forward_onednn(self, x, x2d, shareable, out_dtype):
-        a, sx, _ = self._act(x, x2d, shareable, unsigned=not onednn_takes_int8())
+        a, sx, _ = self._act(x, x2d, shareable, unsigned=True)
         direct = out_dtype in (torch.float32, torch.bfloat16)
         if sx.numel() == 1 and direct:       # one activation scale: everything inside the kernel
             return _onednn_linear(a, float(sx), self._w_packed, self._w_scale_vec, self._w_zp, self.bias,
@@ -524,6 +519,14 @@ class IntLinear(nn.Module):
     def _forward_int_mm(self, x, x2d, shareable, out_dtype):
         a, sx, zx = self._act(x, x2d, shareable, unsigned=False)
         acc = int_mm(a, self.weight_int8())
+        kernels = _fused()
+        if kernels is not None and acc.device.type == "cpu" and out_dtype in (torch.float32, torch.bfloat16):
+            m, n = acc.shape
+            rowsum = None if self.w_zero is None else a.sum(dim=1, dtype=torch.int32)
+            return kernels.int_epilogue_rows(
+                acc.contiguous(), _rows(sx, m, torch.float32), None if zx is None else _rows(zx, m, torch.int32),
+                self.w_colterm.reshape(-1), None if self.w_zero is None else _rows(self.w_zero, n, torch.int32),
+                rowsum, _rows(self.w_scale, n, torch.float32), self.bias, out_dtype)
         if zx is not None or self.w_zero is not None:
             acc = self._zero_correction(acc, a, zx)
         y = acc.to(torch.float32)

@@ -5,10 +5,15 @@
 // reductions vectorize; not -ffast-math: the division, the rounding and the products stay IEEE, no fused
 // contractions but the explicit fma of the bias). Finite inputs only (a NaN or infinite activation gives unspecified codes).
 //
-// quantize_rows_s8: symmetric per-row (per-token) int8 codes, the same float32 operations as
+// quantize_rows_sym: symmetric per-row (per-token) int8 codes (or, unsigned, uint8 codes + 128: oneDNN's
+//   input), the same float32 operations as
 //   Quantizer.fake_quant: s = max(max|x| / qmax, eps); q = round_half_even(x / s). No clamp is needed
 //   (|x| <= max|x| = qmax * s up to rounding, so |x / s| < qmax + 1/2).
+// quantize_rows_asym: asymmetric per-row codes as Quantizer.fake_quant computes them (range [min(x, 0),
+//   max(x, 0)], s = max(range / qmax, eps), z = clamp(round(-min / s)), q = clamp(round(x / s) + z)),
+//   returned shifted into int8 as q - shift with z - shift.
 // rescale_rows: out[m, n] = acc[m, n] * s_x[m] (+ bias[n], fused multiply-add), float32 -> out's dtype.
+// int_epilogue_rows: the int32 result of torch._int_mm with its zero-point corrections and rescale.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -19,8 +24,8 @@
 
 namespace {
 
-template <typename T>
-void quantize_rows(const T* x, int8_t* q, float* s, int64_t M, int64_t K, float qmax, float eps) {
+template <typename T, typename Q>
+void quantize_rows(const T* x, Q* q, float* s, int64_t M, int64_t K, float qmax, float eps, int32_t offset) {
   at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> row_f(K);
     for (int64_t m = begin; m < end; ++m) {
@@ -37,9 +42,63 @@ void quantize_rows(const T* x, int8_t* q, float* s, int64_t M, int64_t K, float 
       float sc = amax / qmax;
       sc = sc < eps ? eps : sc;
       s[m] = sc;
+      Q* out = q + m * K;
+      for (int64_t k = 0; k < K; ++k) {
+        out[k] = static_cast<Q>(static_cast<int32_t>(__builtin_rintf(f[k] / sc)) + offset);
+      }
+    }
+  });
+}
+
+template <typename T>
+void quantize_rows_asymmetric(const T* x, int8_t* q, float* s, int32_t* z, int64_t M, int64_t K, float qmax,
+                              float eps, int32_t shift) {
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> row_f(K);
+    for (int64_t m = begin; m < end; ++m) {
+      const T* row = x + m * K;
+      float* f = row_f.data();
+      float hi = 0.0f, lo = 0.0f;      // the range always holds 0: min(min x, 0), max(max x, 0)
+      for (int64_t k = 0; k < K; ++k) {
+        float v = static_cast<float>(row[k]);
+        f[k] = v;
+        hi = v > hi ? v : hi;
+        lo = v < lo ? v : lo;
+      }
+      float sc = (hi - lo) / qmax;
+      sc = sc < eps ? eps : sc;
+      float zero = __builtin_rintf(-lo / sc);
+      zero = zero < 0.0f ? 0.0f : (zero > qmax ? qmax : zero);
+      s[m] = sc;
+      z[m] = static_cast<int32_t>(zero) - shift;
       int8_t* out = q + m * K;
       for (int64_t k = 0; k < K; ++k) {
-        out[k] = static_cast<int8_t>(static_cast<int32_t>(__builtin_rintf(f[k] / sc)));
+        float c = __builtin_rintf(f[k] / sc) + zero;
+        c = c < 0.0f ? 0.0f : (c > qmax ? qmax : c);
+        out[k] = static_cast<int8_t>(static_cast<int32_t>(c) - shift);
+      }
+    }
+  });
+}
+
+template <typename O>
+void int_epilogue(const int32_t* acc, const float* sx, const int32_t* zx, const int32_t* colterm,
+                  const int32_t* zw, const int32_t* rowsum, const float* sw, const float* bias, O* out,
+                  int64_t M, int64_t N) {
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const int32_t* r = acc + m * N;
+      O* o = out + m * N;
+      const int64_t zxm = zx ? zx[m] : 0, rsm = rowsum ? rowsum[m] : 0;
+      const float sxm = sx[m];
+      for (int64_t n = 0; n < N; ++n) {
+        int64_t c = r[n];
+        if (zx) c -= zxm * colterm[n];
+        if (zw) c -= rsm * zw[n];
+        float v = static_cast<float>(c) * sxm;
+        v = v * sw[n];
+        if (bias) v = v + bias[n];
+        o[n] = static_cast<O>(v);
       }
     }
   });
@@ -63,18 +122,27 @@ void rescale(const float* acc, const float* sx, const float* bias, O* out, int64
 
 }  // namespace
 
-std::vector<at::Tensor> quantize_rows_s8(at::Tensor x, double qmax, double eps) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(), "quantize_rows_s8: a contiguous 2-D CPU tensor");
+template <typename T>
+void quantize_rows_to(const T* x, at::Tensor& q, float* s, int64_t M, int64_t K, float qmax, float eps, bool unsigned_) {
+  if (unsigned_) {
+    quantize_rows(x, q.data_ptr<uint8_t>(), s, M, K, qmax, eps, 128);
+  } else {
+    quantize_rows(x, q.data_ptr<int8_t>(), s, M, K, qmax, eps, 0);
+  }
+}
+
+std::vector<at::Tensor> quantize_rows_sym(at::Tensor x, double qmax, double eps, bool unsigned_) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(), "quantize_rows_sym: a contiguous 2-D CPU tensor");
   const int64_t M = x.size(0), K = x.size(1);
-  auto q = at::empty({M, K}, x.options().dtype(at::kChar));
+  auto q = at::empty({M, K}, x.options().dtype(unsigned_ ? at::kByte : at::kChar));
   auto s = at::empty({M, 1}, x.options().dtype(at::kFloat));
   if (x.scalar_type() == at::kBFloat16) {
-    quantize_rows(reinterpret_cast<const c10::BFloat16*>(x.data_ptr()), q.data_ptr<int8_t>(), s.data_ptr<float>(),
-                  M, K, static_cast<float>(qmax), static_cast<float>(eps));
+    quantize_rows_to(reinterpret_cast<const c10::BFloat16*>(x.data_ptr()), q, s.data_ptr<float>(), M, K,
+                     static_cast<float>(qmax), static_cast<float>(eps), unsigned_);
   } else {
-    TORCH_CHECK(x.scalar_type() == at::kFloat, "quantize_rows_s8: bfloat16 or float32 input");
-    quantize_rows(x.data_ptr<float>(), q.data_ptr<int8_t>(), s.data_ptr<float>(), M, K,
-                  static_cast<float>(qmax), static_cast<float>(eps));
+    TORCH_CHECK(x.scalar_type() == at::kFloat, "quantize_rows_sym: bfloat16 or float32 input");
+    quantize_rows_to(x.data_ptr<float>(), q, s.data_ptr<float>(), M, K, static_cast<float>(qmax),
+                     static_cast<float>(eps), unsigned_);
   }
   return {q, s};
 }
@@ -94,6 +162,55 @@ at::Tensor rescale_rows(at::Tensor acc, at::Tensor sx, c10::optional<at::Tensor>
   } else {
     TORCH_CHECK(out_dtype == at::kFloat, "rescale_rows: bfloat16 or float32 output");
     rescale(acc.data_ptr<float>(), sx.data_ptr<float>(), b, out.data_ptr<float>(), M, N);
+  }
+  return out;
+}
+
+std::vector<at::Tensor> quantize_rows_asym(at::Tensor x, double qmax, double eps, int64_t shift) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(), "quantize_rows_asym: a contiguous 2-D CPU tensor");
+  const int64_t M = x.size(0), K = x.size(1);
+  auto q = at::empty({M, K}, x.options().dtype(at::kChar));
+  auto s = at::empty({M, 1}, x.options().dtype(at::kFloat));
+  auto z = at::empty({M, 1}, x.options().dtype(at::kInt));
+  if (x.scalar_type() == at::kBFloat16) {
+    quantize_rows_asymmetric(reinterpret_cast<const c10::BFloat16*>(x.data_ptr()), q.data_ptr<int8_t>(),
+                             s.data_ptr<float>(), z.data_ptr<int32_t>(), M, K, static_cast<float>(qmax),
+                             static_cast<float>(eps), static_cast<int32_t>(shift));
+  } else {
+    TORCH_CHECK(x.scalar_type() == at::kFloat, "quantize_rows_asym: bfloat16 or float32 input");
+    quantize_rows_asymmetric(x.data_ptr<float>(), q.data_ptr<int8_t>(), s.data_ptr<float>(), z.data_ptr<int32_t>(),
+                             M, K, static_cast<float>(qmax), static_cast<float>(eps), static_cast<int32_t>(shift));
+  }
+  return {q, s, z};
+}
+
+// out[m, n] = ((acc[m, n] - zx[m] colterm[n] - rowsum[m] zw[n]) * sx[m]) * sw[n] (+ bias[n]): the zero-point
+// corrections in int64 (exact), then the same float32 operations, in the same order, as IntLinear's op path.
+at::Tensor int_epilogue_rows(at::Tensor acc, at::Tensor sx, c10::optional<at::Tensor> zx, at::Tensor colterm,
+                             c10::optional<at::Tensor> zw, c10::optional<at::Tensor> rowsum, at::Tensor sw,
+                             c10::optional<at::Tensor> bias, at::ScalarType out_dtype) {
+  TORCH_CHECK(acc.dim() == 2 && acc.is_contiguous() && acc.scalar_type() == at::kInt, "int_epilogue_rows: int32 [M, N]");
+  const int64_t M = acc.size(0), N = acc.size(1);
+  auto vec = [](const c10::optional<at::Tensor>& t, int64_t n, at::ScalarType st, const char* what) -> const void* {
+    if (!t.has_value() || !t->defined()) return nullptr;
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == st && t->numel() == n, "int_epilogue_rows: ", what);
+    return t->data_ptr();
+  };
+  const float* sxp = static_cast<const float*>(vec(sx, M, at::kFloat, "float32 s_x of M values"));
+  const int32_t* zxp = static_cast<const int32_t*>(vec(zx, M, at::kInt, "int32 z_x of M values"));
+  const int32_t* colp = static_cast<const int32_t*>(vec(colterm, N, at::kInt, "int32 column term of N values"));
+  const int32_t* zwp = static_cast<const int32_t*>(vec(zw, N, at::kInt, "int32 z_w of N values"));
+  const int32_t* rsp = static_cast<const int32_t*>(vec(rowsum, M, at::kInt, "int32 row sums of M values"));
+  const float* swp = static_cast<const float*>(vec(sw, N, at::kFloat, "float32 s_w of N values"));
+  const float* bp = static_cast<const float*>(vec(bias, N, at::kFloat, "float32 bias of N values"));
+  TORCH_CHECK(!zwp || rsp, "int_epilogue_rows: z_w needs the row sums");
+  auto out = at::empty({M, N}, acc.options().dtype(out_dtype));
+  if (out_dtype == at::kBFloat16) {
+    int_epilogue(acc.data_ptr<int32_t>(), sxp, zxp, colp, zwp, rsp, swp, bp,
+                 reinterpret_cast<c10::BFloat16*>(out.data_ptr()), M, N);
+  } else {
+    TORCH_CHECK(out_dtype == at::kFloat, "int_epilogue_rows: bfloat16 or float32 output");
+    int_epilogue(acc.data_ptr<int32_t>(), sxp, zxp, colp, zwp, rsp, swp, bp, out.data_ptr<float>(), M, N);
   }
   return out;
 }
