@@ -90,7 +90,7 @@ def gemm_bench(model_names, threads: int) -> list[dict]:
                 w = (torch.randn(n, k, generator=g) * 0.02).to(torch.bfloat16)
                 a = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
                 wq = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
-                w_kn = wq.t().contiguous()
+                w_kn = wq.t()      # column-major [K, N], as IntLinear holds it (_int_mm is 5-7x slower on a row-major one)
                 reps = 3 if n > 100_000 else 20
                 row = {"model": name, "layer": layer, "M": m, "K": k, "N": n,
                        "bf16_ms": _best_ms(lambda: F.linear(x, w), reps),
