@@ -285,7 +285,7 @@ def main(argv=None) -> int:
               "machine):")
         print_table(rows)
     if interleaved:
-        print(f"\nInterleaved in one process (median speed-up over rounds [quartiles], min-max):")
+        print("\nInterleaved in one process (median speed-up over rounds [quartiles], min-max):")
         print_interleaved(interleaved)
         out["goal"] = goal_verdict(interleaved, args.goal)
         if out["goal"]:

@@ -482,14 +482,30 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    result = run_child(args)
+def emit_json(result: dict, out: Optional[str]) -> None:
+    """A child's result: written to ``out`` or printed."""
     text = json.dumps(result, indent=2, default=str)
-    if args.out:
-        Path(args.out).write_text(text)
+    if out:
+        Path(out).write_text(text)
     else:
         print(text)
+
+
+def child_env(threads: int, extra: Optional[dict] = None) -> dict:
+    """Environment of a measuring child process: its thread count, offline hub, no progress bars, and this
+    project importable."""
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1",
+                "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1")})
+    env.update(extra or {})
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    emit_json(run_child(args), args.out)
     return 0
 
 
@@ -525,13 +541,7 @@ def profile_inference(checkpoint: str | Path, *, threads: int = DEFAULTS["thread
             cmd += ["--ids-file", str(ids_file)]
         if nice:
             cmd = ["nice", "-n", str(nice)] + cmd
-        child_env = dict(os.environ)
-        child_env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                          "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": child_env.get("HF_HUB_OFFLINE", "1")})
-        child_env.update(env or {})
-        root = str(Path(__file__).resolve().parents[2])
-        child_env["PYTHONPATH"] = root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
-        proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, env=child_env(threads, env), capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not out.is_file():
             raise RuntimeError(f"Track 2 child failed ({proc.returncode}) on {checkpoint}:\n{proc.stderr[-4000:]}")
         return json.loads(out.read_text())

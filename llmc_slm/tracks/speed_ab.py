@@ -34,6 +34,8 @@ from typing import Optional
 
 import torch
 
+from .inference import child_env, emit_json
+
 MODES = {"prefill": 0, "prefill_last_logit": 1}   # mode -> logits_to_keep (0: all positions)
 
 
@@ -158,12 +160,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if not args.model and not args.prepack:
         raise SystemExit("error: give at least one --model NAME=DIR")
-    result = run_child(args)
-    text = json.dumps(result, indent=2, default=str)
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        print(text)
+    emit_json(run_child(args), args.out)
     return 0
 
 
@@ -187,12 +184,8 @@ def compare_speed(models: dict, *, prepack: Optional[dict] = None, baseline: Opt
             ids_file = Path(tmp) / "ids.json"
             ids_file.write_text(json.dumps({"input_ids": input_ids.tolist(), "source": input_source}))
             cmd += ["--ids-file", str(ids_file)]
-        env = dict(os.environ)
-        env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1",
-                    "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1")})
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=None, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, env=child_env(threads), stdout=subprocess.DEVNULL, stderr=None, text=True,
+                              timeout=timeout)
         if proc.returncode != 0 or not out.is_file():
             raise RuntimeError(f"speed comparison child failed ({proc.returncode})")
         return json.loads(out.read_text())
