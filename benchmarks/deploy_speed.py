@@ -18,8 +18,9 @@ rotating): the per-round speed-ups against bf16 cancel the machine's drift, whic
 moves separate-process ratios by 2x (Qwen2.5-0.5B W8A8 / bf16 measured 1.54x, 0.68x and 1.28x in three
 runs). Their median and quartiles are the ratios to quote. ``bf16_packed`` (on by default) is the float
 model with its linears' weights pre-packed for oneDNN once (``llmc.quant.prepacked_linear``), as the
-integer models' int8 weights are: the speed-up over it is what integer arithmetic itself buys, the rest
-of the speed-up over stock bf16 is weight pre-packing.
+integer models' int8 weights are, and ``w8a8_packed`` is the W8A8 model with its float lm_head pre-packed
+the same way: the speed-up of ``w8a8_packed`` over ``bf16_packed`` is what integer arithmetic itself buys,
+the rest of the speed-up over stock bf16 is weight pre-packing.
 
 ``--gemm`` (or ``--gemm-only``) first times the models' linear shapes alone: bf16 ``F.linear`` against
 int8 ``torch._int_mm`` and oneDNN's pre-packed int8 linear, and the whole ``IntLinear`` call (activation
@@ -298,7 +299,11 @@ def run_interleaved(name: str, dirs: dict, ids, info: dict, args) -> dict:
     """All checkpoints of one architecture timed in alternation in one fresh process."""
     from llmc_slm.tracks.speed_ab import compare_speed
     models = {c: p for c, p in dirs.items() if c != "w4a8_call"}     # unpack-per-call: separate runs only
-    prepack = {} if args.no_prepacked_baseline else {"bf16_packed": dirs["bf16"]}
+    prepack = {}
+    if not args.no_prepacked_baseline:
+        # the float model with pre-packed weights, and W8A8 with its float lm_head pre-packed too: their ratio is
+        # what integer arithmetic buys when both sides pre-pack their weights
+        prepack = {"bf16_packed": dirs["bf16"], **({"w8a8_packed": dirs["w8a8"]} if "w8a8" in dirs else {})}
     print(f"  {name}: interleaved timing of {', '.join(list(models) + list(prepack))} "
           f"({args.rounds} rounds x {args.passes} passes)", flush=True)
     t = time.perf_counter()
@@ -341,9 +346,10 @@ def goal_verdict(interleaved: dict, goal: float) -> dict | None:
         import statistics
         p = res["summary"]["bf16_packed"]["prefill"]["speedup_median"]
         t = res["times"]
-        over_packed = statistics.median(a / b for a, b in zip(t["bf16_packed"]["prefill"], t["w8a8"]["prefill"]))
+        w8 = "w8a8_packed" if "w8a8_packed" in t else "w8a8"
+        over_packed = statistics.median(a / b for a, b in zip(t["bf16_packed"]["prefill"], t[w8]["prefill"]))
         verdict["speedup_over_prepacked_bf16"] = over_packed
-        line += (f". Pre-packing the bf16 weights alone gives {p:.2f}x; W8A8 against that pre-packed bf16: "
+        line += (f". Pre-packing the bf16 weights alone gives {p:.2f}x; {w8} against that pre-packed bf16: "
                  f"{over_packed:.2f}x (what integer arithmetic itself buys)")
     verdict["line"] = line
     return verdict
