@@ -98,7 +98,7 @@ def int_mm(a: Tensor, b: Tensor) -> Tensor:
             a = F.pad(a, (0, kp - k, 0, mp - m))
             b = F.pad(b, (0, np_ - n, 0, kp - k))
         try:
-            return torch._int_mm(a.contiguous(), b)[:m, :n]
+            return torch._int_mm(a.contiguous(), b.contiguous())[:m, :n]
         except RuntimeError:
             return _int_mm_reference(a, b)[:m, :n]
     try:
@@ -508,7 +508,7 @@ class IntLinear(nn.Module):
         y = _onednn_linear(a, 1.0, self._w_packed, self._w_scale_vec, self._w_zp, None, torch.float32)
         kernels = _fused()
         if kernels is not None and direct:
-            return kernels.rescale_rows(y, sx, self.bias, out_dtype)
+            return kernels.rescale_rows(y, _rows(sx, y.shape[0], torch.float32), self.bias, out_dtype)
         out = torch.empty(y.shape, dtype=out_dtype if direct else torch.float32)
         if self.bias is not None:
             torch.addcmul(self.bias, y, sx, out=out)
