@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cpu_kernels import fused_kernels, fused_kernels_status
 from .quantizer import Quantizer
 
 __all__ = ["IntLinear", "int_mm", "quantize_act_int8", "unpack_int4_signed", "pack_int4_signed",
@@ -169,14 +170,12 @@ def unpack_int4_signed(p: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------------- activations
 def _fused_status() -> str:
-    from .cpu_kernels import fused_kernels, fused_kernels_status
     fused_kernels()
     return fused_kernels_status()
 
 
 def _fused():
     """The fused CPU kernels (``llmc.quant.cpu_kernels``) or None (then PyTorch ops, same results)."""
-    from .cpu_kernels import fused_kernels
     return fused_kernels()
 
 

@@ -108,6 +108,8 @@ def run_child(args: argparse.Namespace) -> dict:
             raise SystemExit(f"error: --model/--prepack take NAME=DIR, got {spec!r}")
         if not Path(path).is_dir():
             raise SystemExit(f"error: {name}: no checkpoint folder {path}")
+        if name in models:
+            raise SystemExit(f"error: the name {name!r} is given twice")
         model, tok, load_info = load_for_inference(path, dtype=args.dtype, backend=args.backend)
         tokenizer = tokenizer or tok
         if prepack:
