@@ -9,11 +9,12 @@ as the int8 GEMMs saved against bfloat16 (down_proj's 128 x 4864 input: quantiza
 its GEMM 0.7 ms). The fused kernels make one pass per step:
 
 * ``quantize_rows_sym(x, qmax, eps, unsigned)``: symmetric per-token int8 codes (or uint8 codes + 128,
-  oneDNN's input) and scales of a bfloat16 or float32 ``[M, K]`` tensor, computed with the same float32 operations as ``Quantizer.fake_quant`` (IEEE
-  division, round-half-even): the codes and scales are identical (tests compare them bit for bit).
-  128 x 4864 bf16: 0.24 ms against 1.19 ms.
-* ``rescale_rows(acc, s_x, bias, dtype)``: ``acc * s_x (+ bias)`` from float32 into bfloat16 / float32.
-  128 x 4864: 0.21 ms against 0.56 ms.
+  oneDNN's input) and scales of a bfloat16 or float32 ``[M, K]`` tensor, computed with the same float32
+  operations as ``Quantizer.fake_quant`` (IEEE division, round-half-even): the codes and scales are
+  identical (tests compare them bit for bit). 128 x 4864 bf16: 0.24 ms against 1.19 ms.
+* ``rescale_rows(acc, s_x, bias, dtype)``: ``acc * s_x (+ bias)`` from float32 into bfloat16 / float32;
+  without a bias bit-identical to the op path, with one the bias is added by a fused multiply-add (one
+  rounding instead of two). 128 x 4864: 0.21 ms against 0.56 ms.
 * ``quantize_rows_asym(x, qmax, eps, shift)`` and ``int_epilogue_rows(...)``: the same for asymmetric
   per-token activations (OmniQuant's and SpinQuant's configs) and for the ``torch._int_mm`` path with its
   exact integer zero-point corrections; bit-identical to the op path.
