@@ -81,7 +81,6 @@ def prepack_float_linears(model: nn.Module, batch_hint: int = 128) -> int:
     for name, module in list(model.named_modules()):
         if type(module) is nn.Linear and module.weight.device.type == "cpu" \
                 and module.weight.dtype == torch.bfloat16:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, PrepackedLinear(module, batch_hint))
+            model.set_submodule(name, PrepackedLinear(module, batch_hint))
             count += 1
     return count
