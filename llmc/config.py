@@ -65,6 +65,9 @@ class QuantizerConfig:
     group_size: int = -1
     calib_algo: Literal["minmax", "mse", "learnable"] = "minmax"
     static: bool = False
+    # symmetric grids: "absmax" s = absmax / (2^(b-1) - 1) (LLMC, SmoothQuant, SpinQuant, QuaRot); "gptq":
+    # s = 2 absmax / (2^b - 1), all 2^b levels used (the GPTQ paper's quantizer); see llmc/quant/quantizer.py
+    sym_grid: Literal["absmax", "gptq"] = "absmax"
 
 
 @dataclass
@@ -378,6 +381,12 @@ def validate(cfg: Config) -> None:
     if q.weight is not None and q.weight.granularity in ("per_token", "per_head"):
         raise ConfigError(f"quant.weight.granularity: '{q.weight.granularity}' applies to activations; use "
                           f"per_tensor, per_channel or per_group")
+    for where, qc in (("quant.act", q.act), ("quant.kvcache", q.kvcache)):
+        if qc is not None and qc.sym_grid != "absmax":
+            raise ConfigError(f"{where}.sym_grid: '{qc.sym_grid}' is a weight grid (GPTQ's); activations and "
+                              f"the KV cache use absmax")
+    if q.weight is not None and q.weight.sym_grid != "absmax" and not q.weight.symmetric:
+        raise ConfigError("quant.weight.sym_grid: applies to symmetric weights only (symmetric: true)")
     if q.act is not None and q.act.granularity in ("per_channel", "per_group"):
         raise ConfigError(f"quant.act.granularity: '{q.act.granularity}' is not supported for activations; "
                           f"use per_token, per_tensor or per_head")

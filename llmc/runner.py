@@ -81,6 +81,8 @@ def run(cfg: Config) -> dict:
                 calib = make_calibration(adapter.tokenizer, calib_text, calib_info, c.n_samples, c.seq_len,
                                          c.preproc, c.seed)
                 record.data["calibration"] = calib.info
+            record.data["method"] = {"name": cfg.quant.method, "label": algo_cls.label(cfg),
+                                     "calibrated": algo_cls.needs_calib}
             algo = algo_cls(adapter, cfg)
             algo.run(calib, record=record, evaluate=evaluate)
             from .registry import POST_RUN_HOOKS

@@ -218,3 +218,22 @@ def test_real_quant_with_save_real_evaluates_the_packed_checkpoint(tmp_path):
                                dequantize_rows(*quantize_rows(emb), emb.dtype))
     assert not torch.equal(adapter.model.model.embed_tokens.weight, emb)
     assert 0 < rel_diff(seen["fake_quant"], seen["real_quant"]) < 2e-2
+
+
+@pytest.mark.parametrize("method", ["SmoothQuant", "GPTQ"])
+def test_partial_last_calibration_batch_with_eager_attention(method):
+    """calib.n_samples 5 with bs 2: the last batch has one sample, and its eager attention mask
+    [1, 1, seq, seq] is its own, not the first batch's [2, 1, seq, seq]."""
+    from llmc.algos.base import capture_block0_inputs
+    adapter = tiny_adapter("llama")
+    adapter.model.set_attn_implementation("eager")
+    ids = calib_ids(n=5, seq=16)
+    inputs = capture_block0_inputs(adapter, ids.input_ids, 2)
+    assert [h.shape[0] for h in inputs.hidden] == [2, 2, 1]
+    assert inputs.last_kwargs is not None and inputs.kwargs_at(2) is inputs.last_kwargs
+    assert inputs.kwargs_at(0) is inputs.kwargs_at(1) is inputs.kwargs
+    algo = ALGO_REGISTRY[method](adapter, make_cfg(method, "--calib.n_samples", "5"))
+    algo.quantize(ids)
+    assert len(algo.block_log) == len(adapter.blocks)
+    algo.deploy_fake()
+    assert torch.isfinite(logits(adapter, ids.input_ids)).all()

@@ -128,13 +128,34 @@ def test_random_hadamard(n):
     torch.testing.assert_close(q1 @ q1.T, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-12)
     assert not torch.equal(q1, q2)
     assert torch.equal(q1, random_hadamard_matrix(n, seed=1, dtype=torch.float64))
-    # Q = H diag(s) / sqrt(n): column signs s, and x @ Q^T == apply_hadamard(x * s)
+    # Q = diag(s) H^T / sqrt(n): row signs s, so that x @ Q == apply_hadamard(x * s) (signs first)
     h = hadamard_matrix(n, dtype=torch.float64)
-    ratio = q1 * math.sqrt(n) / h
-    s = ratio[0]
-    assert torch.all(s.abs() == 1) and torch.equal(ratio, s.expand(n, n))
+    ratio = q1 * math.sqrt(n) / h.T
+    s = ratio[:, 0]
+    assert torch.all(s.abs() == 1) and torch.equal(ratio, s[:, None].expand(n, n))
     x = torch.randn(5, n, dtype=torch.float64)
-    torch.testing.assert_close(x @ q1.T, apply_hadamard(x * s), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(x @ q1, apply_hadamard(x * s), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [64, 576])
+def test_random_hadamard_seeds_change_the_symmetric_quantization_error(n):
+    """With the signs before the transform, two seeds rotate the same input differently, so a symmetric
+    per-token 4-bit quantizer makes different errors (signs after the transform only flip the signs of
+    the outputs, which a symmetric grid does not see: every seed would give the plain Hadamard's error)."""
+    from llmc.quant.quantizer import Quantizer
+    q = Quantizer(bit=4, symmetric=True, granularity="per_token")
+    x = torch.randn(32, n, dtype=torch.float64)
+    x[:, 3] *= 20   # an outlier channel
+    errors = []
+    for seed in (1, 2):
+        r = random_hadamard_matrix(n, seed=seed, dtype=torch.float64)
+        torch.testing.assert_close(r @ r.T, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-12)
+        y = x @ r
+        errors.append(float((q.fake_quant(y) - y).pow(2).sum()))
+    assert errors[0] != errors[1]
+    plain = apply_hadamard(x)
+    plain_err = float((q.fake_quant(plain) - plain).pow(2).sum())
+    assert plain_err not in errors
 
 
 def test_random_hadamard_generator_and_dtype():

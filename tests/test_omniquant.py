@@ -1,5 +1,6 @@
 """OmniQuant (LWC + LET, blockwise training) on tiny random models of every family."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ from torch.func import functional_call
 
 from conftest import calib_ids, logits, rel_diff, tiny_adapter
 from llmc.algos.base import _block_output, capture_block0_inputs, run_block
-from llmc.algos.omniquant import OmniQuant
+from llmc.algos.omniquant import OmniBlockState, OmniQuant
 from llmc.config import load_config
 from llmc.errors import ConfigError
 from llmc.quant.fake_linear import FakeQuantLinear
@@ -42,7 +43,7 @@ def block_states(adapter, algo, perturb):
     states = []
     for block in adapter.blocks:
         state = algo.make_state(block)
-        _, act_max = algo._float_targets(block, state, inputs.hidden, inputs.kwargs)
+        _, act_max = algo._float_targets(block, state, inputs.hidden, inputs.batch_kwargs())
         state.init_let(act_max, 0.5)
         if perturb:
             with torch.no_grad():
@@ -94,17 +95,21 @@ def test_qk_scale_must_be_shared_by_rotary_pairs():
 
 
 def test_let_init_follows_the_official_formula():
+    """s = act^0.5 / max|W|^0.5 (the official code since ae39458); signed_max: the first release's max W."""
     adapter = tiny_adapter("qwen2")
     algo = OmniQuant(adapter, make_cfg())
     block = adapter.blocks[0]
     inputs = capture_block0_inputs(adapter, calib_ids().input_ids, 2)
     state = algo.make_state(block)
-    _, act_max = algo._float_targets(block, state, inputs.hidden, inputs.kwargs)
-    state.init_let(act_max, 0.5)
+    _, act_max = algo._float_targets(block, state, inputs.hidden, inputs.batch_kwargs())
     normed = block.input_layernorm(torch.cat(inputs.hidden, dim=0))
     act = normed.abs().amax(dim=(0, 1)).clamp(min=1e-5)
-    wmax = block.self_attn.q_proj.weight.max(dim=0).values.clamp(min=1e-5)
-    torch.testing.assert_close(state.let_scales["input_layernorm"], (act.sqrt() / wmax.sqrt()).clamp(min=1e-5))
+    w = block.self_attn.q_proj.weight
+    for mode, wmax in (("absmax", w.abs().max(dim=0).values), ("signed_max", w.max(dim=0).values)):
+        state.init_let(act_max, 0.5, mode)
+        expected = (act.sqrt() / wmax.clamp(min=1e-5).sqrt()).clamp(min=1e-5)
+        torch.testing.assert_close(state.let_scales["input_layernorm"], expected)
+    assert algo.special.let_init == "absmax"
     assert state.let_scales["attn_out"].shape == (block.self_attn.v_proj.out_features,)   # GQA: v channels
     assert torch.equal(state.let_scales["qk"], torch.ones(2, 8))                           # 2 kv heads, d/2
 
@@ -126,7 +131,7 @@ def test_lwc_factors_stay_in_unit_interval_and_receive_gradients():
     block = adapter.blocks[0]
     inputs = capture_block0_inputs(adapter, calib_ids().input_ids, 2)
     state = algo.make_state(block)
-    targets, act_max = algo._float_targets(block, state, inputs.hidden, inputs.kwargs)
+    targets, act_max = algo._float_targets(block, state, inputs.hidden, inputs.batch_kwargs())
     state.init_let(act_max, 0.5)
     with algo._quantized_forward(block, state):
         algo._loss(block, state, inputs.hidden[0], inputs.kwargs, targets[0], None).backward()
@@ -167,11 +172,12 @@ def test_kvcache_quantization_trains_the_qk_scale():
 
 
 # -------------------------------------------------------------------------------------- divergence
-def test_nan_loss_is_recorded_and_the_block_restored(monkeypatch):
-    """The official procedure (keep_best off): a NaN stops the block, which gets no LET and LWC at init."""
+def test_nan_loss_is_recorded_and_the_run_goes_on(monkeypatch):
+    """The official procedure (the default): a NaN loss stops the block's training before that step; the
+    block keeps the parameters it reached (no reset), is recorded as diverged, and the run goes on."""
     adapter = outlier_adapter("llama")
-    original_norm = adapter.blocks[1].input_layernorm.weight.clone()
-    algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "3", "--quant.special.keep_best", "false"))
+    algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "3"))
+    assert not algo.special.keep_best
     real_loss = OmniQuant._loss
     calls = {"n": 0}
 
@@ -179,7 +185,7 @@ def test_nan_loss_is_recorded_and_the_block_restored(monkeypatch):
         loss = real_loss(self, block, *args)
         if block is adapter.blocks[1] and torch.is_grad_enabled():
             calls["n"] += 1
-            if calls["n"] == 3:
+            if calls["n"] == 6:            # epoch 1 (two batches an epoch), first batch
                 return loss * float("nan")
         return loss
     monkeypatch.setattr(OmniQuant, "_loss", nan_in_block_1)
@@ -188,19 +194,16 @@ def test_nan_loss_is_recorded_and_the_block_restored(monkeypatch):
     assert evaluated == ["transformed", "fake_quant"]
     assert not algo.block_log[0]["diverged"]
     info = algo.block_log[1]
-    assert info["diverged"] and "non-finite" in info["reason"] and info["epochs_done"] == 1
-    assert info["loss_final"] == pytest.approx(info["loss_init"], rel=0.5)   # restored: LWC init, no LET
-    assert torch.equal(adapter.blocks[1].input_layernorm.weight, original_norm)   # no LET folded
-    assert torch.allclose(algo.let_scales["blocks.1.input_layernorm"], torch.ones(1))
-    gamma, beta = algo.clip_factors["blocks.1.mlp.up_proj"]
-    assert torch.allclose(gamma, torch.sigmoid(torch.tensor(4.0)))
+    assert info["diverged"] and "non-finite loss at epoch" in info["reason"] and info["epochs_done"] >= 1
+    assert info["chosen"] == "end of training"
+    assert not torch.allclose(algo.let_scales["blocks.1.input_layernorm"], torch.ones(1))   # trained, kept
     assert torch.isfinite(logits(adapter, calib_ids().input_ids)).all()
 
 
 def test_exploding_loss_is_recorded_not_raised():
     adapter = outlier_adapter("qwen2")
     algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "5", "--quant.special.let_lr", "1e4",
-                                       "--quant.special.lwc_lr", "1e4"))
+                                       "--quant.special.lwc_lr", "1e4", "--quant.special.keep_best", "true"))
     algo.quantize(calib_ids())
     info = algo.block_log[0]
     assert info["diverged"] and "exploded" in info["reason"]
@@ -213,7 +216,7 @@ def test_exploding_loss_is_recorded_not_raised():
 
 def test_nan_in_one_attempt_is_retried_with_keep_best(monkeypatch):
     adapter = outlier_adapter("llama")
-    algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "3"))
+    algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "3", "--quant.special.keep_best", "true"))
     real_loss = OmniQuant._loss
     calls = {"n": 0}
 
@@ -232,22 +235,63 @@ def test_nan_in_one_attempt_is_retried_with_keep_best(monkeypatch):
     assert info["loss_final"] < info["loss_init"]
 
 
+def test_exploding_loss_does_not_stop_the_official_procedure():
+    """The official code has no divergence guard: a finite but exploding loss trains on to the end, and the
+    block keeps what it ends with (recorded as ended_worse, not diverged)."""
+    adapter = outlier_adapter("qwen2")
+    algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "3", "--quant.special.let_lr", "1e2",
+                                       "--quant.special.lwc_lr", "1e2"))
+    algo.quantize(calib_ids())
+    for info in algo.block_log:
+        assert info["epochs_done"] == 3 and info["chosen"] == "end of training"
+        assert info["ended_worse"] == (info["loss_final"] > info["loss_init"])
+    assert any(info["ended_worse"] for info in algo.block_log)
+
+
 def test_keep_best_never_ends_above_init_and_official_mode_can(monkeypatch):
     """A learning rate that makes training worse without exploding: keep-best keeps the initial parameters
-    (after two retries at halved rates), the official procedure keeps the worse end of training."""
+    (after two retries at halved rates), the official procedure keeps the worse end of training: the
+    folded weights are the ones the end-of-training parameters give, and its loss is above the initial."""
     def make(keep):
         adapter = outlier_adapter("llama")
         algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "2", "--quant.special.let_lr", "0.3",
                                            "--quant.special.lwc_lr", "3", "--quant.special.diverge_factor", "1e9",
                                            "--quant.special.keep_best", keep))
+        algo.record_trained_weights = True
+        ends = {}
+        real_fold = OmniBlockState.fold
+
+        def fold(state, quantize=True):       # the parameters at the end of training, before folding
+            ends[id(state.block)] = [p.detach().clone() for p in state.let_parameters() + state.lwc_parameters()]
+            return real_fold(state, quantize)
+        monkeypatch.setattr(OmniBlockState, "fold", fold)
         algo.quantize(calib_ids())
-        return algo.block_log
-    official, kept = make("false"), make("true")
-    assert any(b["loss_final"] > b["loss_init"] for b in official)          # training can make a block worse
-    for b in kept:
+        monkeypatch.setattr(OmniBlockState, "fold", real_fold)
+        return algo, ends, adapter
+    (official, ends, adapter), (kept, _, _) = make("false"), make("true")
+    worse = [i for i, b in enumerate(official.block_log) if b["loss_final"] > b["loss_init"]]
+    assert worse                                                            # training can make a block worse
+    for i in worse:
+        b = official.block_log[i]
+        assert b["chosen"] == "end of training" and b["ended_worse"] and not b["diverged"]
+        assert len(b["loss_epochs"]) == 2                                   # trained to the end, kept
+        end_params = ends[id(adapter.blocks[i])]
+        assert not all(torch.equal(p, torch.full_like(p, 4.0)) for p in end_params[-2:])   # LWC moved
+    for b in kept.block_log:
         assert b["loss_final"] <= b["loss_init"] * (1 + 1e-6)
         if b["chosen"] == "init":
             assert len(b["attempts"]) == 3
+    assert OmniQuant.label(official.cfg) == "OmniQuant" and OmniQuant.label(kept.cfg) == "OmniQuant+KB"
+
+
+def test_partial_last_calibration_batch_with_eager_attention():
+    """n_samples not a multiple of bs: the last, smaller batch gets its own attention mask (eager)."""
+    adapter = tiny_adapter("llama")
+    adapter.model.set_attn_implementation("eager")
+    algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "1", n=5, seq=16, bs=2))
+    algo.quantize(calib_ids(n=5, seq=16))
+    assert len(algo.block_log) == len(adapter.blocks)
+    assert all(math.isfinite(b["loss_final"]) for b in algo.block_log)
 
 
 # -------------------------------------------------------------------------------------- deployment
@@ -301,10 +345,15 @@ def test_unsupported_settings_are_config_errors(extra, message):
 
 
 @pytest.mark.parametrize("path", ["configs/smollm/omni_w8a8.yml", "configs/smollm/omni_w4a8.yml",
-                                  "configs/qwen/omni_w8a8.yml", "configs/qwen/omni_w4a8.yml"])
+                                  "configs/qwen/omni_w8a8.yml", "configs/qwen/omni_w4a8.yml",
+                                  "configs/smollm/omni_kb_w8a8.yml", "configs/smollm/omni_kb_w4a8.yml",
+                                  "configs/qwen/omni_kb_w8a8.yml", "configs/qwen/omni_kb_w4a8.yml"])
 def test_shipped_configs(path):
     cfg = load_config(ROOT / path)
     q, sp = cfg.quant, cfg.quant.special
+    # omni_*: the official procedure; omni_kb_*: our keep-best variant, labelled OmniQuant+KB
+    assert sp.keep_best == ("omni_kb_" in path) and sp.let_init == "absmax"
+    assert OmniQuant.label(cfg) == ("OmniQuant+KB" if sp.keep_best else "OmniQuant")
     assert q.method == "OmniQuant" and not q.weight.symmetric and q.weight.granularity == "per_channel"
     assert q.act.symmetric and q.act.granularity == "per_token" and not q.act.static and q.quant_out
     assert (cfg.calib.n_samples, cfg.calib.seq_len, cfg.calib.bs, sp.epochs) == (128, 2048, 1, 20)

@@ -228,8 +228,10 @@ def test_learned_rotations_beat_the_random_hadamard_init(family):
     with torch.no_grad():
         out = adapter.model(input_ids=ids).logits
         float_loss = float(F.cross_entropy(out[:, :-1].flatten(0, 1), ids[:, 1:].flatten()))
+    # lr 0.5, not the official 1.5: with the signs of the random Hadamard before the transform (as the
+    # official code) the init leaves a small gap on this 64-wide model, and 1.5 overshoots it on qwen2
     algo = spin(adapter, "--quant.act.bit", "4", "--quant.special.steps", "20", "--quant.special.train_bs", "4",
-                "--calib.bs", "4")
+                "--calib.bs", "4", "--quant.special.lr", "0.5")
     algo.prepare_base()
     r1, r2 = algo.init_rotations()
     init_loss = algo.rotation_loss(ids, r1, r2)

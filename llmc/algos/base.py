@@ -49,20 +49,38 @@ class _StopForward(Exception):
 
 @dataclass
 class BlockInputs:
-    """Calibration inputs of the current block: a list of [bs, seq, hidden] batches and the kwargs."""
+    """Calibration inputs of the current block: a list of [bs, seq, hidden] batches and the keyword
+    arguments the model passes the block (attention mask, position embeddings). ``n_samples`` need not be
+    a multiple of ``bs``: the last, smaller batch then has its own keyword arguments (an eager attention
+    mask is [batch, 1, seq, seq]), ``last_kwargs``; every other batch shares ``kwargs``."""
     hidden: list
     kwargs: dict
+    last_kwargs: Optional[dict] = None
+
+    def kwargs_at(self, j: int) -> dict:
+        """The keyword arguments of batch ``j``."""
+        if self.last_kwargs is not None and j == len(self.hidden) - 1:
+            return self.last_kwargs
+        return self.kwargs
+
+    def batch_kwargs(self) -> list:
+        """The keyword arguments of every batch, in order (the same dict objects, not copies)."""
+        return [self.kwargs_at(j) for j in range(len(self.hidden))]
+
+    def with_hidden(self, hidden: list) -> "BlockInputs":
+        return BlockInputs(hidden, self.kwargs, self.last_kwargs)
 
 
 @torch.no_grad()
 def capture_block0_inputs(adapter, input_ids: torch.Tensor, bs: int) -> BlockInputs:
     block0 = adapter.blocks[0]
-    hidden, kwargs_seen = [], {}
+    hidden, seen = [], []
 
     def grab(module, args, kwargs):
-        hidden.append(args[0] if args else kwargs["hidden_states"])
-        if not kwargs_seen:
-            kwargs_seen.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        h = args[0] if args else kwargs["hidden_states"]
+        if not seen or h.shape[0] != hidden[0].shape[0]:   # the first batch, and a smaller last one
+            seen.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        hidden.append(h)
         raise _StopForward
 
     handle = block0.register_forward_pre_hook(grab, with_kwargs=True)
@@ -74,7 +92,7 @@ def capture_block0_inputs(adapter, input_ids: torch.Tensor, bs: int) -> BlockInp
                 pass
     finally:
         handle.remove()
-    return BlockInputs(hidden, kwargs_seen)
+    return BlockInputs(hidden, seen[0] if seen else {}, seen[1] if len(seen) > 1 else None)
 
 
 def _block_output(out):
@@ -83,7 +101,7 @@ def _block_output(out):
 
 @torch.no_grad()
 def run_block(block: nn.Module, inputs: BlockInputs) -> list:
-    return [_block_output(block(h, **inputs.kwargs)) for h in inputs.hidden]
+    return [_block_output(block(h, **kw)) for h, kw in zip(inputs.hidden, inputs.batch_kwargs())]
 
 
 @torch.no_grad()
@@ -125,6 +143,12 @@ class BlockwiseAlgorithm:
         self.weight_params: dict = {}   # "blocks.i.<path>" -> (scale, zero) fixed by the method (GPTQ)
         self.input_transforms: dict = {}  # "blocks.i.<path>" -> online transform before act quantization
         self.block_log: list = []
+
+    @classmethod
+    def label(cls, cfg) -> str:
+        """The name tables show for this configuration: the method's name, or a named variant of it
+        (e.g. "OmniQuant+KB") where a setting of ours departs from the authors' procedure."""
+        return cfg.quant.method
 
     @classmethod
     def requires_calibration(cls, cfg) -> bool:
@@ -204,7 +228,7 @@ class BlockwiseAlgorithm:
             block = blocks[i]
             self.process_block(i, block, inputs)
             target = self.fake_block(i, block) if self.qcfg.quant_out else block
-            inputs = BlockInputs(run_block(target, inputs), inputs.kwargs)
+            inputs = inputs.with_hidden(run_block(target, inputs))
             self.log_block(i, seconds=time.perf_counter() - t)
 
     def log_block(self, index: int, **info) -> None:

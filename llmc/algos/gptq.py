@@ -12,8 +12,16 @@ reformulation"), with lazy batch updates over ``blocksize`` columns. ``percdamp`
 ``percdamp * mean(diag H)`` to the diagonal; dead inputs (zero diagonal) get weight zero.
 ``act_order`` quantizes columns by decreasing diag(H). With per-group quantization, groups are the
 contiguous column ranges of the *original* order; their ranges are fixed either on the fly as the sweep
-reaches a group (the reference code) or, with ``static_groups`` (and always with ``act_order``, so that
-groups stay contiguous for packing), from the original weight before the sweep.
+reaches a group, or with ``static_groups`` from the weight before the sweep (both as the reference code,
+``gptq.py`` of IST-DASLab/gptq). On the fly, a group's range comes from ``W[:, j:j + g]`` as it stood when
+the current block of ``blocksize`` columns started: the reference reads ``W``, not the block's working copy
+``W1`` that the lazy in-block updates have already changed. With ``act_order`` groups are always static:
+the reference's dynamic groups would then be ranges of the *permuted* order (stored with a ``g_idx``),
+which a packed per-group checkpoint cannot hold; the reference's ``--static-groups --act-order`` is this.
+
+Grids: the quantizer's (``llmc.quant.quantizer``); the reference's symmetric grid is ``sym_grid: gptq``
+(all ``2^b`` levels, ``s = 2 absmax / (2^b - 1)``), ours by default ``absmax / (2^(b-1) - 1)`` as the
+other methods of this benchmark.
 
 Blocks are processed subset by subset ("true sequential"): the inputs of o_proj are gathered after
 q/k/v are quantized, and so on.
@@ -68,31 +76,36 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, quantizer: Quanti
     """
     W = weight.detach().float().clone()
     out_f, in_f = W.shape
+    per_group = quantizer.granularity == "per_group"
+    g = quantizer.group_size if per_group else in_f
+    if per_group and in_f % g:
+        raise ValueError(f"group_size {g} does not divide the input width {in_f}")
+    n_groups = in_f // g
+    row_quantizer = quantizer if not per_group else Quantizer(
+        bit=quantizer.bit, symmetric=quantizer.symmetric, granularity="per_channel",
+        calib_algo=quantizer.calib_algo, sym_grid=quantizer.sym_grid, mse_grid=quantizer.mse_grid,
+        mse_maxshrink=quantizer.mse_maxshrink, mse_norm=quantizer.mse_norm)
+
+    # One range per row (or per tensor): as the reference's ``find_params(W)`` in ``fasterquant``,
+    # from the weight before dead columns are zeroed.
+    group_params = fixed = None
+    if quantizer.granularity == "per_tensor":
+        whole_scale, whole_zero = quantizer.compute_params(W)
+        group_params, fixed = [(whole_scale.expand(out_f, 1), whole_zero.expand(out_f, 1))], True
+    elif not per_group:
+        group_params, fixed = [_column_params(row_quantizer, W)], True
+
     H = hessian.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
 
-    per_group = quantizer.granularity == "per_group"
-    g = quantizer.group_size if per_group else in_f
-    row_quantizer = quantizer if not per_group else Quantizer(
-        bit=quantizer.bit, symmetric=quantizer.symmetric, granularity="per_channel",
-        calib_algo=quantizer.calib_algo, mse_grid=quantizer.mse_grid, mse_maxshrink=quantizer.mse_maxshrink,
-        mse_norm=quantizer.mse_norm)
-    if per_group and in_f % g:
-        raise ValueError(f"group_size {g} does not divide the input width {in_f}")
-    n_groups = in_f // g
-
-    if quantizer.granularity == "per_tensor":
-        whole_scale, whole_zero = quantizer.compute_params(W)
-        group_params = [(whole_scale.expand(out_f, 1), whole_zero.expand(out_f, 1))]
-        fixed = True
-    elif static_groups or act_order or not per_group:
+    if group_params is None and (static_groups or act_order):
+        # the reference's static_groups: every group's range from the (dead-zeroed) weight, before the sweep
         group_params = [_column_params(row_quantizer, W[:, k * g:(k + 1) * g]) for k in range(n_groups)]
         fixed = True
-    else:
-        group_params = [None] * n_groups
-        fixed = False
+    elif group_params is None:
+        group_params, fixed = [None] * n_groups, False
 
     perm = None
     if act_order:
@@ -115,8 +128,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, quantizer: Quanti
             orig_col = int(perm[col]) if perm is not None else col
             k = orig_col // g
             if not fixed and orig_col % g == 0:
-                group_params[k] = _column_params(row_quantizer, W[:, col:col + g] if i == 0 else
-                                                 torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g])
+                # as the reference: the group's columns of W as they stood when this block of columns
+                # started (earlier blocks' lazy updates applied, this block's in-block updates not yet)
+                group_params[k] = _column_params(row_quantizer, W[:, col:col + g])
             scale, zero = group_params[k]
             w = W1[:, i]
             d = Hinv1[i, i]

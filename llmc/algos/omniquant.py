@@ -38,15 +38,18 @@ reproduces the float block's output (eq. 1 of the paper)::
   Initialisation, as the official code: ``s = act_max^alpha / w_max^(1 - alpha)`` (alpha = ``let_alpha``
   0.5, clamped at 1e-5), where ``act_max`` is the per-channel max |input| of q_proj / o_proj / up_proj
   over the calibration samples of the float model (the official ``act_scales`` from
-  ``generate_act_scale_shift.py``), and ``w_max`` is, as in the official code, the per-input-channel
-  ``max`` (signed, over output rows) of that same linear's weight (q_proj for q/k/v, up_proj for
-  gate/up, o_proj for v->o, reduced to kv channels under GQA by the max over the query heads).  During
-  training and folding every scale goes through the official ``truncate_number``: magnitudes below
-  1e-2 become +-1e-2 (straight-through gradient).
-  LET's channel *shift* (``let_shift``) is not supported: folding ``(X - delta) / s`` needs a bias on
-  the norm (and on v_proj / o_proj), which Llama-style RMSNorm models do not have.  (The official code
-  registers zero-initialised shifts for Llama and trains them, then adds a norm bias buffer; a saved
-  model here stays an ordinary HF model, so ``let_shift: true`` is a config error.)
+  ``generate_act_scale_shift.py``), and ``w_max`` is the per-input-channel max |W| over output rows of
+  that same linear's weight (q_proj for q/k/v, up_proj for gate/up, o_proj for v->o, reduced to kv
+  channels under GQA by the max over the query heads). The absolute value is the current official
+  code's (commit ae39458, 2023-12-13, "Update omniquant.py": ``module.weight.abs().max(dim=0)``); the
+  first release (e8f3981) and LLMC take the *signed* maximum, available as ``let_init: signed_max``.
+  During training and folding every scale goes through the official ``truncate_number``: magnitudes
+  below 1e-2 become +-1e-2 (straight-through gradient).
+  LET's channel *shift* (``let_shift``) is not supported, and the official code does not use it for
+  Llama-style models either: ``use_shift`` is false there (``if is_llama or args.abits == 16``), the
+  shifts it registers are zeros and are left out of the optimiser (``let_parameters(qlayer,
+  use_shift)``). Folding ``(X - delta) / s`` would need a bias on the RMSNorm, which these models do not
+  have, so ``let_shift: true`` is a config error.
 
 Training (``quantize/omniquant.py`` of the official code): per block, AdamW with two parameter groups
 (``let_lr`` 5e-3, ``lwc_lr`` 1e-2), weight decay ``wd`` 0, ``epochs`` 20 passes over the calibration
@@ -70,21 +73,24 @@ exactly the weights the training forward used.  The result is an ordinary model 
 ``transformed`` evaluation is therefore the weight-quantized, LET-transformed model in float
 activations).
 
-Divergence: a non-finite batch loss, or one above ``diverge_factor`` (10) times that batch's loss at
-initialisation, stops the block's training (an attempt); the event is recorded (``diverged``,
-``reason``) and the pipeline goes on.  Per block the record has ``loss_init`` / ``loss_final`` (mean
-over the calibration batches before / after training, measured with the training forward),
-``loss_epochs``, ``attempts``, ``chosen`` and ``train_seconds``.
+Procedure (``keep_best: false``, the default and the shipped ``omni_*.yml`` configs): the official
+one. Every block trains for ``epochs`` passes and keeps the parameters training ends with, even where
+they are worse than the initial ones (recorded per block as ``ended_worse``). The official code stops
+at a non-finite loss with ``pdb.set_trace()``; here the block's training stops before that step, the
+block keeps the parameters it has, the event is recorded (``diverged``, ``reason``) and the run goes
+on: a divergence is a result, never a crash. Per block the record has ``loss_init`` / ``loss_final``
+(mean over the calibration batches before / after training, measured with the training forward; these
+two extra forward passes are ours, for the record), ``loss_epochs``, ``chosen`` and ``train_seconds``.
 
-Keep-best (``keep_best: true``, ours, the default; not in the official code): the official procedure
-keeps whatever parameters training ends with, and on SmolLM2 some blocks end *worse* than their
-initialisation (block 11, where the massive activation appears: 53.8 at init, 124.4 after 5 epochs at the
-official learning rates).  So the loss over the whole calibration set is measured for the end of training
-and for the epoch with the lowest running loss, the lowest of those and the initial parameters is kept,
-and while that is the initial one the block is retrained from its initialisation with both learning rates
-halved (``lr_retries``, 2).  A block whose every attempt diverged keeps its initial parameters (LET at its
-SmoothQuant-style init, LWC at init).  ``keep_best: false`` reproduces the official behaviour (a diverged
-block gets no LET and LWC at init), e.g. to study the collapse the paper reports at W4A8.
+Keep-best (``keep_best: true``, ours, the variant "OmniQuant+KB", configs ``omni_kb_*.yml``; not in the
+official code): on SmolLM2 some blocks end *worse* than their initialisation (block 11, where the
+massive activation appears: 53.8 at init, 124.4 after 5 epochs at the official learning rates). So an
+attempt also stops at a batch loss above ``diverge_factor`` (10) x its initial loss, the loss over the
+whole calibration set is measured for the end of training and for the epoch with the lowest running
+loss, the lowest of those and the initial parameters is kept, and while that is the initial one the
+block is retrained from its initialisation with both learning rates halved (``lr_retries``, 2). A block
+whose every attempt diverged keeps its initial parameters (LET at its SmoothQuant-style init, LWC at
+init); so does one whose loss is non-finite at initialisation (LET off).
 """
 
 from __future__ import annotations
@@ -94,7 +100,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -124,9 +130,10 @@ class OmniQuantSpecial:
     aug_loss: bool = False
     let_alpha: float = 0.5          # official --alpha: SmoothQuant-style init of the LET scales
     lwc_init: float = 4.0           # official init_value of upbound/lowbound factors (sigmoid -> 0.982)
-    diverge_factor: float = 10.0    # a batch loss above this x its initial loss counts as divergence
-    keep_best: bool = True          # ours: keep the lowest-loss parameters (init included), retry at lower lr
-    lr_retries: int = 2             # ours: retries (lrs halved each time) while a block ends no better than init
+    let_init: Literal["absmax", "signed_max"] = "absmax"   # weight maximum in the LET init (see the docstring)
+    diverge_factor: float = 10.0    # keep-best only: a batch loss above this x its initial loss ends an attempt
+    keep_best: bool = False         # ours (OmniQuant+KB): keep the lowest-loss parameters, retry at lower lr
+    lr_retries: int = 2             # ours (OmniQuant+KB): retries (lrs halved) while a block ends no better than init
 
 
 def truncate_scale(s: torch.Tensor, threshold: float = LET_MIN) -> torch.Tensor:
@@ -205,20 +212,23 @@ class OmniBlockState:
         return list(self.lwc_up.values()) + list(self.lwc_low.values())
 
     @torch.no_grad()
-    def init_let(self, act_max: dict, alpha: float) -> None:
+    def init_let(self, act_max: dict, alpha: float, weight_max: str = "absmax") -> None:
         """Official init: s = act^alpha / w^(1 - alpha), act = max |x| of the representative linear's
-        input, w = its weight's max over output rows; the q/k scale stays 1."""
+        input, w = its weight's max |W| over output rows (``weight_max='signed_max'``: the signed max of
+        the first release); the q/k scale stays 1."""
         def smooth(act, wmax):
             act, wmax = act.float().clamp(min=INIT_CLAMP), wmax.float().clamp(min=INIT_CLAMP)
             return (act.pow(alpha) / wmax.pow(1 - alpha)).clamp(min=INIT_CLAMP)
 
+        def column_max(w):
+            return (w.abs() if weight_max == "absmax" else w).max(dim=0).values
+
         for norm_name, _, _, rep in self.norm_groups:
             if norm_name in self.let_scales:
-                wmax = self.base_w[rep].max(dim=0).values
-                self.let_scales[norm_name].copy_(smooth(act_max[rep], wmax))
+                self.let_scales[norm_name].copy_(smooth(act_max[rep], column_max(self.base_w[rep])))
         if "attn_out" in self.let_scales:
             _, o_name = self.vo
-            act, wmax = act_max[o_name], self.base_w[o_name].max(dim=0).values
+            act, wmax = act_max[o_name], column_max(self.base_w[o_name])
             if act.numel() != self.kv_width:   # GQA: to v's channel space, max over the query heads
                 act = reduce_heads_to_kv(act.float(), self.kv_width, self.head_dim)
                 wmax = reduce_heads_to_kv(wmax, self.kv_width, self.head_dim)
@@ -324,6 +334,10 @@ class OmniQuant(BlockwiseAlgorithm):
         self.trained_weights: dict = {}
 
     @classmethod
+    def label(cls, cfg) -> str:
+        return "OmniQuant+KB" if cfg.quant.special.keep_best else "OmniQuant"
+
+    @classmethod
     def validate(cls, cfg) -> None:
         sp, q = cfg.quant.special, cfg.quant
         if sp.let_shift:
@@ -369,14 +383,18 @@ class OmniQuant(BlockwiseAlgorithm):
         dtype = next(block.parameters()).dtype
         q_in = inputs.hidden                                    # the quantized chain (or float, no quant_out)
         fp_in = self._fp_hidden if self._fp_hidden is not None else q_in
-        kwargs = _to_float32(inputs.kwargs)
+        # per batch (a smaller last batch has its own attention mask); the float32 copies made once
+        converted = {id(inputs.kwargs): _to_float32(inputs.kwargs)}
+        if inputs.last_kwargs is not None:
+            converted[id(inputs.last_kwargs)] = _to_float32(inputs.last_kwargs)
+        kwargs = [converted[id(kw)] for kw in inputs.batch_kwargs()]
         block.float()
         try:
             state = self.make_state(block)
             targets, act_max = self._float_targets(block, state, fp_in, kwargs)
             aug = self._plain_outputs(block, q_in, kwargs) if sp.aug_loss else None
             if sp.let:
-                state.init_let(act_max, sp.let_alpha)
+                state.init_let(act_max, sp.let_alpha, sp.let_init)
             info = self._train(index, block, state, q_in, kwargs, targets, aug)
             weight_params, weights = state.fold(quantize=state.wq is not None)
             if self.record_trained_weights:
@@ -416,7 +434,7 @@ class OmniQuant(BlockwiseAlgorithm):
                 act_max[n] = m_ if n not in act_max else torch.maximum(act_max[n], m_)
             handles.append(state.linears[name].register_forward_pre_hook(hook))
         try:
-            targets = [_block_output(block(h.float(), **kwargs)).float() for h in fp_in]
+            targets = [_block_output(block(h.float(), **kw)).float() for h, kw in zip(fp_in, kwargs)]
         finally:
             for h in handles:
                 h.remove()
@@ -424,7 +442,7 @@ class OmniQuant(BlockwiseAlgorithm):
 
     @torch.no_grad()
     def _plain_outputs(self, block, hidden, kwargs):
-        return [_block_output(block(h.float(), **kwargs)).float() for h in hidden]
+        return [_block_output(block(h.float(), **kw)).float() for h, kw in zip(hidden, kwargs)]
 
     @contextlib.contextmanager
     def _quantized_forward(self, block, state):
@@ -455,10 +473,11 @@ class OmniQuant(BlockwiseAlgorithm):
         out = []
         with torch.no_grad():
             for j, h in enumerate(q_in):
-                out.append(float(self._loss(block, state, h, kwargs, targets[j], aug[j] if aug else None)))
+                out.append(float(self._loss(block, state, h, kwargs[j], targets[j], aug[j] if aug else None)))
         return out
 
     def _loss(self, block, state, h, kwargs, target, aug_target):
+        """The training loss of one batch (``kwargs``: that batch's keyword arguments)."""
         params, _ = state.call_params(quantize=True)
         y = _block_output(functional_call(block, params, (h.float(),), kwargs))
         loss = torch.nn.functional.mse_loss(y, target)
@@ -467,74 +486,91 @@ class OmniQuant(BlockwiseAlgorithm):
         return loss
 
     def _train(self, index, block, state, q_in, kwargs, targets, aug) -> dict:
-        """Train one block; returns its log entry. With ``keep_best`` (ours, on by default) the block keeps
-        the parameters with the lowest loss over the whole calibration set among the initial ones, the
-        end of training, and the epoch whose running mean loss was lowest; while that is not below the
-        initial loss, training restarts from the initial parameters with both learning rates halved (at
-        most ``lr_retries`` times). ``keep_best: false`` is the official procedure: the parameters at the
-        end of training, whatever their loss."""
+        """Train one block; returns its log entry (``loss_init`` / ``loss_final``: the mean loss over the
+        calibration batches before / after, measured with the training forward and no gradients)."""
         sp = self.special
         params = state.let_parameters() + state.lwc_parameters()
         with self._quantized_forward(block, state):
             init = self._losses(block, state, q_in, kwargs, targets, aug)
             loss_init = sum(init) / len(init)
             info = {"loss_init": float(loss_init), "diverged": False}
-            if not math.isfinite(loss_init):
-                return self._give_up(index, block, state, q_in, kwargs, targets, aug, info,
-                                     "non-finite loss at initialisation", [])
             if sp.epochs <= 0 or not params:
                 info.update(loss_final=float(loss_init), loss_epochs=[], epochs_done=0, chosen="init")
                 return info
-            start = _snapshot(params)
-            best = {"loss": loss_init, "params": start, "chosen": "init"}
-            attempts = []
-            for attempt in range(1 + (sp.lr_retries if sp.keep_best else 0)):
-                lr_scale = 0.5 ** attempt
-                _restore(params, start)
-                run = self._epochs(state, block, q_in, kwargs, targets, aug, init, lr_scale, params)
-                attempts.append(run["log"])
-                if run["reason"] is not None:
-                    log.warning("OmniQuant block %d, attempt %d (lr x%g): %s", index, attempt + 1, lr_scale,
-                                run["reason"])
-                    if not sp.keep_best:
-                        return self._give_up(index, block, state, q_in, kwargs, targets, aug, info, run["reason"],
-                                             attempts)
-                    continue
-                candidates = [("end", None)] + ([("epoch", run["best_epoch"])] if run["best_epoch"] else [])
-                for kind, snap in candidates:
-                    if snap is not None:
-                        _restore(params, snap[1])
-                    losses = self._losses(block, state, q_in, kwargs, targets, aug)
-                    mean = sum(losses) / len(losses)
-                    label = f"attempt {attempt + 1} (lr x{lr_scale:g}), " + (
-                        "end of training" if snap is None else f"epoch {snap[0] + 1}")
-                    run["log"].setdefault("full_pass_loss", {})[label] = float(mean)
-                    if not math.isfinite(mean):
-                        continue
-                    if not sp.keep_best:
-                        if mean > sp.diverge_factor * max(loss_init, 1e-30):
-                            return self._give_up(index, block, state, q_in, kwargs, targets, aug, info,
-                                                 f"final loss {mean:.4g} > {sp.diverge_factor:g} x initial "
-                                                 f"{loss_init:.4g}", attempts)
-                        best = {"loss": mean, "params": _snapshot(params), "chosen": label}
-                        break
-                    if mean < best["loss"]:
-                        best = {"loss": mean, "params": _snapshot(params), "chosen": label}
-                if best["chosen"] != "init":
-                    break
-                log.info("OmniQuant block %d: attempt %d (lr x%g) ended no better than init (%.4g)%s", index,
-                         attempt + 1, lr_scale, loss_init, "; retrying with halved learning rates"
-                         if attempt < sp.lr_retries else "; keeping the initial parameters")
-            _restore(params, best["params"])
-            if best["chosen"] == "init" and all(a.get("reason") for a in attempts):
-                info.update(diverged=True, reason="; ".join(a["reason"] for a in attempts))
+            if not sp.keep_best:
+                return self._train_official(index, block, state, q_in, kwargs, targets, aug, init, params, info)
+            if not math.isfinite(loss_init):
+                return self._give_up(index, block, state, q_in, kwargs, targets, aug, info,
+                                     "non-finite loss at initialisation", [])
+            return self._train_keep_best(index, block, state, q_in, kwargs, targets, aug, init, params, info)
+
+    def _train_official(self, index, block, state, q_in, kwargs, targets, aug, init, params, info) -> dict:
+        """The official procedure (``quantize/omniquant.py``): ``epochs`` passes, then the parameters
+        training ends with are kept, whatever their loss. Where the official code stops at a non-finite
+        loss (``pdb.set_trace()``), training of the block stops before that step and the block keeps the
+        parameters it has; the block is recorded ``diverged`` and the run goes on."""
+        run = self._epochs(state, block, q_in, kwargs, targets, aug, init, 1.0, params)
+        if run["reason"] is not None:
+            log.warning("OmniQuant block %d: %s; keeping the parameters reached (official procedure)", index,
+                        run["reason"])
+            info.update(diverged=True, reason=run["reason"])
+        final = self._losses(block, state, q_in, kwargs, targets, aug)
+        loss_final = sum(final) / len(final)
+        info.update(loss_final=float(loss_final), chosen="end of training", attempts=[run["log"]],
+                    loss_epochs=run["log"]["loss_epochs"], epochs_done=run["log"]["epochs_done"],
+                    ended_worse=bool(not math.isfinite(loss_final) or loss_final > info["loss_init"]))
+        if not math.isfinite(loss_final) and not info["diverged"]:
+            info.update(diverged=True, reason="non-finite loss after training")
+        return info
+
+    def _train_keep_best(self, index, block, state, q_in, kwargs, targets, aug, init, params, info) -> dict:
+        """Keep-best (``keep_best: true``, ours, the variant OmniQuant+KB): the block keeps the parameters
+        with the lowest loss over the whole calibration set among the initial ones, the end of training,
+        and the epoch whose running mean loss was lowest; while that is not below the initial loss,
+        training restarts from the initial parameters with both learning rates halved (at most
+        ``lr_retries`` times). A batch loss that is non-finite or above ``diverge_factor`` x its initial
+        loss ends an attempt."""
+        sp = self.special
+        loss_init = info["loss_init"]
+        start = _snapshot(params)
+        best = {"loss": loss_init, "params": start, "chosen": "init"}
+        attempts = []
+        for attempt in range(1 + sp.lr_retries):
+            lr_scale = 0.5 ** attempt
+            _restore(params, start)
+            run = self._epochs(state, block, q_in, kwargs, targets, aug, init, lr_scale, params)
+            attempts.append(run["log"])
+            if run["reason"] is not None:
+                log.warning("OmniQuant block %d, attempt %d (lr x%g): %s", index, attempt + 1, lr_scale,
+                            run["reason"])
+                continue
+            candidates = [("end", None)] + ([("epoch", run["best_epoch"])] if run["best_epoch"] else [])
+            for kind, snap in candidates:
+                if snap is not None:
+                    _restore(params, snap[1])
+                losses = self._losses(block, state, q_in, kwargs, targets, aug)
+                mean = sum(losses) / len(losses)
+                label = f"attempt {attempt + 1} (lr x{lr_scale:g}), " + (
+                    "end of training" if snap is None else f"epoch {snap[0] + 1}")
+                run["log"].setdefault("full_pass_loss", {})[label] = float(mean)
+                if math.isfinite(mean) and mean < best["loss"]:
+                    best = {"loss": mean, "params": _snapshot(params), "chosen": label}
+            if best["chosen"] != "init":
+                break
+            log.info("OmniQuant block %d: attempt %d (lr x%g) ended no better than init (%.4g)%s", index,
+                     attempt + 1, lr_scale, loss_init, "; retrying with halved learning rates"
+                     if attempt < sp.lr_retries else "; keeping the initial parameters")
+        _restore(params, best["params"])
+        if best["chosen"] == "init" and all(a.get("reason") for a in attempts):
+            info.update(diverged=True, reason="; ".join(a["reason"] for a in attempts))
         info.update(loss_final=float(best["loss"]), chosen=best["chosen"], attempts=attempts,
                     loss_epochs=attempts[-1]["loss_epochs"], epochs_done=sum(a["epochs_done"] for a in attempts))
         return info
 
     def _epochs(self, state, block, q_in, kwargs, targets, aug, init, lr_scale, params) -> dict:
-        """``epochs`` passes of AdamW over the calibration batches; stops at the first non-finite or
-        exploding batch loss (``reason``). ``best_epoch``: (epoch, snapshot) of the lowest running mean."""
+        """``epochs`` passes of AdamW over the calibration batches; stops at the first non-finite batch loss
+        (``reason``), with keep-best also at one above ``diverge_factor`` x its initial loss (the official
+        code has no such guard). ``best_epoch``: (epoch, snapshot) of the lowest running mean."""
         sp = self.special
         groups = [g for g in ({"params": state.let_parameters(), "lr": sp.let_lr * lr_scale},
                               {"params": state.lwc_parameters(), "lr": sp.lwc_lr * lr_scale}) if g["params"]]
@@ -544,11 +580,11 @@ class OmniQuant(BlockwiseAlgorithm):
             for epoch in range(sp.epochs):
                 batch_losses = []
                 for j, h in enumerate(q_in):
-                    loss = self._loss(block, state, h, kwargs, targets[j], aug[j] if aug else None)
+                    loss = self._loss(block, state, h, kwargs[j], targets[j], aug[j] if aug else None)
                     value = float(loss.detach())
                     if not math.isfinite(value):
                         reason = f"non-finite loss at epoch {epoch}, batch {j}"
-                    elif value > sp.diverge_factor * max(init[j], 1e-30):
+                    elif sp.keep_best and value > sp.diverge_factor * max(init[j], 1e-30):
                         reason = (f"loss exploded at epoch {epoch}, batch {j}: {value:.4g} > "
                                   f"{sp.diverge_factor:g} x initial {init[j]:.4g}")
                     if reason is not None:
@@ -567,7 +603,8 @@ class OmniQuant(BlockwiseAlgorithm):
                         **({"reason": reason} if reason else {})}}
 
     def _give_up(self, index, block, state, q_in, kwargs, targets, aug, info, reason, attempts) -> dict:
-        """Divergence: the block gets no LET and LWC at init (recorded; the pipeline goes on)."""
+        """Keep-best only, a non-finite loss at initialisation: the block gets no LET and LWC at init
+        (recorded; the pipeline goes on)."""
         log.warning("OmniQuant block %d diverged (%s): restoring its initial state (no LET, LWC at init)",
                     index, reason)
         state.reset()

@@ -310,15 +310,17 @@ def random_hadamard_matrix(
     dtype: torch.dtype = torch.float32,
     device: Optional[torch.device] = None,
 ) -> torch.Tensor:
-    """Random orthonormal Hadamard matrix ``Q = H_n diag(s) / sqrt(n)``, s in {+-1}^n.
+    """Random orthonormal Hadamard matrix ``Q = diag(s) H_n^T / sqrt(n)``, s in {+-1}^n.
 
-    Signs multiply the *columns* of ``H_n``, so ``x @ Q.T == apply_hadamard(x * s)``
-    (SpinQuant's random-Hadamard initialisation, sign flips before the transform).
+    Applied as the rotations are (``x @ Q``), the signs come *first*: ``x @ Q == apply_hadamard(x * s)``,
+    as SpinQuant's ``random_hadamard_matrix`` (``utils/hadamard_utils.py``: ``matmul_hadU(diag(s))``)
+    and QuaRot's. Signs after the transform (``H diag(s)``) would leave the symmetric quantization error of
+    every seed equal to the plain Hadamard's, so the seed must act before ``H``.
     Randomness comes from ``generator`` (CPU), else from ``seed``, else the global RNG.
     """
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
     h = hadamard_matrix(n, dtype=torch.float64)  # validates n before drawing signs
     s = torch.randint(0, 2, (n,), generator=generator).to(torch.float64) * 2 - 1
-    q = h * s[None, :] / math.sqrt(n)
+    q = s[:, None] * h.T / math.sqrt(n)
     return q.to(dtype=dtype, device=device)

@@ -12,6 +12,10 @@ Grids (the LLMC / QuaRot convention):
 * symmetric, ``b`` bits: signed codes in ``[-2^(b-1), 2^(b-1) - 1]``, ``z = 0`` and
   ``s = absmax / (2^(b-1) - 1)``, so ``+-absmax`` map to ``+-q_max`` and the code ``-2^(b-1)`` is only
   reached by values below ``-absmax`` (clipped ranges).
+* symmetric with ``sym_grid: gptq`` (the GPTQ paper's code, ``quant.py``: ``scale = (xmax - xmin) /
+  maxq`` with ``xmin = -absmax`` and the zero point fixed at ``2^(b-1)``): the same signed codes, but
+  ``s = 2 absmax / (2^b - 1)``, so all ``2^b`` levels are used: ``-absmax`` reaches ``-2^(b-1) s`` (up
+  to rounding) and ``+absmax`` is clipped to ``(2^(b-1) - 1) s`` (half a step below it).
 * asymmetric, ``b`` bits: unsigned codes in ``[0, 2^b - 1]``, ``s = (x_max - x_min) / (2^b - 1)`` and
   ``z = round(-x_min / s)``.  The range is widened to contain 0 (``x_min <= 0 <= x_max``) so that zero
   is exactly representable (Jacob et al., section 2.1) and ``z`` always lies in the grid.
@@ -107,7 +111,7 @@ class Quantizer(nn.Module):
     def __init__(self, config: Optional[QuantizerConfig] = None, *, bit: Optional[int] = None,
                  symmetric: Optional[bool] = None, granularity: Optional[str] = None,
                  group_size: Optional[int] = None, calib_algo: Optional[str] = None,
-                 static: Optional[bool] = None, head_dim: Optional[int] = None,
+                 static: Optional[bool] = None, sym_grid: Optional[str] = None, head_dim: Optional[int] = None,
                  n_heads: Optional[int] = None, mse_grid: int = 100, mse_maxshrink: float = 0.8,
                  mse_norm: float = 2.4, eps: float = 1e-8):
         super().__init__()
@@ -122,6 +126,7 @@ class Quantizer(nn.Module):
         self.group_size = int(pick(group_size, "group_size"))
         self.calib_algo = pick(calib_algo, "calib_algo")
         self.static = bool(pick(static, "static"))
+        self.sym_grid = pick(sym_grid, "sym_grid")
         self.head_dim = head_dim
         self.n_heads = n_heads
         self.mse_grid = int(mse_grid)
@@ -142,6 +147,8 @@ class Quantizer(nn.Module):
                 raise ValueError("per_head needs exactly one of head_dim and n_heads")
             if (head_dim or n_heads) < 1:
                 raise ValueError("per_head: head_dim / n_heads must be positive")
+        if self.sym_grid not in ("absmax", "gptq"):
+            raise ValueError(f"sym_grid: '{self.sym_grid}' is not one of absmax, gptq")
         if self.static and self.granularity != "per_tensor":
             raise ValueError(f"static: static ranges are per_tensor only, got granularity '{self.granularity}'")
         if self.static and self.calib_algo == "mse":
@@ -167,6 +174,8 @@ class Quantizer(nn.Module):
             s += f", group_size={self.group_size}"
         if self.granularity == "per_head":
             s += f", head_dim={self.head_dim}" if self.head_dim else f", n_heads={self.n_heads}"
+        if self.symmetric and self.sym_grid != "absmax":
+            s += f", sym_grid={self.sym_grid}"
         return s
 
     @property
@@ -208,7 +217,8 @@ class Quantizer(nn.Module):
     def _params_from_range(self, xmin: Tensor, xmax: Tensor) -> Tuple[Tensor, Tensor]:
         """(scale, zero) for ranges with ``xmin <= 0 <= xmax`` (float32, differentiable)."""
         if self.symmetric:
-            scale = (torch.maximum(-xmin, xmax) / self.qmax).clamp(min=self.eps)
+            levels = (self.qmax - self.qmin) / 2 if self.sym_grid == "gptq" else self.qmax
+            scale = (torch.maximum(-xmin, xmax) / levels).clamp(min=self.eps)
             zero = torch.zeros_like(scale)
         else:
             scale = ((xmax - xmin) / self.qmax).clamp(min=self.eps)

@@ -39,7 +39,7 @@ DATASETS = ACC_DATASETS + ("wikitext2",)
 LABELS = {"mmlu": "MMLU", "arc_challenge": "ARC-c", "arc_easy": "ARC-e", "piqa": "PIQA",
           "hellaswag": "HellaSwag", "wikitext2": "Wiki ppl"}
 POSITIONS = ("pretrain", "transformed", "fake_quant", "real_quant")
-METHOD_ORDER = ("RTN", "SmoothQuant", "GPTQ", "OmniQuant", "SpinQuant")
+METHOD_ORDER = ("RTN", "SmoothQuant", "GPTQ", "OmniQuant", "OmniQuant+KB", "SpinQuant")
 PAPER_METHODS = ("SmoothQuant", "OmniQuant", "SpinQuant")
 SKIP_NAMES = {"sweep.json"}
 MB = 2 ** 20
@@ -267,6 +267,20 @@ def _bits(quant) -> tuple[str, Optional[int], Optional[int]]:
     return (label, _int(w.get("bit")) if isinstance(w, dict) else 16, _int(a.get("bit")) if isinstance(a, dict) else 16)
 
 
+def method_label(data: dict, quant: dict) -> str:
+    """The method's name as tables show it: the label the run recorded (``method.label``, e.g.
+    "OmniQuant+KB" for a named variant); results written before labels were recorded: the method name,
+    and "OmniQuant+KB" for OmniQuant whose resolved config has ``keep_best: true`` (that code's default)."""
+    recorded = data.get("method")
+    if isinstance(recorded, dict) and recorded.get("label"):
+        return str(recorded["label"])
+    name = str(quant.get("method") or "?")
+    special = quant.get("special") if isinstance(quant.get("special"), dict) else {}
+    if name == "OmniQuant" and special.get("keep_best") is True:
+        return "OmniQuant+KB"
+    return name
+
+
 def is_result(data: Any) -> bool:
     return isinstance(data, dict) and "schema_version" in data and "status" in data \
         and ("config" in data or "metrics" in data)
@@ -290,7 +304,7 @@ def read_run(path: Path, data: dict, position: str = "fake_quant", root: Optiona
     run = Run(path=path, rel=rel, data=data,
               model=str(model.get("name") or (cfg.get("model") or {}).get("path") or "unknown"),
               arch=model.get("arch") if isinstance(model.get("arch"), dict) else {},
-              method=FLOAT if is_float else str(quant.get("method") or "?"), bits=bits, wbits=wbits, abits=abits,
+              method=FLOAT if is_float else method_label(data, quant), bits=bits, wbits=wbits, abits=abits,
               profile=data.get("profile"), status=str(data.get("status") or "unknown"),
               task_id=data.get("task_id"), error=data.get("error"), position=pos,
               values=read_values(metrics.get(pos)), quant_cost=read_cost(data), inference=read_inference(data),
