@@ -495,3 +495,28 @@ def test_group_without_a_harness_stderr_gets_the_item_stderr():
     v = collect.read_values(metrics)["mmlu"]
     assert v.value == pytest.approx(23.0)
     assert v.stderr == pytest.approx(100 * math.sqrt(0.23 * 0.77 / 99))
+
+
+def test_omniquant_and_its_keep_best_variant_are_separate_rows(tmp_path):
+    """The label a run recorded ("OmniQuant+KB") names its row; an older record without one is labelled
+    from its resolved config (keep_best: true was that code's default)."""
+    d = tmp_path / "r"
+    vals = {"mmlu": 30.0, "wikitext2": 16.0}
+    write(d, "fp16.json", result(values={"mmlu": 31.0, "wikitext2": 15.0}))
+    official = result(method="OmniQuant", w=4, values=vals)
+    official["config"]["quant"]["special"] = {"keep_best": False}
+    official["method"] = {"name": "OmniQuant", "label": "OmniQuant", "calibrated": True}
+    write(d, "omni_w4a8.json", official)
+    kb = result(method="OmniQuant", w=4, values={"mmlu": 30.5, "wikitext2": 15.5})
+    kb["config"]["quant"]["special"] = {"keep_best": True}
+    kb["method"] = {"name": "OmniQuant", "label": "OmniQuant+KB", "calibrated": True}
+    write(d, "omni_kb_w4a8.json", kb)
+    legacy = result(method="OmniQuant", w=8, values=vals)
+    legacy["config"]["quant"]["special"] = {"keep_best": True}
+    write(d, "omni_w8a8.json", legacy)
+    coll = collect.collect(d)
+    t1 = {t.name: t for t in tables.all_tables(coll, with_stderr=False)}["table1"]
+    rows = {(r[0], r[1]) for r in t1.rows}
+    assert {("OmniQuant", "W4A8"), ("OmniQuant+KB", "W4A8"), ("OmniQuant+KB", "W8A8")} <= rows
+    methods = [r[0] for r in t1.rows if r[1] == "W4A8"]
+    assert methods.index("OmniQuant") < methods.index("OmniQuant+KB")
