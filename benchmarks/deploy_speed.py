@@ -140,11 +140,10 @@ def _gemm_line(r: dict) -> str:
 def prepare_checkpoints(name: str, work: Path, configs, seq_len: int):
     """bf16 baseline + packed RTN checkpoints of one architecture; returns ({config: dir}, ids, input info)."""
     import torch
-    import llmc_slm.extension  # noqa: F401
     from llmc.config import load_config
     from llmc.models.loading import load_model, resolve_model_source
     from llmc.quant.packed import save_packed_model
-    from llmc.registry import ALGO_REGISTRY
+    from llmc.pipeline import quantize_model
     from llmc_slm.tracks.inference import fixed_input_ids, save_baseline_checkpoint
 
     source = resolve_model_source(name)
@@ -166,7 +165,7 @@ def prepare_checkpoints(name: str, work: Path, configs, seq_len: int):
                                      "--quant.weight.symmetric", "true", "--quant.weight.granularity", "per_channel",
                                      "--quant.act.bit", "8", "--quant.act.symmetric", "true",
                                      "--quant.act.granularity", "per_token"])
-            ALGO_REGISTRY["RTN"](adapter, cfg).run(None)
+            quantize_model(adapter, cfg)
             save_packed_model(adapter, cfg, out)
         print(f"  {name} {cfg_name}: checkpoint {out} ({time.perf_counter() - t:.1f} s)", flush=True)
         dirs[cfg_name] = out

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(dump_config(cfg), end="")
             return 0
-        from .runner import run
+        from .pipeline import run
         run(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

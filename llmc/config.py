@@ -24,8 +24,6 @@ from .errors import ConfigError
 Granularity = Literal["per_tensor", "per_channel", "per_group", "per_token", "per_head"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 EvalPos = Literal["pretrain", "transformed", "fake_quant", "real_quant"]
-EvalName = Literal["wikitext2", "mmlu", "mmlu_continuation", "arc_easy", "arc_challenge", "piqa",
-                   "hellaswag"]
 
 
 @dataclass
@@ -83,7 +81,7 @@ class QuantConfig:
 @dataclass
 class EvalConfig:
     eval_pos: list[EvalPos] = field(default_factory=lambda: ["pretrain"])
-    name: list[EvalName] = field(default_factory=lambda: ["wikitext2"])
+    name: list[str] = field(default_factory=lambda: ["wikitext2"])   # registered evaluators (open list)
     download: bool = False
     path: Optional[str] = None
     seq_len: int = 2048
@@ -104,6 +102,8 @@ class SaveConfig:
     # packed checkpoint: input embeddings and lm_head stored as int8 codes with one float32 scale per row
     # (symmetric, weight-only; dequantized to the compute dtype at load). null: stored in the model's dtype.
     real_embed_bit: Optional[int] = 8
+    # more export formats by name (registered exporters, beside LLMC's save_trans / save_fake / save_real)
+    formats: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -332,13 +332,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, tas
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks and the method's own ``special`` schema. Raises ConfigError."""
-    from .registry import ALGO_REGISTRY, MODEL_REGISTRY, load_builtin
+    """Cross-field checks and the method's own ``special`` schema, against the registries' names (no
+    implementation is imported: ``llmc.catalog``). Raises ConfigError."""
+    from . import catalog
+    from .registry import EVALUATOR_REGISTRY, EXPORTER_REGISTRY, METHODS, MODEL_REGISTRY
 
-    load_builtin()
+    catalog.load()
     if cfg.model.type != "auto" and cfg.model.type not in MODEL_REGISTRY:
         raise ConfigError(f"model.type: '{cfg.model.type}' is not one of auto, {', '.join(MODEL_REGISTRY)}"
                           f"{_suggest(cfg.model.type, MODEL_REGISTRY)}")
+    _check_names("eval.name", cfg.eval.name, EVALUATOR_REGISTRY, "no evaluator for")
+    _check_names("save.formats", cfg.save.formats, EXPORTER_REGISTRY, "no exporter named")
     for key in ("seq_len", "bs"):
         if getattr(cfg.eval, key) < 1:
             raise ConfigError(f"eval.{key}: must be a positive integer")
@@ -359,11 +363,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"eval.eval_pos: '{bad[0]}' needs a quant section")
         return
     q = cfg.quant
-    if q.method not in ALGO_REGISTRY:
-        raise ConfigError(f"quant.method: '{q.method}' is not one of {', '.join(ALGO_REGISTRY)}"
-                          f"{_suggest(q.method, ALGO_REGISTRY)}")
-    algo = ALGO_REGISTRY[q.method]
-    q.special = from_dict(algo.special_cls, q.special, "quant.special")
+    if q.method not in METHODS:
+        raise ConfigError(f"quant.method: '{q.method}' is not one of {', '.join(METHODS)}"
+                          f"{_suggest(q.method, METHODS)}")
+    spec = METHODS[q.method]
+    if not dataclasses.is_dataclass(q.special):
+        q.special = from_dict(spec.settings, q.special, "quant.special")
     if q.weight is None and q.act is None:
         raise ConfigError("quant: set at least one of quant.weight and quant.act")
     for name in ("weight", "act", "kvcache"):
@@ -390,8 +395,8 @@ def validate(cfg: Config) -> None:
     if q.act is not None and q.act.granularity in ("per_channel", "per_group"):
         raise ConfigError(f"quant.act.granularity: '{q.act.granularity}' is not supported for activations; "
                           f"use per_token, per_tensor or per_head")
-    if algo.requires_calibration(cfg) and cfg.calib is None:
-        needs = q.method if algo.needs_calib else "static activation quantization"
+    if spec.calibrates(cfg) and cfg.calib is None:
+        needs = q.method if spec.needs_calib else "static activation quantization"
         raise ConfigError(f"calib: {needs} needs a calib section")
     if q.act is not None and q.act.static and q.act.granularity != "per_tensor":
         raise ConfigError("quant.act.static: static activation ranges are per_tensor only")
@@ -399,8 +404,19 @@ def validate(cfg: Config) -> None:
         for key in ("n_samples", "seq_len", "bs"):
             if getattr(cfg.calib, key) < 1:
                 raise ConfigError(f"calib.{key}: must be a positive integer")
-    if hasattr(algo, "validate"):
-        algo.validate(cfg)
+    if spec.validate is not None:
+        spec.validate(cfg)
+
+
+def _check_names(key: str, names: list, registry, what: str) -> None:
+    for name in names:
+        if name not in registry:
+            raise ConfigError(f"{key}: {what} '{name}' (available: {', '.join(registry)}){_suggest(name, registry)}")
+
+
+def config_as_dict(cfg: Config) -> dict:
+    """The resolved config as plain data (what results record and the sweep compares)."""
+    return yaml.safe_load(dump_config(cfg))
 
 
 def dump_config(cfg: Config) -> str:

@@ -24,6 +24,7 @@ from torch import nn
 
 from .quant.fake_linear import FakeQuantLinear
 from .quant.int_linear import SHARED_ACT_CACHE, IntLinear
+from .utils import swap_module
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,7 @@ def deploy_integer(model: nn.Module, *, unpack: str = "load", backend: str = "au
                 raise RuntimeError(f"deploy_integer: {name} is still calibrating its static activation range")
             be = backend if module.weight.device.type == "cpu" else "int_mm"
             new = IntLinear.from_fake(module, unpack=unpack, backend=be, share_act_quant=share_act_quant)
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+            swap_module(model, name, new)
             swapped += 1
     SHARED_ACT_CACHE.clear()
     log.info("deploy_integer: %d linears now run integer kernels (%s)", swapped,

@@ -1,5 +1,6 @@
-"""Evaluators by data-set name. The engine provides WikiText-2 perplexity; extensions register more
-(``llmc_slm`` registers the lm-evaluation-harness tasks) with ``register_evaluator``.
+"""Evaluators by data-set name (``llmc.registry.EVALUATOR_REGISTRY``). The engine provides WikiText-2
+perplexity; extensions register more (``llmc_slm`` declares the lm-evaluation-harness tasks) with
+``register_evaluator`` or a lazy ``EVALUATOR_REGISTRY.declare(name, "module:Class")``.
 
 An evaluator is built from the config before the model is loaded (so missing data fails fast) and then
 ``run(adapter)`` returns a dict of metrics.
@@ -12,18 +13,8 @@ from .data.sources import find_dataset
 from .data.wikitext2 import evaluation_text
 from .errors import ConfigError
 from .eval.perplexity import perplexity, window_ids
-from .registry import load_builtin
+from .registry import EVALUATOR_REGISTRY, register_evaluator
 from .utils import progress_disabled
-
-EVALUATOR_REGISTRY: dict[str, type] = {}
-
-
-def register_evaluator(*names: str):
-    def deco(cls):
-        for name in names:
-            EVALUATOR_REGISTRY[name] = cls
-        return cls
-    return deco
 
 
 @register_evaluator("wikitext2")
@@ -53,7 +44,9 @@ class WikiText2Perplexity:
 
 
 def make_evaluators(cfg: Config) -> dict:
-    load_builtin()
+    """One evaluator per ``eval.name``, built now (each finds its data: a missing file fails here)."""
+    from . import catalog
+    catalog.load()
     out = {}
     for name in cfg.eval.name:
         if name not in EVALUATOR_REGISTRY:

@@ -137,3 +137,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def swap_module(root: torch.nn.Module, path: str, new: torch.nn.Module) -> torch.nn.Module:
+    """Put ``new`` at the dotted ``path`` inside ``root`` (torch's ``set_submodule``); returns the module
+    it replaces. The one module swap of the engine (fake-quant, integer and packed linears, checkpoints)."""
+    old = root.get_submodule(path)
+    root.set_submodule(path, new)
+    return old

@@ -1,11 +1,12 @@
-"""Entry point of the ``llmc.extensions`` group: registers the SLM zoo (and, as they land, the harness
-tasks and tracks) with the engine's registries."""
+"""Entry point of the ``llmc.extensions`` group (loaded by ``llmc.catalog``): declares what SLMQuant adds to
+the engine by name, without importing it (torch-free): the embedded-model zoo, the accuracy tasks (one
+evaluator per task specification) and the Track 2 post-run hook."""
 
-from . import zoo  # noqa: F401
-from . import harness  # noqa: F401
+from llmc.registry import EVALUATOR_REGISTRY, register_model_source, register_post_run_hook
 
-from llmc.registry import register_post_run_hook  # noqa: E402
+from .tasks import TASK_NAMES
 
-from .tracks import track2_hook  # noqa: E402
-
-register_post_run_hook(track2_hook)
+register_model_source("llmc_slm.zoo:zoo_source")
+for _name in TASK_NAMES:
+    EVALUATOR_REGISTRY.declare(_name, "llmc_slm.harness:HarnessTask")
+register_post_run_hook("llmc_slm.tracks:track2_hook")

@@ -3,7 +3,7 @@ resumable. The command line is ``tools/sweep.py``; this module holds the logic.
 
 Each run is ``python -m llmc --config configs/<model>/<method>_<bits>.yml ...`` (the baseline:
 ``configs/<model>/fp16.yml``) with its stdout and stderr in ``<results>/logs/<model>/<run>.log`` and its
-results where the engine puts them: ``llmc.runner.results_path`` of the config that
+results where the engine puts them: ``llmc.paths.results_path`` of the config that
 ``llmc.config.load_config`` resolves from the same arguments, so the sweep and the engine always agree.
 
 What happens to a run, decided from its results file before anything is launched:
@@ -132,7 +132,8 @@ def plan(models: list[str], methods: list[str] | None = None, bits: list[str] | 
 
     Every config file is checked to exist before any is read; any config error is a ``UserError``."""
     from llmc.config import load_config, load_profile
-    from llmc.runner import _config_dict, results_path  # the engine's own naming and recorded config
+    from llmc.config import config_as_dict as _config_dict  # the engine's recorded config
+    from llmc.paths import results_path  # the engine's own naming
 
     configs_dir = Path(configs_dir) if configs_dir is not None else default_configs_dir()
     engine = list(engine) if engine else default_engine()

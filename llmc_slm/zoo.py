@@ -21,7 +21,6 @@ from typing import Optional
 
 from llmc.errors import UserError
 from llmc.models.loading import ModelSource
-from llmc.registry import register_model_source
 from llmc.utils import cache_root, sha256_file
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -142,7 +141,6 @@ def _random_source(model: RandomArchitecture) -> ModelSource:
                        tokenizer_from=tokenizer, notes=[f"tokenizer of {tokenizer.name}"])
 
 
-@register_model_source
 def zoo_source(path: str) -> Optional[ModelSource]:
     if path in PACKAGED:
         return _packaged_source(PACKAGED[path])

@@ -37,11 +37,12 @@ def tiny_hf_model(model_type: str = "llama", seed: int = 0, **overrides):
 
 
 def tiny_adapter(model_type: str = "llama", seed: int = 0, **overrides):
+    from llmc import catalog
+    from llmc.models.base import make_adapter
     from llmc.models.families import adapter_for_hf_type
-    from llmc.registry import MODEL_REGISTRY, load_builtin
-    load_builtin()
+    catalog.load()
     model = tiny_hf_model(model_type, seed, **overrides)
-    return MODEL_REGISTRY[adapter_for_hf_type(model_type)](model, tokenizer=None)
+    return make_adapter(adapter_for_hf_type(model_type), model, tokenizer=None)
 
 
 def calib_ids(n=4, seq=16, vocab=256, seed=0):
@@ -69,7 +70,6 @@ def any_family(request):
 @pytest.fixture(scope="session")
 def smollm2_source():
     """The embedded SmolLM2 source (skips only if its package is missing, which `make test` installs)."""
-    import llmc_slm.extension  # noqa: F401
     from llmc.errors import UserError
     from llmc.models.loading import resolve_model_source
     try:

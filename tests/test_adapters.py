@@ -5,11 +5,12 @@ import torch
 
 from conftest import tiny_adapter, tiny_hf_model
 from llmc.models.families import adapter_for_hf_type
-from llmc.registry import MODEL_REGISTRY, load_builtin
+from llmc import catalog
+from llmc.registry import MODEL_REGISTRY
 
 
 def test_registry_names_follow_llmc():
-    load_builtin()
+    catalog.load()
     for name in ("Llama", "SmolLM", "Qwen2", "SmolLM3"):
         assert name in MODEL_REGISTRY
     assert adapter_for_hf_type("qwen2") == "Qwen2" and adapter_for_hf_type("smollm3") == "SmolLM3"

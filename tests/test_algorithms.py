@@ -8,7 +8,8 @@ from llmc.algos.gptq import gptq_quantize
 from llmc.config import load_config
 from llmc.quant.fake_linear import FakeQuantLinear
 from llmc.quant.quantizer import Quantizer
-from llmc.registry import ALGO_REGISTRY
+from llmc.registry import ALGO_REGISTRY, METHODS
+from llmc.pipeline import quantize_model, quantize_stages
 
 
 def make_cfg(method, *extra):
@@ -102,7 +103,7 @@ def test_pipeline_end_to_end(any_family, method):
     before = logits(adapter, ids)
     algo = ALGO_REGISTRY[method](adapter, make_cfg(method, "--quant.weight.bit", "4"))
     evaluated = []
-    algo.run(calib_ids(), evaluate=evaluated.append)
+    algo = quantize_stages(adapter, algo.cfg, calib_ids(), evaluate=evaluated.append).algorithm
     assert evaluated == ["transformed", "fake_quant"]
     linears = [m for m in adapter.model.modules() if isinstance(m, FakeQuantLinear)]
     assert len(linears) == 7 * len(adapter.blocks)          # every block linear, not lm_head
@@ -126,7 +127,7 @@ def test_static_activation_ranges_are_calibrated():
     adapter = tiny_adapter("llama")
     cfg = make_cfg("RTN", "--quant.act.granularity", "per_tensor", "--quant.act.static", "true")
     algo = ALGO_REGISTRY["RTN"](adapter, cfg)
-    algo.run(calib_ids())
+    algo = quantize_model(adapter, algo.cfg, calib_ids()).algorithm
     q = adapter.blocks[0].self_attn.q_proj.act_quantizer
     assert q.frozen and q.static_scale.numel() == 1 and q.static_scale.item() > 0
 
@@ -155,8 +156,8 @@ def test_block_loop_keeps_one_block_of_activations():
 def test_rtn_runs_without_calibration():
     adapter = tiny_adapter("llama")
     algo = ALGO_REGISTRY["RTN"](adapter, make_cfg("RTN"))
-    assert not algo.requires_calibration(algo.cfg)
-    algo.run(None)
+    assert not METHODS["RTN"].calibrates(algo.cfg)
+    algo = quantize_model(adapter, algo.cfg, None).algorithm
     assert isinstance(adapter.blocks[0].mlp.down_proj, FakeQuantLinear)
 
 
@@ -169,7 +170,7 @@ def test_kv_cache_quantization_hook():
         extra = [] if bits is None else ["--quant.kvcache.bit", bits, "--quant.kvcache.granularity", "per_token"]
         cfg = load_config(None, ["--quant.method", "RTN", "--quant.act.bit", "8",
                                  "--quant.act.granularity", "per_token", *extra])
-        ALGO_REGISTRY["RTN"](adapter, cfg).run(None)
+        quantize_model(adapter, cfg, None)
         seen = []
         attn = adapter.blocks[0].self_attn
         if bits is not None:
@@ -190,7 +191,7 @@ def test_real_quant_position_evaluates_the_integer_model():
     cfg = make_cfg("RTN", "--eval.eval_pos", "fake_quant,real_quant")
     seen = {}
     ids = calib_ids(seed=4).input_ids
-    ALGO_REGISTRY["RTN"](adapter, cfg).run(None, evaluate=lambda pos: seen.__setitem__(pos, logits(adapter, ids)))
+    quantize_stages(adapter, cfg, None, evaluate=lambda pos: seen.__setitem__(pos, logits(adapter, ids)))
     assert list(seen) == ["transformed", "fake_quant", "real_quant"]
     assert isinstance(adapter.blocks[0].self_attn.q_proj, IntLinear)
     assert rel_diff(seen["fake_quant"], seen["real_quant"]) < 1e-2
@@ -210,7 +211,7 @@ def test_real_quant_with_save_real_evaluates_the_packed_checkpoint(tmp_path):
     def evaluate(pos):
         seen[pos] = logits(adapter, ids)
         fake_model.setdefault(pos, adapter.model)
-    ALGO_REGISTRY["RTN"](adapter, cfg).run(None, evaluate=evaluate)
+    quantize_stages(adapter, cfg, None, evaluate=evaluate)
     assert adapter.model is not fake_model["fake_quant"]               # reloaded from the packed folder
     assert isinstance(adapter.blocks[0].self_attn.q_proj, IntLinear)
     emb = fake_model["fake_quant"].model.embed_tokens.weight

@@ -18,6 +18,7 @@ from llmc.quant.packed import pack_codes, save_packed_model
 from llmc.quant.quantizer import Quantizer
 from llmc.quant.transforms import OnlineHadamard
 from llmc.registry import ALGO_REGISTRY
+from llmc.pipeline import quantize_model, quantize_stages
 
 BACKENDS = ["auto", "int_mm"]
 
@@ -169,7 +170,7 @@ def _quantized(family, wbit, extra=(), hidden=64, ffn=128, vocab=256, dtype=torc
                              "--quant.act.granularity", "per_token", "--calib.n_samples", "4",
                              "--calib.seq_len", "16", "--save.real_embed_bit", embed_bit, *extra])
     calib = CalibData(torch.randint(0, vocab, (4, 16), generator=torch.Generator().manual_seed(0)), {})
-    ALGO_REGISTRY[method](adapter, cfg).run(calib)
+    quantize_model(adapter, cfg, calib)
     return adapter, cfg
 
 

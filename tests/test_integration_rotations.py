@@ -15,7 +15,6 @@ from llmc.registry import ALGO_REGISTRY
 
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "qwen2.5-0.5b-random"])
 def test_rotated_model_equals_original(name):
-    import llmc_slm.extension  # noqa: F401
     adapter = load_model(resolve_model_source(name), dtype=torch.float32)
     ids = torch.randint(0, 49152, (1, 96), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

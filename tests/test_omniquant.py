@@ -12,7 +12,9 @@ from llmc.algos.base import _block_output, capture_block0_inputs, run_block
 from llmc.algos.omniquant import OmniBlockState, OmniQuant
 from llmc.config import load_config
 from llmc.errors import ConfigError
+from llmc.registry import METHODS
 from llmc.quant.fake_linear import FakeQuantLinear
+from llmc.pipeline import quantize_model, quantize_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,7 +192,7 @@ def test_nan_loss_is_recorded_and_the_run_goes_on(monkeypatch):
         return loss
     monkeypatch.setattr(OmniQuant, "_loss", nan_in_block_1)
     evaluated = []
-    algo.run(calib_ids(), evaluate=evaluated.append)
+    algo = quantize_stages(adapter, algo.cfg, calib_ids(), evaluate=evaluated.append).algorithm
     assert evaluated == ["transformed", "fake_quant"]
     assert not algo.block_log[0]["diverged"]
     info = algo.block_log[1]
@@ -281,7 +283,8 @@ def test_keep_best_never_ends_above_init_and_official_mode_can(monkeypatch):
         assert b["loss_final"] <= b["loss_init"] * (1 + 1e-6)
         if b["chosen"] == "init":
             assert len(b["attempts"]) == 3
-    assert OmniQuant.label(official.cfg) == "OmniQuant" and OmniQuant.label(kept.cfg) == "OmniQuant+KB"
+    assert METHODS["OmniQuant"].label_for(official.cfg) == "OmniQuant"
+    assert METHODS["OmniQuant"].label_for(kept.cfg) == "OmniQuant+KB"
 
 
 def test_partial_last_calibration_batch_with_eager_attention():
@@ -322,7 +325,7 @@ def test_pipeline_end_to_end_qwen2():
     before = logits(adapter, ids)
     algo = OmniQuant(adapter, make_cfg("--quant.special.epochs", "2", "--quant.quant_out", "true"))
     evaluated = []
-    algo.run(calib_ids(), evaluate=evaluated.append)
+    algo = quantize_stages(adapter, algo.cfg, calib_ids(), evaluate=evaluated.append).algorithm
     assert evaluated == ["transformed", "fake_quant"]
     assert len([m for m in adapter.model.modules() if isinstance(m, FakeQuantLinear)]) == 7 * len(adapter.blocks)
     after = logits(adapter, ids)
@@ -353,7 +356,7 @@ def test_shipped_configs(path):
     q, sp = cfg.quant, cfg.quant.special
     # omni_*: the official procedure; omni_kb_*: our keep-best variant, labelled OmniQuant+KB
     assert sp.keep_best == ("omni_kb_" in path) and sp.let_init == "absmax"
-    assert OmniQuant.label(cfg) == ("OmniQuant+KB" if sp.keep_best else "OmniQuant")
+    assert METHODS["OmniQuant"].label_for(cfg) == ("OmniQuant+KB" if sp.keep_best else "OmniQuant")
     assert q.method == "OmniQuant" and not q.weight.symmetric and q.weight.granularity == "per_channel"
     assert q.act.symmetric and q.act.granularity == "per_token" and not q.act.static and q.quant_out
     assert (cfg.calib.n_samples, cfg.calib.seq_len, cfg.calib.bs, sp.epochs) == (128, 2048, 1, 20)

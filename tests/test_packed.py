@@ -10,6 +10,7 @@ from llmc.quant.packed import (dequantize_rows, load_packed_model, pack_codes, q
                                save_packed_model, unpack_codes)
 from llmc.quant.transforms import OnlineHadamard
 from llmc.registry import ALGO_REGISTRY
+from llmc.pipeline import quantize_model, quantize_stages
 
 
 @pytest.mark.parametrize("bit, signed", [(2, True), (3, False), (4, True), (4, False), (8, True), (8, False),
@@ -43,7 +44,7 @@ def test_save_and_reload_gives_the_fake_quant_outputs(tmp_path, any_family, meth
                              "--calib.n_samples", "4", "--calib.seq_len", "16", "--save.real_embed_bit", "null",
                              *overrides])
     calib = CalibData(torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0)), {})
-    ALGO_REGISTRY[method](adapter, cfg).run(calib)
+    quantize_model(adapter, cfg, calib)
     # an online transform travels with the checkpoint
     adapter.blocks[0].mlp.down_proj.input_transform = OnlineHadamard(128)
     ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(1))
@@ -59,7 +60,7 @@ def test_save_and_reload_gives_the_fake_quant_outputs(tmp_path, any_family, meth
 def test_packed_file_is_smaller_than_float(tmp_path):
     adapter = tiny_adapter("llama", hidden_size=128, intermediate_size=512, vocab_size=64)
     cfg = load_config(None, ["--quant.method", "RTN", "--quant.weight.bit", "4"])
-    ALGO_REGISTRY["RTN"](adapter, cfg).run(None)
+    quantize_model(adapter, cfg, None)
     save_packed_model(adapter, cfg, tmp_path / "p")
     linear_params = sum(m.in_features * m.out_features for b in adapter.blocks
                         for m in adapter.block_linears(b).values())
@@ -87,7 +88,7 @@ def test_int8_embeddings_and_lm_head(tmp_path, family, tied):
     assert adapter.model.config.tie_word_embeddings == tied
     assert (adapter.model.lm_head.weight is adapter.model.model.embed_tokens.weight) == tied
     cfg = load_config(None, ["--quant.method", "RTN", "--quant.weight.bit", "4"])   # real_embed_bit: 8 (default)
-    ALGO_REGISTRY["RTN"](adapter, cfg).run(None)
+    quantize_model(adapter, cfg, None)
     save_packed_model(adapter, cfg, tmp_path / "p")
     tensors, meta = read_packed(tmp_path / "p")
     emb_keys = sorted(k[: -len(".int8")] for k in tensors if k.endswith(".int8"))

@@ -19,7 +19,8 @@ from llmc.errors import ConfigError
 from llmc.quant.fake_linear import FakeQuantLinear
 from llmc.quant.kvcache import enable_kv_quant
 from llmc.quant.transforms import OnlineHadamard
-from llmc.registry import ALGO_REGISTRY
+from llmc.registry import ALGO_REGISTRY, METHODS
+from llmc.pipeline import quantize_model, quantize_stages
 from test_algorithms import calib_ids, logits, make_cfg, rel_diff
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,7 +279,7 @@ def test_pipeline_end_to_end(family):
     before = logits(adapter, ids)
     algo = spin(adapter, "--quant.special.steps", "3", "--quant.special.train_bs", "2")
     seen = []
-    algo.run(calib_ids(), evaluate=lambda pos: seen.append(pos))
+    algo = quantize_stages(adapter, algo.cfg, calib_ids(), evaluate=lambda pos: seen.append(pos)).algorithm
     assert seen == ["transformed", "fake_quant"]
     assert len(algo.weight_params) == 7 * len(adapter.blocks)            # GPTQ fixed every grid
     for i, block in enumerate(adapter.blocks):
@@ -334,8 +335,8 @@ def test_special_validation_and_calibration_need():
     with pytest.raises(ConfigError, match="quant.special.weight_algo"):
         make_cfg("SpinQuant", "--quant.special.weight_algo", "awq")
     cls = ALGO_REGISTRY["SpinQuant"]
-    assert cls.requires_calibration(make_cfg("SpinQuant"))
-    assert not cls.requires_calibration(make_cfg("SpinQuant", "--quant.special.learn_rotations", "false",
+    assert METHODS["SpinQuant"].calibrates(make_cfg("SpinQuant"))
+    assert not METHODS["SpinQuant"].calibrates(make_cfg("SpinQuant", "--quant.special.learn_rotations", "false",
                                                  "--quant.special.weight_algo", "rtn"))
 
 
@@ -350,7 +351,7 @@ def test_packed_checkpoint_reties_the_rotated_head(tmp_path, embed_bit):
         adapter.model.model.norm.weight.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(7))
     algo = spin(adapter, "--quant.special.learn_rotations", "false", "--quant.special.weight_algo", "rtn",
                 "--quant.weight.bit", "4", "--save.real_embed_bit", embed_bit)
-    algo.run(None)
+    algo = quantize_model(adapter, algo.cfg, None).algorithm
     head, embed = adapter.model.lm_head.weight, adapter.model.model.embed_tokens.weight
     assert head is not embed
     m = adapter.model.slmquant_tied_head_transform
@@ -375,7 +376,7 @@ def test_untied_models_keep_their_own_head(tmp_path):
     from llmc.quant.packed import read_packed, save_packed_model
     adapter = tiny_adapter("qwen2", tie_word_embeddings=False, **SHAPE)
     algo = spin(adapter, "--quant.special.learn_rotations", "false", "--quant.special.weight_algo", "rtn")
-    algo.run(None)
+    algo = quantize_model(adapter, algo.cfg, None).algorithm
     assert getattr(adapter.model, "slmquant_tied_head_transform", None) is None
     save_packed_model(adapter, algo.cfg, tmp_path / "p")
     tensors, _ = read_packed(tmp_path / "p")

@@ -15,7 +15,8 @@ import yaml
 
 from llmc.config import load_config
 from llmc.errors import UserError
-from llmc.runner import _config_dict, results_path
+from llmc.config import config_as_dict as _config_dict
+from llmc.paths import results_path
 from llmc_slm import sweep as sw
 
 ROOT = Path(__file__).resolve().parents[1]

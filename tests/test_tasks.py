@@ -209,7 +209,6 @@ def tiny():
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    import llmc_slm.extension  # noqa: F401
     from llmc.models.loading import local_dir, resolve_model_source
     try:
         tok = AutoTokenizer.from_pretrained(local_dir(resolve_model_source("smollm2-135m-instruct")))

@@ -16,6 +16,7 @@ from llmc_slm.tracks.inference import (RESULT_KEYS, attention_macs, checkpoint_k
                                        measure_model, profile_inference, save_baseline_checkpoint,
                                        track2_for_run)
 from llmc_slm.tracks.quant_cost import bits_label, quant_table, read_quant_cost
+from llmc.pipeline import quantize_model, quantize_stages
 
 
 # -------------------------------------------------------------------------------------------- MACs
@@ -52,7 +53,7 @@ def test_deployed_model_macs():
     cfg = load_config(None, ["--quant.method", "RTN", "--quant.weight.bit", "8", "--quant.act.bit", "8",
                              "--quant.act.granularity", "per_token"])
     float_macs = _linear_macs(adapter.model, 32)
-    ALGO_REGISTRY["RTN"](adapter, cfg).run(None)
+    quantize_model(adapter, cfg, None)
     deploy_integer(adapter.model)
     c = count_macs(adapter.model, torch.randint(0, 256, (1, 32)))
     lm_head = 32 * adapter.model.lm_head.in_features * adapter.model.lm_head.out_features
@@ -68,7 +69,7 @@ def _checkpoints(tmp_path):
     adapter.model.to(torch.bfloat16)
     cfg = load_config(None, ["--quant.method", "RTN", "--quant.weight.bit", "4", "--quant.act.bit", "8",
                              "--quant.act.granularity", "per_token"])
-    ALGO_REGISTRY["RTN"](adapter, cfg).run(None)
+    quantize_model(adapter, cfg, None)
     save_packed_model(adapter, cfg, tmp_path / "w4a8")
     return tmp_path / "base", tmp_path / "w4a8"
 

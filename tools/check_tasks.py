@@ -112,7 +112,6 @@ def main(argv=None) -> int:
 
     import torch
 
-    import llmc_slm.extension  # noqa: F401  (registers the model zoo)
     from llmc.data.sources import find_dataset
     from llmc.errors import UserError
     from llmc.models.loading import load_model, resolve_model_source

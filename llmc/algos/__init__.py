@@ -1,3 +1,2 @@
-"""Quantization algorithms, one module per method, registered in ``ALGO_REGISTRY`` by decorator."""
-
-from . import gptq, omniquant, rtn, smoothquant, spinquant  # noqa: F401
+"""Quantization algorithms, one module per method (how each runs); what each method is (its settings,
+checks, label) is in ``llmc.methods``, which registers every algorithm lazily by module path."""

@@ -7,9 +7,12 @@
    (through hooks on its linears, see ``collect_inputs``) and transforms it (smoothing, rotation,
    training) or updates its weights (GPTQ). Then the block's outputs become the next block's inputs:
    float outputs, or with ``quant.quant_out`` the outputs of the block fake-quantized.
-3. Evaluate at ``transformed`` (the transformed float model), deploy fake quantization on every block
-   linear, evaluate at ``fake_quant``; with ``real_quant``, swap in the integer kernels
-   (``llmc.deploy``) and evaluate the deployed model.
+3. ``deploy_fake`` puts fake quantization on every block linear (``calibrate_static_ranges`` fixes
+   static activation ranges).
+
+The pipeline (``llmc.pipeline``) calls these stages, measures them (Track 3), evaluates between them and
+exports; a method only transforms: it reads ``quant`` and ``calib`` of the config, never ``save`` or
+``eval``, and never writes the results record (its figures go through :meth:`report`).
 
 Only one block's calibration activations are alive at a time (inputs, outputs and what a method
 collects), so memory beyond the model is about one block's working set. Model knowledge comes from the
@@ -31,9 +34,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..profiling import Measure
 from ..quant.fake_linear import FakeQuantLinear
 from ..quant.quantizer import Quantizer
+from ..utils import swap_module
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +147,6 @@ class BlockwiseAlgorithm:
         self.input_transforms: dict = {}  # "blocks.i.<path>" -> online transform before act quantization
         self.block_log: list = []
 
-    @classmethod
-    def label(cls, cfg) -> str:
-        """The name tables show for this configuration: the method's name, or a named variant of it
-        (e.g. "OmniQuant+KB") where a setting of ours departs from the authors' procedure."""
-        return cfg.quant.method
-
-    @classmethod
-    def requires_calibration(cls, cfg) -> bool:
-        """Calibration text is needed by the method itself or by static activation ranges."""
-        act = cfg.quant.act
-        return cls.needs_calib or bool(act is not None and act.static)
-
     # -- quantizers ------------------------------------------------------------------------------
     def weight_quantizer(self) -> Optional[Quantizer]:
         return Quantizer(self.qcfg.weight) if self.qcfg.weight is not None else None
@@ -174,48 +165,13 @@ class BlockwiseAlgorithm:
     def process_block(self, index: int, block: nn.Module, inputs: BlockInputs) -> None:
         """Transform the block / update its weights, using its calibration inputs."""
 
-    # -- the pipeline -----------------------------------------------------------------------------
-    def run(self, calib, record=None, evaluate: Callable[[str], None] = lambda pos: None) -> None:
-        device = self.adapter.device
-        with Measure(device) as cost:
-            self.quantize(calib)
-        evaluate("transformed")
-        self.save_transformed()
-        # weight rounding (all of RTN's work) and static-range calibration are quantization cost too
-        with Measure(device) as deploy_cost:
-            self.deploy_fake()
-            if self.qcfg.act is not None and self.qcfg.act.static:
-                self.calibrate_static_ranges(calib)
-        total = cost.as_dict()
-        total["time_s"] += deploy_cost.seconds
-        total["peak_mem_bytes"] = max(cost.peak_bytes, deploy_cost.peak_bytes)
-        total["peak_mem_mb"] = total["peak_mem_bytes"] / 2**20
-        total["stages_s"] = {"calibrate_transform": cost.seconds, "quantize_weights": deploy_cost.seconds}
-        if record is not None:
-            record.data["quant_cost"] = total
-            record.data["blocks"] = self.block_log
-            record.save()
-        log.info("quantization took %.1f s, peak memory %.0f MB (%s)", total["time_s"], total["peak_mem_mb"],
-                 total["memory_kind"])
-        evaluate("fake_quant")
-        self.save_fake()
-        if "real_quant" in self.cfg.eval.eval_pos:
-            self.deploy_real()
-            evaluate("real_quant")
+    # -- what the pipeline reads back ------------------------------------------------------------
+    def report(self) -> dict:
+        """The method's own figures for the results record, by section (``blocks``: one entry per block;
+        subclasses add theirs, e.g. SpinQuant's ``rotation``)."""
+        return {"blocks": self.block_log}
 
-    def deploy_real(self) -> None:
-        """The model evaluated at ``real_quant``: with ``save.save_real``, the packed checkpoint itself,
-        loaded with integer kernels (what is shipped is what is measured, int8 embeddings included);
-        otherwise the fake-quant model with its linears swapped for integer kernels in place."""
-        from ..deploy import deploy_integer, load_deployed, to_compute_dtype
-        if self.cfg.save.save_real:
-            from .saving import packed_dir
-            device = next(self.adapter.model.parameters()).device
-            model = load_deployed(packed_dir(self.cfg), device=device)
-            self.adapter.model = to_compute_dtype(model, self.adapter.dtype)
-        else:
-            deploy_integer(self.adapter.model)   # integer kernels in place of every fake-quant linear
-
+    # -- the quantize stage ------------------------------------------------------------------------
     def quantize(self, calib) -> None:
         """Everything that counts as quantization cost: calibration, search, training, weight updates."""
         self.prepare(calib)
@@ -250,9 +206,7 @@ class BlockwiseAlgorithm:
 
     def _deploy_block(self, index: int, block: nn.Module) -> None:
         for name, linear in self.adapter.block_linears(block).items():
-            parent_name, _, child = name.rpartition(".")
-            parent = block.get_submodule(parent_name) if parent_name else block
-            setattr(parent, child, self._fake_linear(f"blocks.{index}.{name}", linear))
+            swap_module(block, name, self._fake_linear(f"blocks.{index}.{name}", linear))
 
     @torch.no_grad()
     def calibrate_static_ranges(self, calib) -> None:
@@ -277,17 +231,3 @@ class BlockwiseAlgorithm:
             from ..quant.kvcache import enable_kv_quant
             kv = Quantizer(self.qcfg.kvcache)
             enable_kv_quant(self.adapter, kv, kv, getattr(self, "query_key_transform", None))
-
-    # -- saving -----------------------------------------------------------------------------------
-    def save_transformed(self) -> None:
-        if self.cfg.save.save_trans:
-            from .saving import save_hf
-            save_hf(self.adapter, self.cfg, "transformed")
-
-    def save_fake(self) -> None:
-        if self.cfg.save.save_fake:
-            from .saving import save_hf
-            save_hf(self.adapter, self.cfg, "fake_quant")
-        if self.cfg.save.save_real:
-            from .saving import save_packed
-            save_packed(self.adapter, self.cfg)

@@ -30,22 +30,12 @@ q/k/v are quantized, and so on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
+from ..methods.gptq import GPTQSpecial
 from ..quant.quantizer import Quantizer
-from ..registry import register_algo
 from .base import BlockwiseAlgorithm, collect_inputs
-
-
-@dataclass
-class GPTQSpecial:
-    percdamp: float = 0.01
-    blocksize: int = 128
-    act_order: bool = False
-    static_groups: bool = False
-    true_sequential: bool = True
 
 
 def hessian_reducer(acc, x):
@@ -155,7 +145,6 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, quantizer: Quanti
     return Q, scale, zero, float(losses.sum())
 
 
-@register_algo("GPTQ")
 class GPTQ(BlockwiseAlgorithm):
     special_cls = GPTQSpecial
 

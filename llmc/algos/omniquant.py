@@ -99,16 +99,14 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..errors import ConfigError
 from ..quant.quantizer import Quantizer
-from ..registry import register_algo
+from ..methods.omniquant import OmniQuantSpecial
 from .base import BlockwiseAlgorithm, _block_output
 from .smoothquant import expand_kv_to_heads, reduce_heads_to_kv
 
@@ -116,24 +114,6 @@ log = logging.getLogger(__name__)
 
 LET_MIN = 1e-2      # official truncate_number threshold for the LET scales
 INIT_CLAMP = 1e-5   # official clamp of act / weight maxima and of the initial scale
-
-
-@dataclass
-class OmniQuantSpecial:
-    lwc: bool = True                # learnable weight clipping
-    let: bool = True                # learnable equivalent transformation (scales)
-    let_shift: bool = False         # LET channel shift: not supported (needs norm biases)
-    lwc_lr: float = 1e-2
-    let_lr: float = 5e-3
-    wd: float = 0.0
-    epochs: int = 20
-    aug_loss: bool = False
-    let_alpha: float = 0.5          # official --alpha: SmoothQuant-style init of the LET scales
-    lwc_init: float = 4.0           # official init_value of upbound/lowbound factors (sigmoid -> 0.982)
-    let_init: Literal["absmax", "signed_max"] = "absmax"   # weight maximum in the LET init (see the docstring)
-    diverge_factor: float = 10.0    # keep-best only: a batch loss above this x its initial loss ends an attempt
-    keep_best: bool = False         # ours (OmniQuant+KB): keep the lowest-loss parameters, retry at lower lr
-    lr_retries: int = 2             # ours (OmniQuant+KB): retries (lrs halved) while a block ends no better than init
 
 
 def truncate_scale(s: torch.Tensor, threshold: float = LET_MIN) -> torch.Tensor:
@@ -176,7 +156,7 @@ class OmniBlockState:
                 continue
             names = list(s.layers)
             rep = next((n for n in names if n in reps), names[0])
-            if not isinstance(s.prev_op, nn.Linear):
+            if s.after_norm:
                 self.norm_groups.append((s.prev_op_name, s.prev_op, names, rep))
             elif s.name == "attn_out":
                 self.vo = (s.prev_op_name, rep)
@@ -263,7 +243,7 @@ class OmniBlockState:
             return norms, W, B
         for norm_name, norm, names, _ in self.norm_groups:
             s = truncate_scale(self.let_scales[norm_name])
-            norms[f"{norm_name}.weight"] = norm.weight.detach() / s
+            norms[f"{norm_name}.weight"] = self.adapter.divided_norm_weight(norm.weight.detach(), s)
             if getattr(norm, "bias", None) is not None:
                 norms[f"{norm_name}.bias"] = norm.bias.detach() / s
             for n in names:
@@ -321,7 +301,6 @@ class OmniBlockState:
         return {n: (s.detach(), z.detach()) for n, (s, z) in qparams.items()}, weights
 
 
-@register_algo("OmniQuant")
 class OmniQuant(BlockwiseAlgorithm):
     special_cls = OmniQuantSpecial
     record_trained_weights = False   # tests: keep the trained fake-quant weights in self.trained_weights
@@ -332,39 +311,6 @@ class OmniQuant(BlockwiseAlgorithm):
         self.clip_factors: dict = {}    # "blocks.i.<path>" -> (gamma, beta) learned
         self.let_scales: dict = {}      # "blocks.i.<group>" -> learned LET scale
         self.trained_weights: dict = {}
-
-    @classmethod
-    def label(cls, cfg) -> str:
-        return "OmniQuant+KB" if cfg.quant.special.keep_best else "OmniQuant"
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        sp, q = cfg.quant.special, cfg.quant
-        if sp.let_shift:
-            raise ConfigError("quant.special.let_shift: not supported: folding the LET shift needs a bias on "
-                              "the RMSNorm (and o_proj), which Llama-style models do not have")
-        if sp.epochs < 0:
-            raise ConfigError("quant.special.epochs: must be >= 0")
-        for key in ("lwc_lr", "let_lr"):
-            if getattr(sp, key) <= 0:
-                raise ConfigError(f"quant.special.{key}: must be > 0")
-        if sp.wd < 0:
-            raise ConfigError("quant.special.wd: must be >= 0")
-        if not 0.0 <= sp.let_alpha <= 1.0:
-            raise ConfigError("quant.special.let_alpha: must be in [0, 1]")
-        if not sp.diverge_factor > 1.0:
-            raise ConfigError("quant.special.diverge_factor: must be > 1")
-        if sp.lwc and q.weight is None:
-            raise ConfigError("quant.special.lwc: learnable weight clipping needs quant.weight (set lwc: false "
-                              "for activation-only quantization)")
-        if sp.epochs > 0 and not (sp.lwc or sp.let):
-            raise ConfigError("quant.special: epochs > 0 needs lwc or let (nothing to train)")
-        if sp.lwc and q.weight.calib_algo == "mse":
-            raise ConfigError("quant.weight.calib_algo: 'mse' conflicts with lwc (the learned clipping sets "
-                              "the range); use minmax or learnable")
-        if q.act is not None and q.act.static:
-            raise ConfigError("quant.act.static: OmniQuant trains with dynamic activation ranges (as the "
-                              "original); static ranges are not supported")
 
     # -- the pipeline hooks --------------------------------------------------------------------------
     def quantize(self, calib) -> None:

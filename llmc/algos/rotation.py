@@ -118,32 +118,20 @@ def untie_embeddings(adapter) -> bool:
     return True
 
 
-def _check_norm(norm: nn.Module) -> None:
-    if getattr(norm, "bias", None) is not None or "rmsnorm" not in type(norm).__name__.lower():
-        raise NotImplementedError(f"norm folding supports RMSNorm (y = w * x / rms(x)) only, got "
-                                  f"{type(norm).__name__}")
-
-
-@torch.no_grad()
-def _fold(norm: nn.Module, linears: list) -> None:
-    _check_norm(norm)
-    g = _f64(norm.weight)
-    for lin in linears:
-        _set(lin.weight, _f64(lin.weight) * g.unsqueeze(0))
-    norm.weight.data.fill_(1.0)
-
-
 @torch.no_grad()
 def fold_norms(adapter) -> None:
-    """Fold every RMSNorm weight into the linears that read its output; norm weights become 1.
-    Call after :func:`untie_embeddings` (the final norm goes into lm_head only)."""
+    """Fold every pre-norm's gain into the linears that read its output (through the adapter's norm
+    contract); the norms then apply gain 1. Call after :func:`untie_embeddings` (the final norm goes into
+    lm_head only). A layout with norms after its sub-blocks is refused (R1 cannot pass through them)."""
     lay = adapter.layout
-    for block in adapter.blocks:
-        _fold(block.get_submodule(lay.attn_norm), [_lin(block, p) for p in (lay.q_proj, lay.k_proj, lay.v_proj)])
-        _fold(block.get_submodule(lay.mlp_norm), [_lin(block, p) for p in (lay.gate_proj, lay.up_proj)])
+    adapter.refuse_post_norms("a residual-stream rotation (R1)", "quant.special.r1")
     if adapter.tied_embeddings:
         raise RuntimeError("fold_norms: untie the embeddings first (the final norm folds into lm_head)")
-    _fold(adapter.final_norm, [adapter.lm_head])
+    for block in adapter.blocks:
+        adapter.fold_norm_into(block.get_submodule(lay.attn_norm),
+                               [_lin(block, p) for p in (lay.q_proj, lay.k_proj, lay.v_proj)])
+        adapter.fold_norm_into(block.get_submodule(lay.mlp_norm), [_lin(block, p) for p in (lay.gate_proj, lay.up_proj)])
+    adapter.fold_norm_into(adapter.final_norm, [adapter.lm_head])
 
 
 def tied_head_transform(final_norm_weight: torch.Tensor, r1: torch.Tensor) -> torch.Tensor:

@@ -17,20 +17,11 @@ v -> o (GQA-aware: one scale per v channel, shared by the query heads that read 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ..registry import register_algo
+from ..methods.smoothquant import SmoothQuantSpecial
 from .base import BlockwiseAlgorithm, absmax_reducer, collect_inputs
-
-
-@dataclass
-class SmoothQuantSpecial:
-    alpha: float = 0.8
-    smooth_vo: bool = False
-    smooth_down: bool = False
 
 
 def smoothing_scales(act_max: torch.Tensor, weights: list, alpha: float, eps: float = 1e-5) -> torch.Tensor:
@@ -41,12 +32,16 @@ def smoothing_scales(act_max: torch.Tensor, weights: list, alpha: float, eps: fl
 
 
 @torch.no_grad()
-def fold_scales(prev_op: nn.Module, layers: list, s: torch.Tensor, head_dim: int | None = None) -> None:
-    """prev_op's output channels divided by ``s`` (norm weight or linear rows, and bias); the consuming
-    linears' input columns multiplied by ``s``, expanded to their width under GQA (``head_dim`` given)."""
-    prev_op.weight.div_(s.view(-1, *([1] * (prev_op.weight.dim() - 1))).to(prev_op.weight.dtype))
-    if getattr(prev_op, "bias", None) is not None:
-        prev_op.bias.div_(s.to(prev_op.bias.dtype))
+def fold_scales(adapter, prev_op: nn.Module, layers: list, s: torch.Tensor, head_dim: int | None = None) -> None:
+    """prev_op's output channels divided by ``s`` (a norm through the adapter's norm contract; a linear's
+    rows and bias); the consuming linears' input columns multiplied by ``s``, expanded to their width
+    under GQA (``head_dim`` given)."""
+    if isinstance(prev_op, nn.Linear):
+        prev_op.weight.div_(s.view(-1, 1).to(prev_op.weight.dtype))
+        if prev_op.bias is not None:
+            prev_op.bias.div_(s.to(prev_op.bias.dtype))
+    else:
+        adapter.divide_norm(prev_op, s)
     for lin in layers:
         s_in = s if lin.in_features == s.numel() else expand_kv_to_heads(s, lin.in_features, head_dim)
         lin.weight.mul_(s_in.view(1, -1).to(lin.weight.dtype))
@@ -65,7 +60,6 @@ def reduce_heads_to_kv(per_channel: torch.Tensor, kv_width: int, head_dim: int) 
     return per_channel.view(kv_width // head_dim, group, head_dim).amax(dim=1).reshape(-1)
 
 
-@register_algo("SmoothQuant")
 class SmoothQuant(BlockwiseAlgorithm):
     special_cls = SmoothQuantSpecial
 
@@ -74,8 +68,7 @@ class SmoothQuant(BlockwiseAlgorithm):
         for s in self.adapter.subsets(block):
             if s.prev_op is None:
                 continue
-            is_norm = not isinstance(s.prev_op, nn.Linear)
-            if is_norm or (s.name == "attn_out" and sp.smooth_vo) or (s.name == "mlp_out" and sp.smooth_down):
+            if s.after_norm or (s.name == "attn_out" and sp.smooth_vo) or (s.name == "mlp_out" and sp.smooth_down):
                 yield s
 
     def process_block(self, index, block, inputs):
@@ -91,5 +84,5 @@ class SmoothQuant(BlockwiseAlgorithm):
                 a_max = reduce_heads_to_kv(a_max, kv_width, d)
                 weights = [reduce_heads_to_kv(w.abs().amax(dim=0), kv_width, d).unsqueeze(0) for w in weights]
             scales = smoothing_scales(a_max, weights, self.special.alpha)
-            fold_scales(s.prev_op, layers, scales, self.adapter.head_dim)
+            fold_scales(self.adapter, s.prev_op, layers, scales, self.adapter.head_dim)
             self.log_block(index, **{f"smooth_{s.name}_max_scale": float(scales.max())})

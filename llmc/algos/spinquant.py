@@ -47,8 +47,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -58,36 +57,13 @@ from ..errors import ConfigError
 from ..quant.hadamard import is_supported, random_hadamard_matrix
 from ..quant.quantizer import Quantizer
 from ..quant.transforms import OnlineHadamard
-from ..registry import register_algo
+from ..methods.spinquant import SpinQuantSpecial
 from . import rotation
 from .gptq import GPTQ
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SpinQuantSpecial:
-    r1: bool = True                 # residual-stream rotation (learned)
-    r2: bool = True                 # per-layer head rotation of V / O (learned)
-    r3: Optional[bool] = None       # online Hadamard on Q, K after RoPE; None: on iff quant.kvcache is set
-    r4: bool = True                 # online Hadamard on down_proj's input
-    learn_rotations: bool = True    # false: random Hadamard R1 / R2 only (the ablation; QuaRot-like)
-    rotate_mode: Literal["hadamard", "random"] = "hadamard"  # initialisation (the official rotate_mode)
-    rotation_seed: int = 0
-    lr: float = 1.5
-    steps: int = 100
-    train_bs: int = 8               # windows per optimiser step (official: 8 GPUs x 1)
-    train_seq_len: Optional[int] = None  # tokens per window in learning; None: calib.seq_len
-    max_grad_norm: float = 1.0      # HF Trainer's default clipping; <= 0 disables
-    momentum: float = 0.0
-    train_w_quant: Optional[bool] = None  # fake-quantize weights while learning; None: iff weight_algo rtn
-    weight_algo: Literal["gptq", "rtn"] = "gptq"
-    gptq_samples: Optional[int] = 128     # calibration windows for GPTQ's block loop; None: all
-    percdamp: float = 0.01
-    blocksize: int = 128
-    act_order: bool = False
-    static_groups: bool = False
-    true_sequential: bool = True
 
 
 # --------------------------------------------------------------------------------- optimiser
@@ -186,7 +162,6 @@ class _SteQuantizer(Quantizer):
 
 
 # --------------------------------------------------------------------------------- algorithm
-@register_algo("SpinQuant")
 class SpinQuant(GPTQ):
     special_cls = SpinQuantSpecial
 
@@ -199,36 +174,14 @@ class SpinQuant(GPTQ):
         self.train_w_quant = sp.train_w_quant if sp.train_w_quant is not None else sp.weight_algo == "rtn"
         self.r4_hooks: list = []
         self.rotation_log: dict = {}
-        self._record = None
         self._r1 = None          # R1 as the learning hooks see it (embedding output, lm_head input)
         self._tied_final_norm = None   # the final norm's weight when R1 unties tied embeddings
 
     # -- config ------------------------------------------------------------------------------
-    @classmethod
-    def requires_calibration(cls, cfg) -> bool:
-        sp, q = cfg.quant.special, cfg.quant
-        if dataclasses.is_dataclass(sp) and not sp.learn_rotations and (sp.weight_algo == "rtn" or q.weight is None):
-            return bool(q.act is not None and q.act.static)
-        return True
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        sp = cfg.quant.special
-        if sp.steps < 0:
-            raise ConfigError("quant.special.steps: must be >= 0")
-        if sp.train_bs < 1:
-            raise ConfigError("quant.special.train_bs: must be a positive integer")
-        if sp.lr <= 0:
-            raise ConfigError("quant.special.lr: must be positive")
-        if sp.train_seq_len is not None and sp.train_seq_len < 2:
-            raise ConfigError("quant.special.train_seq_len: must be >= 2 (next-token loss) or null")
-        if sp.gptq_samples is not None and sp.gptq_samples < 1:
-            raise ConfigError("quant.special.gptq_samples: must be a positive integer or null")
-        if not 0 <= sp.momentum < 1:
-            raise ConfigError("quant.special.momentum: must be in [0, 1)")
-
     def _check_sizes(self) -> None:
         a, sp = self.adapter, self.special
+        if sp.r1:
+            a.refuse_post_norms("SpinQuant's R1 (a residual-stream rotation)", "quant.special.r1")
         need = []
         if sp.rotate_mode == "hadamard":
             need += [("hidden_size (R1)", a.config.hidden_size)] if sp.r1 else []
@@ -242,9 +195,8 @@ class SpinQuant(GPTQ):
                                   f"use rotate_mode: random for R1/R2 or switch the rotation off")
 
     # -- the pipeline ------------------------------------------------------------------------
-    def run(self, calib, record=None, evaluate=lambda pos: None) -> None:
-        self._record = record
-        super().run(calib, record=record, evaluate=evaluate)
+    def report(self) -> dict:
+        return {**super().report(), "rotation": self.rotation_log}
 
     def quantize(self, calib) -> None:
         """Rotations learn on every calibration window; GPTQ's block loop sees the first
@@ -271,8 +223,6 @@ class SpinQuant(GPTQ):
             "r1_orthogonality_error": rotation.rotation_error(r1) if r1 is not None else None,
             "r2_orthogonality_error": max((rotation.rotation_error(r) for r in r2), default=None) if r2 else None,
             "prepare_seconds": time.perf_counter() - t0})
-        if self._record is not None:
-            self._record.data["rotation"] = self.rotation_log
         log.info("SpinQuant rotations %s in %.1f s", "learned" if learned else "applied (random)",
                  time.perf_counter() - t0)
 
@@ -297,7 +247,7 @@ class SpinQuant(GPTQ):
         if sp.r1:
             if rotation.untie_embeddings(a):
                 log.info("SpinQuant: untied the embeddings (lm_head has its own copy)")
-                self._tied_final_norm = a.final_norm.weight.detach().clone()
+                self._tied_final_norm = a.norm_gain(a.final_norm).clone()
             rotation.fold_norms(a)
         if sp.r4:
             for i, block in enumerate(a.blocks):
@@ -486,18 +436,6 @@ class SpinQuant(GPTQ):
                                   "cayley_iters_max": opt.last_iters,
                                   "train_windows": sp.steps * sp.train_bs, "train_seq_len": int(ids.shape[1])})
         return (p1.detach().double() if p1 is not None else None), [p.detach().double() for p in p2]
-
-    def save_transformed(self) -> None:
-        if self.cfg.save.save_trans and self.special.r4:
-            log.warning("SpinQuant: the float checkpoint (save_trans) cannot hold R4's online Hadamard on "
-                        "down_proj's input; a model loaded from it is not equivalent (save_real keeps it)")
-        super().save_transformed()
-
-    def save_fake(self) -> None:
-        if self.cfg.save.save_fake and self.special.r4:
-            log.warning("SpinQuant: the fake-quant checkpoint (save_fake) cannot hold R4's online Hadamard on "
-                        "down_proj's input; save_real keeps it")
-        super().save_fake()
 
     # -- per block -----------------------------------------------------------------------------
     def process_block(self, index, block, inputs):

@@ -9,25 +9,23 @@ rotation act on (LLMC's vocabulary):
 - ``layers``: the linears that read that same input;
 - ``inspect``: the module to run to see the subset's effect on the block's output.
 
-Families differ only in their ``Layout`` (module paths, the config keys that name head counts, which
-layers skip RoPE); see ``llmc.models.families``.
+Families differ only in their ``Layout`` (module paths, how their norms compute, which layers skip
+RoPE; ``llmc.models.layout``); see ``llmc.models.families``. The adapter owns the model contract: the
+methods fold scales into norms and norms into linears only through its norm methods.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+from .layout import Layout, SubsetSpec
 
-@dataclass(frozen=True)
-class SubsetSpec:
-    name: str
-    prev_op: Optional[str]
-    layers: tuple[str, ...]
-    inspect: str
+__all__ = ["DecoderModel", "Subset", "Layout", "SubsetSpec", "get_module", "make_adapter"]
 
 
 @dataclass
@@ -43,39 +41,10 @@ class Subset:
     def input_name(self) -> str:
         return next(iter(self.layers))
 
-
-LLAMA_STYLE_SUBSETS = (
-    SubsetSpec("attn_in", "input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-               "self_attn"),
-    SubsetSpec("attn_out", "self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
-    SubsetSpec("mlp_in", "post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
-    SubsetSpec("mlp_out", "mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"),
-)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where things are in one family of decoder-only models (module paths relative to the model)."""
-    hf_model_types: tuple[str, ...]
-    blocks: str = "model.layers"
-    embed: str = "model.embed_tokens"
-    final_norm: str = "model.norm"
-    lm_head: str = "lm_head"
-    rotary: str = "model.rotary_emb"
-    attn: str = "self_attn"
-    q_proj: str = "self_attn.q_proj"
-    k_proj: str = "self_attn.k_proj"
-    v_proj: str = "self_attn.v_proj"
-    o_proj: str = "self_attn.o_proj"
-    gate_proj: str = "mlp.gate_proj"
-    up_proj: str = "mlp.up_proj"
-    down_proj: str = "mlp.down_proj"
-    attn_norm: str = "input_layernorm"
-    mlp_norm: str = "post_attention_layernorm"
-    subsets: tuple[SubsetSpec, ...] = LLAMA_STYLE_SUBSETS
-    # config key listing, per layer, whether RoPE is used (SmolLM3's NoPE layers); None: RoPE everywhere
-    rope_layers_key: Optional[str] = None
-    notes: dict = field(default_factory=dict)
+    @property
+    def after_norm(self) -> bool:
+        """The subset reads a norm's output (a smoothing / LET point), not a linear's."""
+        return self.prev_op is not None and not isinstance(self.prev_op, nn.Linear)
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -83,14 +52,17 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
 
 
 class DecoderModel:
-    """Adapter over a Hugging Face decoder-only causal LM; subclasses only set ``layout``."""
+    """Adapter over a Hugging Face decoder-only causal LM, driven by a :class:`Layout` (given, or a
+    subclass's ``layout``)."""
 
     layout: Layout
 
-    def __init__(self, model: nn.Module, tokenizer=None, source=None):
+    def __init__(self, model: nn.Module, tokenizer=None, source=None, layout: Optional[Layout] = None):
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
+        if layout is not None:
+            self.layout = layout
 
     # -- parts ------------------------------------------------------------------------------------
     @property
@@ -128,6 +100,59 @@ class DecoderModel:
     def block_linears(self, block: nn.Module) -> dict[str, nn.Linear]:
         """Every linear of a block, by path inside the block, in execution order."""
         return {name: lin for s in self.subsets(block) for name, lin in s.layers.items()}
+
+    # -- the norm contract ------------------------------------------------------------------------
+    # Every method that moves a scale into or out of a norm goes through these, so that a family whose
+    # norms compute (1 + w) * x / rms(x) (norm_offset 1) is folded correctly, and one with norms after
+    # its sub-blocks (post_norms) is refused where a transform cannot pass through them.
+    def check_norm(self, norm: nn.Module) -> None:
+        """A foldable norm: RMS-style (``gain * x / rms(x)``), no bias."""
+        if getattr(norm, "bias", None) is not None or "rmsnorm" not in type(norm).__name__.lower():
+            raise NotImplementedError(f"norm folding supports RMSNorm (y = gain * x / rms(x)) only, got "
+                                      f"{type(norm).__name__}")
+
+    def norm_gain(self, norm: nn.Module) -> torch.Tensor:
+        """The per-channel factor the norm applies, ``norm_offset + w`` (float64)."""
+        return norm.weight.detach().to(torch.float64) + self.layout.norm_offset
+
+    def norm_weight_for_gain(self, norm: nn.Module, gain: torch.Tensor) -> torch.Tensor:
+        """The weight that makes the norm apply ``gain`` (differentiable in ``gain``)."""
+        return gain - self.layout.norm_offset
+
+    def divided_norm_weight(self, weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The norm weight whose gain is ``weight``'s gain divided by ``s`` (differentiable in both; the
+        norm is unchanged): SmoothQuant's and OmniQuant's ``X / s`` folded into a norm."""
+        offset = self.layout.norm_offset
+        return (weight + offset) / s - offset if offset else weight / s
+
+    @torch.no_grad()
+    def divide_norm(self, norm: nn.Module, s: torch.Tensor) -> None:
+        """In place: the norm's output (gain, and a bias if any) divided by ``s`` per channel."""
+        if self.layout.norm_offset:
+            s64 = s.detach().to(torch.float64).view(-1)
+            norm.weight.copy_(self.norm_weight_for_gain(norm, self.norm_gain(norm) / s64).to(norm.weight.dtype))
+        else:   # gain = w: divided in the weight's own dtype (the arithmetic SmoothQuant's code uses)
+            norm.weight.div_(s.view(-1).to(norm.weight.dtype))
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.div_(s.view(-1).to(norm.bias.dtype))
+
+    @torch.no_grad()
+    def fold_norm_into(self, norm: nn.Module, linears: list) -> None:
+        """The norm's gain multiplied into the input columns of ``linears`` (float64 products), and the
+        norm set to gain 1: the function is unchanged (rotations need a norm without weight)."""
+        self.check_norm(norm)
+        gain = self.norm_gain(norm)
+        for lin in linears:
+            lin.weight.data.copy_((lin.weight.detach().to(torch.float64) * gain.unsqueeze(0)).to(lin.weight.dtype))
+        norm.weight.data.fill_(1.0 - self.layout.norm_offset)
+
+    def refuse_post_norms(self, what: str, key: str) -> None:
+        """One line (ConfigError naming ``key``) if the layout has norms after its sub-blocks, through
+        which ``what`` cannot pass."""
+        if self.layout.post_norms:
+            raise ConfigError(f"{key}: {what} cannot pass through the norms after each sub-block of "
+                              f"{self.layout.hf_model_types[0]} ({', '.join(self.layout.post_norms)}): the "
+                              f"norm's weight sits between the sub-block's output and the residual stream")
 
     # -- facts ------------------------------------------------------------------------------------
     @property
@@ -186,3 +211,13 @@ class DecoderModel:
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
+
+
+def make_adapter(name: str, model: nn.Module, tokenizer=None, source=None) -> DecoderModel:
+    """The adapter registered as ``model.type`` ``name``: a :class:`Layout` (data; the usual case) or an
+    adapter class of a plug-in family."""
+    from ..registry import MODEL_REGISTRY
+    entry = MODEL_REGISTRY[name]
+    if isinstance(entry, Layout):
+        return DecoderModel(model, tokenizer, source, layout=entry)
+    return entry(model, tokenizer, source)

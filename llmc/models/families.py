@@ -1,39 +1,35 @@
-"""The supported decoder families, as data. A new Llama-like family is one ``Layout`` and one line.
+"""The supported decoder families, as data (torch-free). A new Llama-like family is one ``Layout`` and one
+line; a family whose norms compute differently declares it in its layout (``norm_offset``, ``post_norms``).
 
-All of them share Hugging Face's Llama module tree (``model.layers[i].self_attn.{q,k,v,o}_proj``,
-``mlp.{gate,up,down}_proj``, two RMSNorms per block); differences such as Qwen2's q/k/v biases, tied
-embeddings or grouped-query attention are read from the loaded model, not from the family name.
+All of these share Hugging Face's Llama module tree (``model.layers[i].self_attn.{q,k,v,o}_proj``,
+``mlp.{gate,up,down}_proj``, two pre-norm RMSNorms per block); differences such as Qwen2's q/k/v biases,
+tied embeddings or grouped-query attention are read from the loaded model, not from the family name.
 """
 
-from ..registry import register_model
-from .base import DecoderModel, Layout
+from ..registry import MODEL_REGISTRY
+from .layout import Layout
+
+LLAMA = Layout(hf_model_types=("llama",))
+QWEN2 = Layout(hf_model_types=("qwen2",))
+# SmolLM3 skips RoPE in every fourth layer ("NoPE"); its config lists the layers that use it.
+SMOLLM3 = Layout(hf_model_types=("smollm3",), rope_layers_key="no_rope_layers")
+MISTRAL = Layout(hf_model_types=("mistral",))
+
+for _names, _layout in ((("Llama", "SmolLM"), LLAMA), (("Qwen2",), QWEN2), (("SmolLM3",), SMOLLM3),
+                        (("Mistral",), MISTRAL)):
+    for _name in _names:
+        MODEL_REGISTRY[_name] = _layout
 
 
-@register_model("Llama", "SmolLM")
-class Llama(DecoderModel):
-    layout = Layout(hf_model_types=("llama",))
-
-
-@register_model("Qwen2")
-class Qwen2(DecoderModel):
-    layout = Layout(hf_model_types=("qwen2",))
-
-
-@register_model("SmolLM3")
-class SmolLM3(DecoderModel):
-    # SmolLM3 skips RoPE in every fourth layer ("NoPE"); its config lists the layers that use it.
-    layout = Layout(hf_model_types=("smollm3",), rope_layers_key="no_rope_layers")
-
-
-@register_model("Mistral")
-class Mistral(DecoderModel):
-    layout = Layout(hf_model_types=("mistral",))
+def layout_of(name: str) -> Layout:
+    """The layout registered as ``model.type`` ``name`` (an adapter class's ``layout`` for a plug-in)."""
+    entry = MODEL_REGISTRY[name]
+    return entry if isinstance(entry, Layout) else entry.layout
 
 
 def adapter_for_hf_type(model_type: str) -> str | None:
     """The registered adapter name whose layout declares this Hugging Face ``model_type``."""
-    from ..registry import MODEL_REGISTRY
-    for name, cls in MODEL_REGISTRY.items():
-        if model_type in cls.layout.hf_model_types:
+    for name in MODEL_REGISTRY:
+        if model_type in layout_of(name).hf_model_types:
             return name
     return None

@@ -21,9 +21,11 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
-from ..registry import MODEL_REGISTRY, MODEL_SOURCES, load_builtin
+from .. import catalog
+from ..registry import MODEL_REGISTRY, model_sources
 from ..utils import atomic_dir, cache_root, sha256_file
-from .families import adapter_for_hf_type
+from .base import make_adapter
+from .families import adapter_for_hf_type, layout_of
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +53,17 @@ class ModelSource:
 
 
 def embedded_names() -> list[str]:
-    load_builtin()
+    catalog.load()
     names = []
-    for src in MODEL_SOURCES:
+    for src in model_sources():
         names += list(getattr(src, "names", lambda: [])())
     return names
 
 
 def resolve_model_source(path: str) -> ModelSource:
     """Turn ``model.path`` into a ModelSource without loading anything heavy. Raises UserError."""
-    load_builtin()
-    for source in MODEL_SOURCES:
+    catalog.load()
+    for source in model_sources():
         found = source(path)
         if found is not None:
             return found
@@ -152,7 +154,7 @@ def load_model(source: ModelSource, adapter_type: str = "auto", dtype: torch.dty
     """Load the model and tokenizer and wrap them in the adapter for their family."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    load_builtin()
+    catalog.load()
     try:
         if source.kind == "random":
             config = AutoConfig.for_model(**{k: v for k, v in source.hf_config.items() if not k.startswith("_")})
@@ -179,7 +181,7 @@ def load_model(source: ModelSource, adapter_type: str = "auto", dtype: torch.dty
         if name is None:
             raise UserError(f"model.type: no adapter for model_type '{model.config.model_type}'; "
                             f"supported: {', '.join(MODEL_REGISTRY)}")
-    elif model.config.model_type not in MODEL_REGISTRY[name].layout.hf_model_types:
+    elif model.config.model_type not in layout_of(name).hf_model_types:
         log.warning("model.type %s declares %s, the checkpoint is %s", name,
-                    MODEL_REGISTRY[name].layout.hf_model_types, model.config.model_type)
-    return MODEL_REGISTRY[name](model, tokenizer, source)
+                    layout_of(name).hf_model_types, model.config.model_type)
+    return make_adapter(name, model, tokenizer, source)

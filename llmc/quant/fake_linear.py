@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..utils import swap_module
 from .quantizer import Quantizer
 
 __all__ = ["FakeQuantLinear", "replace_linears"]
@@ -121,16 +122,14 @@ def replace_linears(model: nn.Module, specs: Mapping[str, QuantSpec]) -> Dict[st
     """
     replaced = {}
     for name, spec in specs.items():
-        parent_name, _, child = name.rpartition(".")
         try:
-            parent = model.get_submodule(parent_name) if parent_name else model
-            linear = parent.get_submodule(child)
+            linear = model.get_submodule(name)
         except AttributeError:
             raise KeyError(f"replace_linears: no submodule named '{name}'") from None
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"replace_linears: '{name}' is a {type(linear).__name__}, not an nn.Linear")
         kwargs = dict(spec) if isinstance(spec, Mapping) else dict(zip(("weight_quantizer", "act_quantizer"), spec))
         new = FakeQuantLinear(linear, **kwargs)
-        setattr(parent, child, new)
+        swap_module(model, name, new)
         replaced[name] = new
     return replaced

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..utils import atomic_dir
+from ..utils import atomic_dir, swap_module
 from .fake_linear import FakeQuantLinear
 from .quantizer import Quantizer
 
@@ -241,8 +241,7 @@ def load_packed_model(path: Path, linear_factory=None):
         zero = tensors.get(f"{name}.zero")
         module = factory(codes, tensors[f"{name}.scale"], None if zero is None else zero.float(),
                          tensors.get(f"{name}.bias"), wq, aq, build_transform(info["input_transform"]), dtype)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+        swap_module(model, name, module)
     int_embeddings = json.loads(meta.get("int_embeddings", "{}"))
     tied_head = json.loads(meta.get("tied_head", "null"))
     head_transform = tensors.pop(tied_head["transform"]) if tied_head else None
@@ -267,9 +266,7 @@ def _rebuild_meta_buffers(model) -> None:
     CPU from their config: buffers are computed from the config, not stored."""
     for name, module in list(model.named_modules()):
         if name and any(b.is_meta for b in module.buffers(recurse=False)):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child,
-                    type(module)(module.config))
+            swap_module(model, name, type(module)(module.config))
 
 
 def _fake_linear_factory(codes, scale, zero, bias, wq, aq, transform, dtype):

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..utils import swap_module
+
 __all__ = ["PrepackedLinear", "prepack_available", "prepack_float_linears"]
 
 _AVAILABLE: Optional[bool] = None
@@ -81,6 +83,6 @@ def prepack_float_linears(model: nn.Module, batch_hint: int = 128) -> int:
     for name, module in list(model.named_modules()):
         if type(module) is nn.Linear and module.weight.device.type == "cpu" \
                 and module.weight.dtype == torch.bfloat16:
-            model.set_submodule(name, PrepackedLinear(module, batch_hint))
+            swap_module(model, name, PrepackedLinear(module, batch_hint))
             count += 1
     return count

@@ -7,7 +7,7 @@ def track2_hook(cfg, record, device, dtype) -> None:
     checkpoint and its float baseline are profiled in fresh processes and written to the record."""
     if not cfg.eval.inference:
         return
-    from llmc.algos.saving import packed_dir
+    from llmc.paths import packed_dir
 
     from .inference import track2_for_run
     record.data["inference"] = track2_for_run(

@@ -565,7 +565,6 @@ def ensure_baseline_checkpoint(model_path: str, out: Optional[str | Path] = None
                                seed: int = 42) -> Path:
     """The float baseline of ``model.path`` as a ``dtype`` HF checkpoint, made once (cached under
     ``$SLMQUANT_CACHE/track2``) by loading the model the way the runner does."""
-    import llmc_slm.extension  # noqa: F401  (registers the embedded models)
     from llmc.models.loading import load_model, resolve_model_source
     from llmc.utils import cache_root
     source = resolve_model_source(model_path)

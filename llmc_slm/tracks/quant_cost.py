@@ -102,11 +102,12 @@ def quant_scores(costs_by_method: Mapping[str, Mapping[str, float]]) -> dict[str
 def is_calibrated(method: str | None) -> bool:
     """Whether a method learns from calibration data (the algorithm's own ``needs_calib``, read from the
     registry). Unknown names (other toolkits' results, test fixtures) count as calibrated."""
-    from llmc.registry import ALGO_REGISTRY, load_builtin
+    from llmc import catalog
+    from llmc.registry import METHODS
 
-    load_builtin()
-    algo = ALGO_REGISTRY.get(method) if method else None
-    return True if algo is None else bool(algo.needs_calib)
+    catalog.load()
+    spec = METHODS.get(method) if method else None
+    return True if spec is None else bool(spec.needs_calib)
 
 
 def quant_table(results: Iterable[ResultLike], group_by: tuple[str, ...] = ("model", "bits", "profile"),

@@ -1,0 +1,258 @@
+"""One experiment, LLMC's pipeline shape, owned here stage by stage:
+
+    plan -> load -> evaluate(pretrain) -> calibrate -> quantize (the method; Track 3 measured around it)
+         -> evaluate(transformed) -> export -> fake-quantize -> evaluate(fake_quant) -> export
+         -> deploy (integer kernels) -> evaluate(real_quant) -> post-run hooks (Track 2) -> record
+
+``plan_run`` checks everything the user can get wrong (config, model path, data files, method, exporters)
+before a model is loaded. Each stage takes plain objects and returns plain objects; the algorithm only
+transforms (``llmc.algos.base``): it never evaluates, saves or writes the record. The results record is
+rewritten after every stage (atomically), so a run that stops keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .config import Config, config_as_dict
+from .errors import UserError
+from .profiling import Measure
+from .registry import ALGO_REGISTRY, METHODS, post_run_hooks
+
+log = logging.getLogger("llmc")
+
+
+@dataclass
+class RunPlan:
+    """What a run will do, resolved from the config before anything heavy is loaded."""
+    cfg: Config
+    device: Any
+    dtype: Any
+    source: Any                      # llmc.models.loading.ModelSource
+    evaluators: dict
+    calib_text: Optional[str] = None
+    calib_info: Optional[dict] = None
+
+    @property
+    def method(self):
+        return METHODS[self.cfg.quant.method] if self.cfg.quant is not None else None
+
+
+@dataclass
+class QuantizedModel:
+    """What the quantize stage leaves besides the model it changed in place."""
+    algorithm: Any                   # the method's object (its weight params, block log, ...)
+    label: str                       # the method's name in tables ("OmniQuant+KB" for a variant)
+    input_transforms: dict           # "blocks.i.<path>" -> online transform (SpinQuant's R4)
+    cost: dict = field(default_factory=dict)   # Track 3: time and peak memory of the quantization
+    report: dict = field(default_factory=dict)  # the method's own figures, by record section
+
+
+def plan_run(cfg: Config) -> RunPlan:
+    """Resolve device, dtype, model source, evaluators and calibration text; raises UserError."""
+    from .evaluators import make_evaluators
+    from .models.loading import resolve_model_source
+    from .utils import pick_device, pick_dtype
+    device = pick_device(cfg.model.device)
+    plan = RunPlan(cfg, device, pick_dtype(cfg.model.torch_dtype, device), resolve_model_source(cfg.model.path),
+                   make_evaluators(cfg))
+    if cfg.quant is not None and plan.method.calibrates(cfg):
+        from .data.calib import resolve_calibration_text
+        plan.calib_text, plan.calib_info = resolve_calibration_text(cfg.calib)
+    return plan
+
+
+def load(plan: RunPlan):
+    """The model and tokenizer, wrapped in their family's adapter."""
+    from .models.loading import load_model
+    c = plan.cfg.model
+    return load_model(plan.source, c.type, dtype=plan.dtype, device=plan.device, tokenizer_mode=c.tokenizer_mode,
+                      seed=plan.cfg.base.seed)
+
+
+def calibrate(plan: RunPlan, adapter):
+    """The calibration windows (token ids) the method needs, or None."""
+    if plan.calib_text is None:
+        return None
+    from .data.calib import make_calibration
+    c = plan.cfg.calib
+    return make_calibration(adapter.tokenizer, plan.calib_text, plan.calib_info, c.n_samples, c.seq_len,
+                            c.preproc, c.seed)
+
+
+def transform(adapter, cfg: Config, calib) -> QuantizedModel:
+    """The method's calibration, search, training and weight updates (``transformed``), measured."""
+    algo = ALGO_REGISTRY[cfg.quant.method](adapter, cfg)
+    with Measure(adapter.device) as cost:
+        algo.quantize(calib)
+    total = cost.as_dict()
+    total["stages_s"] = {"calibrate_transform": cost.seconds}
+    return QuantizedModel(algo, METHODS[cfg.quant.method].label_for(cfg), algo.input_transforms, total)
+
+
+def fake_quantize(adapter, quantized: QuantizedModel, calib) -> None:
+    """Every block linear on its grid (RTN's whole work, and static activation ranges): quantization cost
+    too, added to ``quantized.cost``."""
+    algo, cfg = quantized.algorithm, quantized.algorithm.cfg
+    with Measure(adapter.device) as cost:
+        algo.deploy_fake()
+        if cfg.quant.act is not None and cfg.quant.act.static:
+            algo.calibrate_static_ranges(calib)
+    total = quantized.cost
+    total["time_s"] += cost.seconds
+    total["peak_mem_bytes"] = max(total["peak_mem_bytes"], cost.peak_bytes)
+    total["peak_mem_mb"] = total["peak_mem_bytes"] / 2**20
+    total["stages_s"]["quantize_weights"] = cost.seconds
+    quantized.report = algo.report()
+
+
+def quantize_model(adapter, cfg: Config, calib=None) -> QuantizedModel:
+    """Transform and fake-quantize in one call (no evaluation, no export): the quantize stages for tests,
+    benchmarks and scripts."""
+    quantized = transform(adapter, cfg, calib)
+    fake_quantize(adapter, quantized, calib)
+    return quantized
+
+
+def export(adapter, quantized: Optional[QuantizedModel], cfg: Config, stage: str) -> list:
+    """Every exporter the config asks for after ``stage``; returns the paths written."""
+    from .export import requested_exporters
+    written = []
+    for exporter in requested_exporters(cfg, stage):
+        path = exporter.export(adapter, quantized, cfg, stage)
+        log.info("exported %s (%s) to %s", exporter.name, stage, path)
+        written.append(str(path))
+    return written
+
+
+def deploy(adapter, cfg: Config) -> None:
+    """The model evaluated at ``real_quant``: with ``save.save_real``, the packed checkpoint itself, loaded
+    with integer kernels (what is shipped is what is measured, int8 embeddings included); otherwise the
+    fake-quant model with its linears swapped for integer kernels in place."""
+    from .deploy import deploy_integer, load_deployed, to_compute_dtype
+    if cfg.save.save_real:
+        from .paths import packed_dir
+        model = load_deployed(packed_dir(cfg), device=adapter.device)
+        adapter.model = to_compute_dtype(model, adapter.dtype)
+    else:
+        deploy_integer(adapter.model)
+
+
+def run(cfg: Config) -> dict:
+    """One experiment from its config; returns the results record's data."""
+    from .results import RunRecord, environment, git_info
+    from .paths import results_path
+    from .utils import seed_everything
+    seed_everything(cfg.base.seed)
+    plan = plan_run(cfg)
+    record = RunRecord.start(
+        results_path(cfg), task_id=cfg.task_id, profile=cfg.profile, config=config_as_dict(cfg), config_file=cfg.source,
+        environment=environment(plan.device, plan.dtype), git=git_info(),
+        data={name: ev.describe() for name, ev in plan.evaluators.items()})
+    try:
+        t0 = time.perf_counter()
+        adapter = load(plan)
+        record.data["timings"]["load"] = time.perf_counter() - t0
+        record.data["model"] = {**plan.source.describe(), "arch": adapter.arch_facts()}
+        record.save()
+        log.info("model %s (%s): %s", plan.source.name, plan.source.origin, arch_line(adapter.arch_facts()))
+        evaluate = _evaluator(cfg, plan, record, adapter)   # at every position in eval.eval_pos
+        evaluate("pretrain")
+        if cfg.quant is not None:
+            calib = calibrate(plan, adapter)
+            if calib is not None:
+                record.data["calibration"] = calib.info
+            quantize_stages(adapter, cfg, calib, evaluate, record)
+            for hook in post_run_hooks():
+                hook(cfg, record, plan.device, plan.dtype)
+        record.finish("complete")
+    except UserError:
+        record.finish("failed", "user error")
+        raise
+    except KeyboardInterrupt:
+        record.finish("interrupted", "interrupted (Ctrl-C or SIGTERM)")
+        raise
+    except BaseException as e:  # recorded, then re-raised: a crash is never silent
+        record.finish("failed", f"{type(e).__name__}: {e}")
+        raise
+    print_summary(record.data, record.path)
+    return record.data
+
+
+def _evaluator(cfg, plan, record, adapter) -> Callable[[str], None]:
+    def evaluate(pos: str) -> None:
+        if pos not in cfg.eval.eval_pos:
+            return
+        for name, ev in plan.evaluators.items():
+            log.info("evaluating %s at %s", name, pos)
+            t = time.perf_counter()
+            result = ev.run(adapter)
+            result["wall_seconds"] = time.perf_counter() - t
+            record.set_metric(pos, name, result)
+    return evaluate
+
+
+def quantize_stages(adapter, cfg: Config, calib, evaluate: Callable[[str], None] = lambda pos: None,
+                    record=None) -> QuantizedModel:
+    """Everything after loading and calibration text for a quantized run: transform, evaluate at
+    ``transformed``, export, fake-quantize, evaluate at ``fake_quant``, export, deploy and evaluate at
+    ``real_quant`` (if asked for). ``evaluate(position)`` is called at each position; the results record,
+    if given, gets the method, the quantization cost (Track 3), the method's report and the exports."""
+    def save(**sections):
+        if record is not None:
+            record.data.update(sections)
+            record.save()
+
+    spec = METHODS[cfg.quant.method]
+    save(method={"name": spec.name, "label": spec.label_for(cfg), "calibrated": spec.needs_calib})
+    quantized = transform(adapter, cfg, calib)
+    evaluate("transformed")
+    exported = export(adapter, quantized, cfg, "transformed")
+    fake_quantize(adapter, quantized, calib)
+    save(quant_cost=quantized.cost, **quantized.report)
+    c = quantized.cost
+    log.info("quantization took %.1f s, peak memory %.0f MB (%s)", c["time_s"], c["peak_mem_mb"], c["memory_kind"])
+    evaluate("fake_quant")
+    exported += export(adapter, quantized, cfg, "fake_quant")
+    if exported:
+        save(exports=exported)
+    if "real_quant" in cfg.eval.eval_pos:
+        deploy(adapter, cfg)
+        evaluate("real_quant")
+    return quantized
+
+
+def arch_line(a: dict) -> str:
+    return (f"{a['model_type']}, {a['layers']} layers, hidden {a['hidden_size']}, ffn {a['intermediate_size']}, "
+            f"{a['heads']} q / {a['kv_heads']} kv heads, vocab {a['vocab_size']}, "
+            f"{'tied' if a['tied_embeddings'] else 'untied'} embeddings")
+
+
+def print_summary(data: dict, path) -> None:
+    from tabulate import tabulate
+    rows = []
+    for pos, by_name in data["metrics"].items():
+        for name, m in by_name.items():
+            if "ppl" in m:
+                value, detail = f"{m['ppl']:.3f} ppl", f"{m['windows']} x {m['seq_len']} tokens"
+                detail += f" (subset of {m['windows_in_split']})" if m.get("limit") else ""
+            else:
+                value = f"{100 * m['acc']:.2f} acc" + (f" / {100 * m['acc_norm']:.2f} acc_norm"
+                                                       if m.get("acc_norm") is not None else "")
+                detail = f"{m['n']} items" + (" (subset)" if m.get("limit") else "")
+            rows.append([pos, name, value, detail, f"{m.get('wall_seconds', 0):.1f}s"])
+    env = data["environment"]
+    print()
+    print(tabulate(rows, headers=["eval_pos", "dataset", "result", "on", "time"], tablefmt="github"))
+    print(f"\nmodel {data['model']['name']} | dtype {env['dtype']} on {env['device']} ({env['cpu'] if env['device'] == 'cpu' else env.get('gpu')})")
+    scores = (data.get("inference") or {}).get("scores") or {}
+    for kind in ("measured", "paper_compatible"):
+        if kind in scores:
+            print(f"SLMQ_infer ({kind.replace('_', '-')}): {scores[kind]['slmq_infer']:.1f}")
+    if "quant_cost" in data:
+        c = data["quant_cost"]
+        print(f"quantization: {c['time_s']:.1f} s, peak memory {c['peak_mem_mb']:.0f} MB ({c['memory_kind']})")
+    print(f"results: {path}")
