@@ -144,7 +144,8 @@ def prepare_checkpoints(name: str, work: Path, configs, seq_len: int):
     from llmc.models.loading import load_model, resolve_model_source
     from llmc.quant.packed import save_packed_model
     from llmc.pipeline import quantize_model
-    from llmc_slm.tracks.inference import fixed_input_ids, save_baseline_checkpoint
+    from llmc_slm.tracks.inference import save_baseline_checkpoint
+    from llmc_slm.tracks.loading import fixed_input_ids
 
     source = resolve_model_source(name)
     dirs, ids, info = {}, None, None

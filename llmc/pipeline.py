@@ -203,16 +203,18 @@ def quantize_stages(adapter, cfg: Config, calib, evaluate: Callable[[str], None]
     if given, gets the method, the quantization cost (Track 3), the method's report and the exports."""
     def save(**sections):
         if record is not None:
-            record.data.update(sections)
+            for name, value in sections.items():
+                record.set_section(name, value, save=False)
             record.save()
 
+    from .results import MethodInfo, QuantCost
     spec = METHODS[cfg.quant.method]
-    save(method={"name": spec.name, "label": spec.label_for(cfg), "calibrated": spec.needs_calib})
+    save(method=MethodInfo(name=spec.name, label=spec.label_for(cfg), calibrated=spec.needs_calib))
     quantized = transform(adapter, cfg, calib)
     evaluate("transformed")
     exported = export(adapter, quantized, cfg, "transformed")
     fake_quantize(adapter, quantized, calib)
-    save(quant_cost=quantized.cost, **quantized.report)
+    save(quant_cost=QuantCost.from_dict(quantized.cost), **quantized.report)
     c = quantized.cost
     log.info("quantization took %.1f s, peak memory %.0f MB (%s)", c["time_s"], c["peak_mem_mb"], c["memory_kind"])
     evaluate("fake_quant")

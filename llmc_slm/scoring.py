@@ -176,6 +176,45 @@ def slmq_infer(
     return _rms_score(infer_ratios(baseline, compressed, speed).values())
 
 
+# The SLMQ_infer variants of a Track 2 record: name -> (size key, speed key, speed) of the
+# profile dicts ``llmc_slm.tracks.inference`` writes (bytes, parameters, tokens/s, MACs).
+INFER_VARIANTS = {
+    # the protocol's score: peak memory, stored bytes, measured prefill tokens/s
+    "measured": ("size", "tps", "tps"),
+    # reproduces the paper's Table 3: calflops' parameter count as the size, calflops' MACs as the speed
+    "paper_compatible": ("params_calflops", "macs_calflops", "macs"),
+    # every MAC counted (attention and integer GEMMs): quantization leaves the count, so that ratio is ~1
+    "counted_macs": ("size", "macs", "macs"),
+}
+
+
+def infer_variants(
+    baseline: Mapping[str, float],
+    compressed: Mapping[str, float],
+    skip_invalid: bool = False,
+) -> dict[str, dict]:
+    """SLMQ_infer of every variant in :data:`INFER_VARIANTS` that both profiles have the figures for:
+    ``{variant: {"slmq_infer", "ratios", "inputs": {"size": key, "speed": key}}}``.
+
+    A variant whose keys are missing from either profile is left out; one whose figures are not valid
+    (not finite and > 0) raises ValueError, or is left out with ``skip_invalid=True``.
+    """
+    out = {}
+    for name, (size_key, speed_key, speed) in INFER_VARIANTS.items():
+        if any(k not in p for k in ("peak_mem", size_key, speed_key) for p in (baseline, compressed)):
+            continue
+        b, c = ({"peak_mem": p["peak_mem"], "size": p[size_key], speed: p[speed_key]} for p in (baseline, compressed))
+        try:
+            ratios = infer_ratios(b, c, speed=speed)
+        except (ValueError, TypeError):
+            if skip_invalid:
+                continue
+            raise
+        out[name] = {"slmq_infer": _rms_score(ratios.values()), "ratios": ratios,
+                     "inputs": {"size": size_key, "speed": speed_key}}
+    return out
+
+
 # --------------------------------------------------------------------------
 # Track 3: quantization consumption
 # --------------------------------------------------------------------------

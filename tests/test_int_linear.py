@@ -238,7 +238,8 @@ def test_packed_checkpoint_size_against_bf16(tmp_path):
     """Linears dominate this model (hidden 256, ffn 1024, vocab 64). The packed checkpoint stores the (tied)
     embedding as int8 rows with float32 scales (the default ``save.real_embed_bit: 8``), norms in bfloat16,
     per-channel scales in float32; the baseline stores everything in bfloat16."""
-    from llmc_slm.tracks.inference import checkpoint_size, save_baseline_checkpoint, storage_breakdown
+    from llmc.quant.packed_info import checkpoint_size, storage_breakdown
+    from llmc_slm.tracks.inference import save_baseline_checkpoint
     sizes = {}
     for wbit in (4, 8):
         adapter, cfg = _quantized("llama", wbit, hidden=256, ffn=1024, vocab=64, dtype=torch.bfloat16, embed_bit="8")

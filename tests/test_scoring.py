@@ -18,6 +18,7 @@ import pytest
 
 from llmc_slm.scoring import (
     infer_ratios,
+    infer_variants,
     perf_ratios,
     quant_ratios,
     slmq_infer,
@@ -280,3 +281,25 @@ def test_quant_ratios_and_errors():
         slmq_quant({"a": {"time": 1.0}})
     with pytest.raises(ValueError, match="time"):
         slmq_quant({"a": {"time": 0.0, "peak_mem": 1.0}})
+
+
+def test_infer_variants_are_the_one_place_each_variant_is_defined():
+    """The profiles a Track 2 child writes -> every SLMQ_infer variant both have the figures for."""
+    base = {"peak_mem": 700.0, "size": 260.0, "tps": 100.0, "macs": 18.0, "macs_calflops": 17.2,
+            "params_calflops": 134.5}
+    comp = {"peak_mem": 500.0, "size": 85.0, "tps": 80.0, "macs": 18.0, "macs_calflops": 3.6, "params_calflops": 28.3}
+    v = infer_variants(base, comp)
+    assert set(v) == {"measured", "paper_compatible", "counted_macs"}
+    assert v["measured"]["slmq_infer"] == pytest.approx(slmq_infer({k: base[k] for k in ("peak_mem", "size", "tps")},
+                                                                   {k: comp[k] for k in ("peak_mem", "size", "tps")}))
+    paper = slmq_infer({"peak_mem": 700, "size": 134.5, "macs": 17.2}, {"peak_mem": 500, "size": 28.3, "macs": 3.6},
+                       speed="macs")
+    assert v["paper_compatible"]["slmq_infer"] == pytest.approx(paper)
+    assert v["paper_compatible"]["inputs"] == {"size": "params_calflops", "speed": "macs_calflops"}
+    assert v["counted_macs"]["ratios"]["macs"] == 1.0
+    no_macs = {k: base[k] for k in ("peak_mem", "size", "tps")}
+    assert set(infer_variants(no_macs, comp)) == {"measured"}          # missing figures: variant left out
+    bad = {**comp, "params_calflops": 0}
+    with pytest.raises(ValueError):
+        infer_variants(base, bad)
+    assert set(infer_variants(base, bad, skip_invalid=True)) == {"measured", "counted_macs"}

@@ -12,9 +12,10 @@ from llmc.deploy import deploy_integer
 from llmc.quant.packed import save_packed_model
 from llmc.registry import ALGO_REGISTRY
 from llmc_slm.scoring import slmq_infer
-from llmc_slm.tracks.inference import (RESULT_KEYS, attention_macs, checkpoint_kind, count_macs, infer_scores,
-                                       measure_model, profile_inference, save_baseline_checkpoint,
-                                       track2_for_run)
+from llmc.quant.packed_info import checkpoint_kind
+from llmc_slm.tracks.inference import (RESULT_KEYS, infer_scores, measure_model, profile_inference,
+                                       save_baseline_checkpoint, track2_for_run)
+from llmc_slm.tracks.macs import attention_macs, count_macs
 from llmc_slm.tracks.quant_cost import bits_label, quant_table, read_quant_cost
 from llmc.pipeline import quantize_model, quantize_stages
 
@@ -81,9 +82,9 @@ def test_profile_in_a_fresh_process_and_slmq_infer(tmp_path):
     base_dir, packed_dir = _checkpoints(tmp_path)
     assert checkpoint_kind(base_dir) == "hf" and checkpoint_kind(packed_dir) == "packed"
     run = track2_for_run(packed_dir, "unused: baseline_dir is given", baseline_dir=base_dir, **SMALL)
-    base, comp = run["baseline"], run["compressed"]
-    assert run["input"]["source"].startswith("random token ids")      # the tiny checkpoints have no tokenizer
-    assert run["scores"] == infer_scores(base, comp)
+    base, comp = run.baseline, run.compressed
+    assert run.input["source"].startswith("random token ids")      # the tiny checkpoints have no tokenizer
+    assert run.scores == infer_scores(base, comp)
     for prof in (base, comp):
         assert set(RESULT_KEYS) <= set(prof)
         assert all(prof[k] > 0 for k in RESULT_KEYS)
@@ -120,7 +121,8 @@ def test_measure_model_in_process():
 # ------------------------------------------------------------------------------------------ Track 3
 def _result(model, method, minutes, mb, bits=8, kind="cuda_max_allocated"):
     quant = {"method": method, "weight": {"bit": bits}, "act": {"bit": 8}}
-    return {"status": "complete", "model": {"name": model}, "config": {"quant": quant}, "profile": None,
+    return {"schema_version": 1, "status": "complete", "model": {"name": model}, "config": {"quant": quant},
+            "profile": None,
             "environment": {"device": "cuda"},
             "quant_cost": {"time_s": minutes * 60, "peak_mem_bytes": int(mb * 2 ** 20), "peak_mem_mb": mb,
                            "memory_kind": kind}}
@@ -143,7 +145,7 @@ def test_quant_table_refuses_mixed_memory_kinds_and_skips_runs_without_cost():
     runs = [_result("m", "A", 1, 100), _result("m", "B", 2, 200, kind="cpu_peak_rss")]
     with pytest.raises(ValueError, match="different kinds"):
         quant_table(runs)
-    fp = {"status": "complete", "model": {"name": "m"}, "config": {"quant": None}}
+    fp = {"schema_version": 1, "status": "complete", "model": {"name": "m"}, "config": {"quant": None}}
     assert len(quant_table([runs[0], fp])) == 1
     with pytest.raises(ValueError, match="no quant_cost"):
         read_quant_cost(fp)
@@ -162,6 +164,44 @@ def test_quant_table_leaves_uncalibrated_rtn_out_of_the_comparison():
     assert rows["SmoothQuant"]["slmq_quant"] == pytest.approx(expected)
     everything = {r["method"]: r for r in quant_table([smooth, omni, rtn], score_uncalibrated=True)}
     assert everything["RTN"]["slmq_quant"] > 1000 and everything["RTN"]["methods_compared"] == 3
+
+
+def test_quant_table_takes_calibration_and_label_from_the_record_not_the_algorithms(tmp_path):
+    """Whether a method calibrates is what its run recorded (``method.calibrated``); older records without
+    ``method``: RTN is the one uncalibrated method. Rows are named by the recorded label, so OmniQuant and
+    OmniQuant+KB are two methods of one group."""
+    omni, kb, rtn = (_result("m", "OmniQuant", 12.0, 2800), _result("m", "OmniQuant", 13.0, 2900),
+                     _result("m", "RTN", 0.02, 900))
+    omni["method"] = {"name": "OmniQuant", "label": "OmniQuant", "calibrated": True}
+    kb["method"] = {"name": "OmniQuant", "label": "OmniQuant+KB", "calibrated": True}
+    novel = _result("m", "Rounder", 0.5, 800)
+    novel["method"] = {"name": "Rounder", "label": "Rounder", "calibrated": False}
+    from llmc.results import RunResult
+    rows = {r["method"]: r for r in quant_table([RunResult.from_dict(omni), kb, rtn, novel])}
+    assert set(rows) == {"OmniQuant", "OmniQuant+KB", "RTN", "Rounder"}
+    assert rows["RTN"]["slmq_quant"] is None and rows["Rounder"]["slmq_quant"] is None
+    assert rows["OmniQuant+KB"]["slmq_quant"] == pytest.approx(100.0) and rows["OmniQuant"]["methods_compared"] == 2
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "omni.json").write_text(json.dumps(omni))
+    (tmp_path / "runs" / "sweep.json").write_text(json.dumps({"runs": []}))     # not a record: skipped
+    assert [r["method"] for r in quant_table([tmp_path / "runs"])] == ["OmniQuant"]
+
+
+def test_reports_and_quant_cost_do_not_import_the_algorithms():
+    import subprocess
+    import sys
+    code = ("import sys, llmc_slm.reports.tables, llmc_slm.tracks.quant_cost; "
+            "bad = [m for m in sys.modules if m == 'llmc.registry' or m.startswith('llmc.algos')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_child_launcher_failure_is_one_line():
+    from llmc_slm.tracks.child import ChildError, run_module
+    with pytest.raises(ChildError) as e:
+        run_module("llmc_slm.tracks.no_such_module", [], threads=1, what="test child")
+    assert str(e.value).startswith("test child failed (exit 1): ") and "\n" not in str(e.value)
+    assert "No module named" in str(e.value) and "no_such_module" in e.value.stderr
 
 
 # ------------------------------------------------------------------------------ interleaved timing

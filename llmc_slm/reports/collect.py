@@ -1,8 +1,10 @@
 """A results folder -> one row (:class:`Run`) per run, each with its float baseline and SLMQ_perf.
 
-Every ``*.json`` under the folder that is a results record (``schema_version`` and ``status``; see
-``llmc/results.py``) becomes a :class:`Run`; other JSON files (``sweep.json`` manifests, anything else)
-are skipped and listed. Nothing here raises on a missing section: a value that is not there is None.
+Every ``*.json`` under the folder that is a results record is read by the one reader,
+:func:`llmc.results.read_result`, into a typed :class:`~llmc.results.RunResult` and becomes a :class:`Run`;
+other JSON files (``sweep.json`` manifests, anything else) are skipped and listed. Nothing here raises on a
+missing section: a value that is not there is None. The method's name and whether it calibrates are the
+ones the run recorded (``method``; older records: from their config, :class:`llmc.results.MethodInfo`).
 
 Values (:class:`Value`), per table column:
 
@@ -29,9 +31,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llmc.errors import UserError
+from llmc.results import Environment, Metric, ResultsError, RunResult, read_result
 from llmc_slm.scoring import slmq_perf
 from llmc_slm.tasks import TABLE_METRIC, item_stderr
 from llmc_slm.tracks.quant_cost import bits_label
+from llmc_slm.tracks.records import InferenceSection
 
 FLOAT = "Full Prec."
 ACC_DATASETS = ("mmlu", "arc_challenge", "arc_easy", "piqa", "hellaswag")   # the paper's column order
@@ -94,81 +98,59 @@ class Value:
 
 
 def read_values(metrics: Any) -> dict[str, Value]:
-    """The table values of one evaluation position's ``{dataset: metrics}``."""
+    """The table values of one evaluation position's ``{dataset: Metric}`` (or the raw dicts)."""
     out: dict[str, Value] = {}
     if not isinstance(metrics, dict):
         return out
+    metrics = {k: m if isinstance(m, Metric) else Metric.from_dict(m) for k, m in metrics.items()}
     for ds in ACC_DATASETS:
         for key in (("mmlu_continuation", "mmlu") if ds == "mmlu" else (ds,)):
             m = metrics.get(key)
-            if isinstance(m, dict):
+            if m is not None:
                 out[ds] = _acc_value(ds, key, m)
                 break
     m = metrics.get("wikitext2")
-    if isinstance(m, dict):
+    if m is not None:
         out["wikitext2"] = _ppl_value(m)
     return out
 
 
-def _acc_value(ds: str, key: str, m: dict) -> Value:
-    metric = m.get("table_metric") or TABLE_METRIC.get(key, "acc")
-    v = _num(m.get("table_value"))
-    se = _num(m.get("table_stderr"))
+def _acc_value(ds: str, key: str, m: Metric) -> Value:
+    metric = m.table_metric or TABLE_METRIC.get(key, "acc")
+    v, se = m.table_value, m.table_stderr
     if v is None:
-        v = _num(m.get(metric))
-        se = _num(m.get(f"{metric}_stderr"))
-    n, n_total, limit = _int(m.get("n")), _int(m.get("n_total")), _int(m.get("limit"))
+        v, se = _num(m.get(metric)), _num(m.get(f"{metric}_stderr"))
     if se is None and v is not None:   # results written before the evaluator filled a group's stderr in
-        se = item_stderr(v, n)
-    if isinstance(m.get("subset"), bool):
-        subset = m["subset"]
-    elif n is not None and n_total is not None:
-        subset = n < n_total
+        se = item_stderr(v, m.n)
+    if m.subset is not None:
+        subset = m.subset
+    elif m.n is not None and m.n_total is not None:
+        subset = m.n < m.n_total
     else:
-        subset = limit is not None
-    return Value(ds, key, None if v is None else 100.0 * v, None if se is None else 100.0 * se, n, n_total, limit,
-                 subset, (key, n, n_total, _int(m.get("num_fewshot")) or 0), metric)
+        subset = m.limit is not None
+    return Value(ds, key, None if v is None else 100.0 * v, None if se is None else 100.0 * se, m.n, m.n_total,
+                 m.limit, subset, (key, m.n, m.n_total, m.num_fewshot or 0), metric)
 
 
-def _ppl_value(m: dict) -> Value:
-    windows, total, limit = _int(m.get("windows")), _int(m.get("windows_in_split")), _int(m.get("limit"))
-    if windows is not None and total is not None:
-        subset = windows < total
+def _ppl_value(m: Metric) -> Value:
+    if m.windows is not None and m.windows_in_split is not None:
+        subset = m.windows < m.windows_in_split
     else:
-        subset = limit is not None
-    return Value("wikitext2", "wikitext2", _num(m.get("ppl")), None, windows, total, limit, subset,
-                 ("wikitext2", _int(m.get("seq_len")), windows), "ppl")
+        subset = m.limit is not None
+    return Value("wikitext2", "wikitext2", m.ppl, None, m.windows, m.windows_in_split, m.limit, subset,
+                 ("wikitext2", m.seq_len, m.windows), "ppl")
 
 
-def read_inference(data: dict) -> Optional[dict]:
-    """The Track 2 figures of a run (``inference`` section), in MB (2^20 bytes), G MACs and M parameters;
-    None when absent. SLMQ_infer is read from the stored scores, or computed from the two profiles."""
-    inf = data.get("inference")
-    if not isinstance(inf, dict):
+def read_inference(section: Optional[InferenceSection]) -> Optional[dict]:
+    """The Track 2 figures of a run (its ``inference`` section), in MB (2^20 bytes), G MACs and M parameters;
+    None when absent. SLMQ_infer is the stored score, or computed from the two profiles."""
+    if section is None:
         return None
-    base = inf.get("baseline") if isinstance(inf.get("baseline"), dict) else {}
-    comp = inf.get("compressed") if isinstance(inf.get("compressed"), dict) else {}
-    scores = inf.get("scores") if isinstance(inf.get("scores"), dict) else {}
-
-    def score(kind):
-        s = scores.get(kind)
-        return _num(s.get("slmq_infer")) if isinstance(s, dict) else None
-
-    out = {"baseline": _profile(base), "compressed": _profile(comp),
-           "measured": score("measured"), "paper_compatible": score("paper_compatible"),
-           "memory_kind": comp.get("memory_kind") or scores.get("memory_kind") or base.get("memory_kind"),
-           "warning": scores.get("warning"), "threads": comp.get("threads"), "device": comp.get("device")}
-    from llmc_slm.scoring import slmq_infer
-    variants = {"measured": ("size", "tps", "tps"), "paper_compatible": ("params_calflops", "macs_calflops", "macs")}
-    for kind, (size_key, speed_key, speed) in variants.items():
-        if out[kind] is None:
-            try:
-                out[kind] = slmq_infer({"peak_mem": base["peak_mem"], "size": base[size_key], speed: base[speed_key]},
-                                       {"peak_mem": comp["peak_mem"], "size": comp[size_key], speed: comp[speed_key]},
-                                       speed=speed)
-            except (KeyError, TypeError, ValueError):
-                pass
-    return out
+    base, comp, scores = section.baseline, section.compressed, section.scores
+    return {"baseline": _profile(base), "compressed": _profile(comp),
+            "measured": section.slmq_infer("measured"), "paper_compatible": section.slmq_infer("paper_compatible"),
+            "memory_kind": comp.get("memory_kind") or scores.get("memory_kind") or base.get("memory_kind"),
+            "warning": scores.get("warning"), "threads": comp.get("threads"), "device": comp.get("device")}
 
 
 def _profile(d: dict) -> dict:
@@ -181,16 +163,13 @@ def _profile(d: dict) -> dict:
             "memory_kind": d.get("memory_kind")}
 
 
-def read_cost(data: dict) -> Optional[dict]:
+def read_cost(result: RunResult) -> Optional[dict]:
     """``quant_cost`` as {time_s, time_min, peak_mem_mb, memory_kind}, or None."""
-    cost = data.get("quant_cost")
-    if not isinstance(cost, dict) or _num(cost.get("time_s")) is None:
+    cost = result.quant_cost
+    if cost is None:
         return None
-    mb = _num(cost.get("peak_mem_mb"))
-    if mb is None and _num(cost.get("peak_mem_bytes")) is not None:
-        mb = cost["peak_mem_bytes"] / MB
-    return {"time_s": float(cost["time_s"]), "time_min": float(cost["time_s"]) / 60, "peak_mem_mb": mb,
-            "memory_kind": cost.get("memory_kind")}
+    return {"time_s": cost.time_s, "time_min": cost.time_min, "peak_mem_mb": cost.peak_mem_mb,
+            "memory_kind": cost.memory_kind}
 
 
 @dataclass
@@ -198,7 +177,7 @@ class Run:
     """One results file, read for the reports."""
     path: Path
     rel: str                     # path relative to the results folder
-    data: dict = field(repr=False)
+    result: RunResult = field(repr=False)
     model: str
     arch: dict
     method: str                  # FLOAT for a float run
@@ -213,7 +192,7 @@ class Run:
     values: dict
     quant_cost: Optional[dict]
     inference: Optional[dict]
-    environment: dict
+    environment: Environment
     diverged_blocks: list
     # set by attach_baselines
     baseline: dict = field(default_factory=dict)           # dataset -> Value
@@ -243,13 +222,7 @@ class Run:
 
     @property
     def device(self) -> str:
-        env = self.environment
-        dev = env.get("device") or "?"
-        if dev == "cuda":
-            return f"GPU {env.get('gpu') or ''}".strip()
-        if dev == "cpu":
-            return f"CPU {env.get('cpu') or ''}".strip()
-        return str(dev)
+        return self.environment.describe()
 
     def value(self, ds: str) -> Optional[float]:
         v = self.values.get(ds)
@@ -267,51 +240,28 @@ def _bits(quant) -> tuple[str, Optional[int], Optional[int]]:
     return (label, _int(w.get("bit")) if isinstance(w, dict) else 16, _int(a.get("bit")) if isinstance(a, dict) else 16)
 
 
-def method_label(data: dict, quant: dict) -> str:
-    """The method's name as tables show it: the label the run recorded (``method.label``, e.g.
-    "OmniQuant+KB" for a named variant); results written before labels were recorded: the method name,
-    and "OmniQuant+KB" for OmniQuant whose resolved config has ``keep_best: true`` (that code's default)."""
-    recorded = data.get("method")
-    if isinstance(recorded, dict) and recorded.get("label"):
-        return str(recorded["label"])
-    name = str(quant.get("method") or "?")
-    special = quant.get("special") if isinstance(quant.get("special"), dict) else {}
-    if name == "OmniQuant" and special.get("keep_best") is True:
-        return "OmniQuant+KB"
-    return name
-
-
-def is_result(data: Any) -> bool:
-    return isinstance(data, dict) and "schema_version" in data and "status" in data \
-        and ("config" in data or "metrics" in data)
-
-
-def read_run(path: Path, data: dict, position: str = "fake_quant", root: Optional[Path] = None) -> Run:
-    """One results record as a :class:`Run` (baseline not yet attached)."""
-    cfg = data.get("config") if isinstance(data.get("config"), dict) else {}
-    quant = cfg.get("quant") if isinstance(cfg.get("quant"), dict) else None
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+def read_run(result: RunResult, position: str = "fake_quant", root: Optional[Path] = None) -> Run:
+    """One typed results record as a :class:`Run` (baseline not yet attached)."""
+    path = result.path or Path("<data>")
+    quant = result.quant
     bits, wbits, abits = _bits(quant)
-    is_float = quant is None
-    pos = "pretrain" if is_float else position
-    metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
-    blocks = data.get("blocks") if isinstance(data.get("blocks"), list) else []
-    diverged = [i for i, b in enumerate(blocks) if isinstance(b, dict) and b.get("diverged")]
+    pos = "pretrain" if result.is_float else position
+    diverged = [i for i, b in enumerate(result.blocks) if isinstance(b, dict) and b.get("diverged")]
     try:
         rel = str(path.relative_to(root)) if root else path.name
     except ValueError:
         rel = str(path)
-    run = Run(path=path, rel=rel, data=data,
-              model=str(model.get("name") or (cfg.get("model") or {}).get("path") or "unknown"),
-              arch=model.get("arch") if isinstance(model.get("arch"), dict) else {},
-              method=FLOAT if is_float else method_label(data, quant), bits=bits, wbits=wbits, abits=abits,
-              profile=data.get("profile"), status=str(data.get("status") or "unknown"),
-              task_id=data.get("task_id"), error=data.get("error"), position=pos,
-              values=read_values(metrics.get(pos)), quant_cost=read_cost(data), inference=read_inference(data),
-              environment=data.get("environment") if isinstance(data.get("environment"), dict) else {},
+    cfg_model = result.config.get("model") if isinstance(result.config.get("model"), dict) else {}
+    run = Run(path=path, rel=rel, result=result,
+              model=str(result.model.name or cfg_model.get("path") or "unknown"), arch=result.model.arch,
+              method=FLOAT if result.is_float else str(result.method.label), bits=bits, wbits=wbits, abits=abits,
+              profile=result.profile, status=result.status, task_id=result.task_id, error=result.error,
+              position=pos, values=read_values(result.at(pos)), quant_cost=read_cost(result),
+              inference=read_inference(InferenceSection.of(result)), environment=result.environment,
               diverged_blocks=diverged)
-    if data.get("divergence"):
-        run.notes.append(f"divergence: {_short(data['divergence'])}")
+    divergence = result.section("divergence")
+    if divergence:
+        run.notes.append(f"divergence: {_short(divergence)}")
     if diverged:
         run.notes.append(f"{len(diverged)} block(s) diverged during training and were restored "
                          f"(blocks {', '.join(map(str, diverged))})")
@@ -324,9 +274,9 @@ def _short(x, n: int = 160) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def find_results(folder) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]]]:
-    """(results records, skipped files with the reason) under ``folder``; ReportError if the folder is
-    missing or holds no results record."""
+def find_results(folder) -> tuple[list[RunResult], list[tuple[Path, str]]]:
+    """(typed results records, skipped files with the reason) under ``folder``; ReportError if the folder
+    is missing or holds no results record."""
     folder = Path(folder)
     if not folder.exists():
         raise ReportError(f"{folder}: no such folder")
@@ -340,14 +290,9 @@ def find_results(folder) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]
             skipped.append((path, "sweep manifest"))
             continue
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            skipped.append((path, f"unreadable JSON ({type(e).__name__})"))
-            continue
-        if not is_result(data):
-            skipped.append((path, "not a results record"))
-            continue
-        found.append((path, data))
+            found.append(read_result(path))
+        except ResultsError as e:
+            skipped.append((path, str(e).removeprefix(f"{path}: ")))
     if not found:
         raise ReportError(f"{folder}: no results JSON found" + (f" ({len(skipped)} other JSON file(s) skipped)"
                                                                  if skipped else ""))
@@ -383,7 +328,7 @@ def collect(folder, position: str = "fake_quant") -> Collection:
         raise ReportError(f"--position: {position!r} is not one of {', '.join(POSITIONS)}")
     folder = Path(folder)
     found, skipped = find_results(folder)
-    runs = [read_run(p, d, position, folder) for p, d in found]
+    runs = [read_run(r, position, folder) for r in found]
     runs.sort(key=sort_key)
     warnings = attach_baselines(runs)
     return Collection(folder, position, runs, skipped, warnings)
@@ -431,8 +376,7 @@ def attach_baselines(runs) -> list[str]:
         members = [r for r in runs if r.model == model]
         floats = sorted((r for r in members if r.is_float and r.values),
                         key=lambda r: (not r.complete, -len(r.values), r.rel))
-        others = [(r, read_values(((r.data.get("metrics") or {}).get("pretrain"))))
-                  for r in members if not r.is_float]
+        others = [(r, read_values(r.result.at("pretrain"))) for r in members if not r.is_float]
         quantized = [r for r in members if not r.is_float]
         if quantized and not floats:
             warnings.append(f"{model}: no float run (config.quant null) with metrics in the folder: "

@@ -97,11 +97,10 @@ def compression_tables(coll: Collection, with_stderr: bool = True) -> list[Table
         t.notes.append(f"Ours: quantized runs at {coll.position}, one run per method and bits (complete, not a "
                        f"variant); SLMQ_perf uncapped (the paper caps it at 100).")
         runs = [r for r in coll.of_model(model)]
-        env = sorted({f"{r.environment.get('dtype', '?')} on {r.device}" for r in runs if r.environment})
+        env = sorted({f"{r.environment.dtype or '?'} on {r.device}" for r in runs if r.environment.device})
         if env:
             t.notes.append(f"Our runs: {', '.join(env)}; the paper: FP16 on an NVIDIA A800.")
-        model_notes = next((r.data.get("model", {}).get("notes") for r in runs
-                            if isinstance(r.data.get("model"), dict) and r.data["model"].get("notes")), None)
+        model_notes = next((r.result.model.notes for r in runs if r.result.model.notes), None)
         if model_notes:
             t.notes.append("Model: " + "; ".join(map(str, model_notes)) + ".")
         if "subset" in flags:

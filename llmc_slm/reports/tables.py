@@ -313,7 +313,7 @@ def cost_scores(runs) -> tuple[dict, list]:
             groups.setdefault((r.model, r.bits, r.profile), []).append(r)
     for (model, bits, profile), members in groups.items():
         try:
-            rows = quant_table([m.data for m in members])
+            rows = quant_table([m.result for m in members])
         except (ValueError, KeyError, TypeError) as e:
             notes.append(f"{model} {bits}: SLMQ_quant not computed: {e}")
             continue

@@ -1,5 +1,13 @@
-"""SLMQuant's deployment tracks: Track 2 (inference performance, ``inference``) and Track 3 (quantization
-consumption, ``quant_cost``). See shared/guide/protocol.md for the definitions."""
+"""SLMQuant's deployment tracks: Track 2 (inference performance, the ``inference`` section) and Track 3
+(quantization consumption, ``quant_cost``). See shared/guide/protocol.md for the definitions.
+
+- ``inference``: Track 2 of a checkpoint in a fresh process, and of a run (:func:`track2_hook`);
+- ``loading`` / ``macs``: what the measuring child loads, and its MAC count;
+- ``child``: the fresh-process launcher shared by ``inference`` and ``speed_ab``;
+- ``speed_ab``: interleaved speed comparison of several checkpoints in one process;
+- ``records``: the ``inference`` section, typed;
+- ``quant_cost``: SLMQ_quant of typed results.
+"""
 
 
 def track2_hook(cfg, record, device, dtype) -> None:
@@ -10,7 +18,6 @@ def track2_hook(cfg, record, device, dtype) -> None:
     from llmc.paths import packed_dir
 
     from .inference import track2_for_run
-    record.data["inference"] = track2_for_run(
+    record.set_section("inference", track2_for_run(
         packed_dir(cfg), cfg.model.path, dtype=str(dtype).replace("torch.", ""), seed=cfg.base.seed,
-        threads=cfg.eval.inference_threads, data_path=cfg.eval.path, device=device.type)
-    record.save()
+        threads=cfg.eval.inference_threads, data_path=cfg.eval.path, device=device.type))

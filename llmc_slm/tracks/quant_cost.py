@@ -1,10 +1,9 @@
-"""Track 3: quantization consumption (protocol.md), read from run results.
+"""Track 3: quantization consumption (protocol.md), scored from typed run results.
 
-The pipeline (``llmc.algos.base.BlockwiseAlgorithm.run``) records, around quantization only
-(calibration, search, training and weight updates; not model loading, deployment of the fake-quant
-layers, saving or evaluation)::
+The pipeline records, around quantization only (calibration, search, training and weight updates; not
+model loading, saving or evaluation), the ``quant_cost`` section (:class:`llmc.results.QuantCost`)::
 
-    result["quant_cost"] = {time_s, peak_mem_bytes, start_mem_bytes, peak_mem_mb, memory_kind}
+    {time_s, peak_mem_bytes, start_mem_bytes, peak_mem_mb, memory_kind, stages_s}
 
 ``memory_kind`` is ``cuda_max_allocated`` (the allocator's peak) or ``cpu_peak_rss`` (the process's
 resident set, sampled during quantization; it includes the loaded model, as the GPU figure does).
@@ -13,29 +12,31 @@ resident set, sampled during quantization; it includes the loaded model, as the 
 
 with T_max, M_max the largest among the methods compared for the same model (and the same bits, the
 paper's Table 4 is W8A8). :func:`quant_table` groups results that way and scores each group with
-``llmc_slm.scoring.slmq_quant``.
+``llmc_slm.scoring.slmq_quant``. Whether a method calibrates is what its run recorded
+(``method.calibrated``, see :class:`llmc.results.MethodInfo`); nothing here imports the algorithms.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Union
 
+from llmc.results import ResultsError, RunResult, read_result
 from llmc_slm.scoring import quant_ratios, slmq_quant
 
-ResultLike = Union[str, Path, Mapping]
+ResultLike = Union[RunResult, str, Path, Mapping]
 
-__all__ = ["load_result", "bits_label", "read_quant_cost", "collect_quant_costs", "quant_scores", "is_calibrated",
-           "quant_table"]
+__all__ = ["as_result", "bits_label", "read_quant_cost", "quant_scores", "quant_table"]
 
 
-def load_result(result: ResultLike) -> dict:
-    """A run's results dict, from the dict itself or its JSON file."""
+def as_result(result: ResultLike) -> RunResult:
+    """A typed run result, from itself, its JSON file (:func:`llmc.results.read_result`) or its dict."""
+    if isinstance(result, RunResult):
+        return result
     if isinstance(result, Mapping):
-        return dict(result)
-    return json.loads(Path(result).read_text())
+        return RunResult.from_dict(dict(result))
+    return read_result(result)
 
 
 def bits_label(quant: Mapping | None) -> str:
@@ -47,46 +48,34 @@ def bits_label(quant: Mapping | None) -> str:
 
 
 def read_quant_cost(result: ResultLike) -> dict:
-    """``{model, method, bits, profile, task_id, time_s, peak_mem_bytes, peak_mem_mb, memory_kind, device,
-    status, source}`` of one run; raises ValueError when the run has no ``quant_cost`` (an FP run, or one
-    that failed before quantizing)."""
-    data = load_result(result)
-    cost = data.get("quant_cost")
-    quant = (data.get("config") or {}).get("quant")
-    if not cost:
-        raise ValueError(f"{_source(result, data)}: no quant_cost in this result (status {data.get('status')!r})")
+    """``{model, method, bits, profile, task_id, calibrated, time_s, peak_mem_bytes, peak_mem_mb, memory_kind,
+    device, status, source}`` of one run (``method``: the label the run recorded, e.g. "OmniQuant+KB");
+    raises ValueError when the run has no ``quant_cost`` (an FP run, or one that failed before quantizing)."""
+    r = as_result(result)
+    source = str(r.path) if r.path else str(r.task_id or r.config_file)
+    cost = r.quant_cost
+    if cost is None or cost.peak_mem_bytes is None:
+        raise ValueError(f"{source}: no quant_cost in this result (status {r.status!r})")
     return {
-        "model": (data.get("model") or {}).get("name"),
-        "method": (quant or {}).get("method"),
-        "bits": bits_label(quant),
-        "profile": data.get("profile"),
-        "task_id": data.get("task_id"),
-        "time_s": float(cost["time_s"]),
-        "peak_mem_bytes": int(cost["peak_mem_bytes"]),
-        "peak_mem_mb": float(cost.get("peak_mem_mb", cost["peak_mem_bytes"] / 2 ** 20)),
-        "memory_kind": cost.get("memory_kind"),
-        "device": (data.get("environment") or {}).get("device"),
-        "status": data.get("status"),
-        "source": _source(result, data),
+        "model": r.model.name, "method": r.method.label if r.method else None, "bits": bits_label(r.quant),
+        "profile": r.profile, "task_id": r.task_id,
+        "calibrated": r.calibrated is not False,    # unknown (another toolkit's record) counts as calibrated
+        "time_s": cost.time_s, "peak_mem_bytes": cost.peak_mem_bytes, "peak_mem_mb": cost.peak_mem_mb,
+        "memory_kind": cost.memory_kind, "device": r.environment.device, "status": r.status, "source": source,
     }
 
 
-def _source(result, data) -> str:
-    return str(result) if not isinstance(result, Mapping) else str(data.get("task_id") or data.get("config_file"))
-
-
-def collect_quant_costs(results: Iterable[ResultLike], skip_missing: bool = True) -> list[dict]:
-    """:func:`read_quant_cost` of many runs (files, dicts, or folders searched for ``*.json``); runs without
-    a quant_cost are skipped (``skip_missing``) or raise."""
+def _cost_rows(results: Iterable[ResultLike]) -> list[dict]:
+    """:func:`read_quant_cost` of many runs (typed results, files, dicts, or folders searched for
+    ``*.json``); runs without a quant_cost, and files that are not results, are skipped."""
     rows = []
     for r in results:
-        items = sorted(Path(r).rglob("*.json")) if not isinstance(r, Mapping) and Path(r).is_dir() else [r]
+        items = sorted(Path(r).rglob("*.json")) if isinstance(r, (str, Path)) and Path(r).is_dir() else [r]
         for item in items:
             try:
                 rows.append(read_quant_cost(item))
-            except (ValueError, KeyError, json.JSONDecodeError):
-                if not skip_missing:
-                    raise
+            except ValueError:   # ResultsError included
+                continue
     return rows
 
 
@@ -99,32 +88,21 @@ def quant_scores(costs_by_method: Mapping[str, Mapping[str, float]]) -> dict[str
             for m in costs_by_method}
 
 
-def is_calibrated(method: str | None) -> bool:
-    """Whether a method learns from calibration data (the algorithm's own ``needs_calib``, read from the
-    registry). Unknown names (other toolkits' results, test fixtures) count as calibrated."""
-    from llmc import catalog
-    from llmc.registry import METHODS
-
-    catalog.load()
-    spec = METHODS.get(method) if method else None
-    return True if spec is None else bool(spec.needs_calib)
-
-
 def quant_table(results: Iterable[ResultLike], group_by: tuple[str, ...] = ("model", "bits", "profile"),
                 score_uncalibrated: bool = False) -> list[dict]:
     """Score SLMQ_quant within each group of runs (same model, bits and profile by default), one row per run.
 
-    Rows carry the group, the method, ``time_s``, ``peak_mem_mb``, ``slmq_quant`` and the ratios. Within a
-    group each method must appear once (ValueError otherwise: pass only the runs to compare) and every
-    run must use the same ``memory_kind``.
+    Rows carry the group, the method (its label), ``time_s``, ``peak_mem_mb``, ``slmq_quant`` and the ratios.
+    Within a group each method must appear once (ValueError otherwise: pass only the runs to compare) and
+    every run must use the same ``memory_kind``.
 
     SLMQ_quant compares what calibration-based methods cost (the paper's Table 4: SmoothQuant, OmniQuant,
-    SpinQuant). A method without calibration (:func:`is_calibrated` false: RTN) only rounds its weights,
-    in about a second, so T_max / T would be ~10^3 and its score would say nothing about cost; its row
-    keeps its time and memory with ``slmq_quant`` None and a ``note``, and it is left out of T_max and
-    M_max. ``score_uncalibrated=True`` scores every run.
+    SpinQuant). A method without calibration (its run recorded ``method.calibrated`` false: RTN) only
+    rounds its weights, in about a second, so T_max / T would be ~10^3 and its score would say nothing
+    about cost; its row keeps its time and memory with ``slmq_quant`` None and a ``note``, and it is left
+    out of T_max and M_max. ``score_uncalibrated=True`` scores every run.
     """
-    rows = collect_quant_costs(results)
+    rows = _cost_rows(results)
     groups: dict = {}
     for row in rows:
         groups.setdefault(tuple(row.get(k) for k in group_by), []).append(row)
@@ -139,7 +117,7 @@ def quant_table(results: Iterable[ResultLike], group_by: tuple[str, ...] = ("mod
             raise ValueError(f"group {dict(zip(group_by, key))}: method(s) {sorted(dup)} appear more than once: "
                              f"{[m['source'] for m in members if m['method'] in dup]}")
         scored = {m["method"]: {"time": m["time_s"], "peak_mem": m["peak_mem_bytes"]} for m in members
-                  if m["time_s"] > 0 and (score_uncalibrated or is_calibrated(m["method"]))}
+                  if m["time_s"] > 0 and (score_uncalibrated or m["calibrated"])}
         scores = quant_scores(scored) if scored else {}
         for m in members:
             s = scores.get(m["method"], {})

@@ -22,19 +22,16 @@ only, ``logits_to_keep=1``). The input is the same token ids for every model.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from .inference import child_env, emit_json
+from .child import emit_json, read_ids_file, run_module
 
 MODES = {"prefill": 0, "prefill_last_logit": 1}   # mode -> logits_to_keep (0: all positions)
 
@@ -98,7 +95,7 @@ def _kwargs(mode: str) -> dict:
 
 def run_child(args: argparse.Namespace) -> dict:
     from llmc.quant.prepacked_linear import prepack_float_linears
-    from .inference import fixed_input_ids, load_for_inference
+    from .loading import fixed_input_ids, load_for_inference
     torch.set_num_threads(args.threads)
     specs = [(s, False) for s in args.model] + [(s, True) for s in args.prepack]
     models, info, tokenizer = {}, {}, None
@@ -124,8 +121,8 @@ def run_child(args: argparse.Namespace) -> dict:
     # the baseline first: the progress line reads as speed-ups against it
     models = {baseline: models[baseline], **{k: v for k, v in models.items() if k != baseline}}
     if args.ids_file:
-        data = json.loads(Path(args.ids_file).read_text())
-        ids, source = torch.tensor(data["input_ids"], dtype=torch.long), data.get("source", "given by the caller")
+        ids, source = read_ids_file(args.ids_file)
+        ids = torch.tensor(ids, dtype=torch.long)
     else:
         ids, input_info = fixed_input_ids(tokenizer, args.seq_len)
         source = input_info["source"]
@@ -170,27 +167,18 @@ def compare_speed(models: dict, *, prepack: Optional[dict] = None, baseline: Opt
                   threads: int = 1, rounds: int = 20, passes: int = 3, warmup: int = 3, seq_len: int = 128,
                   input_ids: Optional[torch.Tensor] = None, input_source: str = "given by the caller",
                   timeout: Optional[float] = 7200) -> dict:
-    """Run the interleaved comparison in a fresh ``python -m llmc_slm.tracks.speed_ab`` process.
-    ``models`` / ``prepack``: {name: checkpoint dir}. Returns the child's dict."""
-    with tempfile.TemporaryDirectory(prefix="slmq_ab_") as tmp:
-        out = Path(tmp) / "ab.json"
-        cmd = [sys.executable, "-m", "llmc_slm.tracks.speed_ab", "--out", str(out), "--threads", str(threads),
-               "--rounds", str(rounds), "--passes", str(passes), "--warmup", str(warmup), "--seq-len", str(seq_len)]
-        for name, path in models.items():
-            cmd += ["--model", f"{name}={path}"]
-        for name, path in (prepack or {}).items():
-            cmd += ["--prepack", f"{name}={path}"]
-        if baseline:
-            cmd += ["--baseline", baseline]
-        if input_ids is not None:
-            ids_file = Path(tmp) / "ids.json"
-            ids_file.write_text(json.dumps({"input_ids": input_ids.tolist(), "source": input_source}))
-            cmd += ["--ids-file", str(ids_file)]
-        proc = subprocess.run(cmd, env=child_env(threads), stdout=subprocess.DEVNULL, stderr=None, text=True,
-                              timeout=timeout)
-        if proc.returncode != 0 or not out.is_file():
-            raise RuntimeError(f"speed comparison child failed ({proc.returncode})")
-        return json.loads(out.read_text())
+    """Run the interleaved comparison in a fresh ``python -m llmc_slm.tracks.speed_ab`` process (its progress
+    lines pass through to stderr). ``models`` / ``prepack``: {name: checkpoint dir}. Returns the child's dict;
+    raises :class:`~llmc_slm.tracks.child.ChildError` if it fails."""
+    args = ["--threads", threads, "--rounds", rounds, "--passes", passes, "--warmup", warmup, "--seq-len", seq_len]
+    for name, path in models.items():
+        args += ["--model", f"{name}={path}"]
+    for name, path in (prepack or {}).items():
+        args += ["--prepack", f"{name}={path}"]
+    if baseline:
+        args += ["--baseline", baseline]
+    return run_module("llmc_slm.tracks.speed_ab", args, threads=threads, input_ids=input_ids,
+                      input_source=input_source, timeout=timeout, echo_stderr=True, what="speed comparison child")
 
 
 if __name__ == "__main__":
