@@ -24,8 +24,6 @@ from .errors import ConfigError
 Granularity = Literal["per_tensor", "per_channel", "per_group", "per_token", "per_head"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 EvalPos = Literal["pretrain", "transformed", "fake_quant", "real_quant"]
-EvalName = Literal["wikitext2", "mmlu", "mmlu_continuation", "arc_easy", "arc_challenge", "piqa",
-                   "hellaswag"]
 
 
 @dataclass
@@ -83,7 +81,7 @@ class QuantConfig:
 @dataclass
 class EvalConfig:
     eval_pos: list[EvalPos] = field(default_factory=lambda: ["pretrain"])
-    name: list[EvalName] = field(default_factory=lambda: ["wikitext2"])
+    name: list[str] = field(default_factory=lambda: ["wikitext2"])  # registered evaluators (check_eval_names)
     download: bool = False
     path: Optional[str] = None
     seq_len: int = 2048
@@ -336,6 +334,7 @@ def validate(cfg: Config) -> None:
     from .registry import ALGO_REGISTRY, MODEL_REGISTRY, load_builtin
 
     load_builtin()
+    check_eval_names(cfg.eval.name)
     if cfg.model.type != "auto" and cfg.model.type not in MODEL_REGISTRY:
         raise ConfigError(f"model.type: '{cfg.model.type}' is not one of auto, {', '.join(MODEL_REGISTRY)}"
                           f"{_suggest(cfg.model.type, MODEL_REGISTRY)}")
@@ -401,6 +400,16 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"calib.{key}: must be a positive integer")
     if hasattr(algo, "validate"):
         algo.validate(cfg)
+
+
+def check_eval_names(names: list[str]) -> None:
+    """Every ``eval.name`` must name a registered evaluator (``llmc.registry.EVALUATOR_REGISTRY``, filled by
+    ``load_builtin``; an extension's entry is a name, its implementation is not imported). Raises ConfigError."""
+    from .registry import EVALUATOR_REGISTRY
+    for name in names:
+        if name not in EVALUATOR_REGISTRY:
+            raise ConfigError(f"eval.name: no evaluator for '{name}' (available: "
+                              f"{', '.join(sorted(EVALUATOR_REGISTRY))}){_suggest(name, EVALUATOR_REGISTRY)}")
 
 
 def dump_config(cfg: Config) -> str:

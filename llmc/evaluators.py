@@ -1,29 +1,19 @@
-"""Evaluators by data-set name. The engine provides WikiText-2 perplexity; extensions register more
-(``llmc_slm`` registers the lm-evaluation-harness tasks) with ``register_evaluator``.
+"""Evaluators by ``eval.name``. The engine provides WikiText-2 perplexity; extensions register more
+(``llmc_slm`` registers its harness tasks) in ``llmc.registry.EVALUATOR_REGISTRY``.
 
 An evaluator is built from the config before the model is loaded (so missing data fails fast) and then
-``run(adapter)`` returns a dict of metrics.
+``run(adapter)`` returns a dict of metrics. An evaluator that reports one headline number also returns
+``table_metric`` (its name), ``table_value``, ``table_stderr`` and ``n``: what the run summary prints.
 """
 
 from __future__ import annotations
 
-from .config import Config
+from .config import Config, check_eval_names
 from .data.sources import find_dataset
 from .data.wikitext2 import evaluation_text
-from .errors import ConfigError
 from .eval.perplexity import perplexity, window_ids
-from .registry import load_builtin
+from .registry import evaluator_class, load_builtin, register_evaluator
 from .utils import progress_disabled
-
-EVALUATOR_REGISTRY: dict[str, type] = {}
-
-
-def register_evaluator(*names: str):
-    def deco(cls):
-        for name in names:
-            EVALUATOR_REGISTRY[name] = cls
-        return cls
-    return deco
 
 
 @register_evaluator("wikitext2")
@@ -54,10 +44,5 @@ class WikiText2Perplexity:
 
 def make_evaluators(cfg: Config) -> dict:
     load_builtin()
-    out = {}
-    for name in cfg.eval.name:
-        if name not in EVALUATOR_REGISTRY:
-            raise ConfigError(f"eval.name: no evaluator for '{name}' is installed (available: "
-                              f"{', '.join(EVALUATOR_REGISTRY)})")
-        out[name] = EVALUATOR_REGISTRY[name](name, cfg)
-    return out
+    check_eval_names(cfg.eval.name)
+    return {name: evaluator_class(name)(name, cfg) for name in cfg.eval.name}

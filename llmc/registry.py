@@ -1,8 +1,13 @@
 """Name -> implementation registries, filled by decorators (LLMC's MODEL_REGISTRY / ALGO_REGISTRY).
 
-``load_builtin()`` imports the engine's adapters and algorithms, then every extension package declared
-under the ``llmc.extensions`` entry-point group (``llmc_slm`` registers its embedded models there), so
-that ``python -m llmc`` sees them without the engine importing the extension by name.
+``load_builtin()`` imports the engine's adapters, algorithms and evaluators, then every extension package
+declared under the ``llmc.extensions`` entry-point group (``llmc_slm`` registers its embedded models and
+harness tasks there), so that ``python -m llmc`` sees them without the engine importing the extension by
+name.
+
+``EVALUATOR_REGISTRY`` maps an ``eval.name`` to its evaluator class, or to a ``"module:Class"`` string
+(``register_evaluator_entry``) imported only when the evaluator is built: the config check knows every
+name without importing the implementations (lm-eval takes seconds to import).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from importlib import metadata
 
 MODEL_REGISTRY: dict[str, type] = {}
 ALGO_REGISTRY: dict[str, type] = {}
+EVALUATOR_REGISTRY: dict[str, "type | str"] = {}  # eval.name -> class, or "module:Class" (lazy)
 MODEL_SOURCES: list = []  # callables name -> ModelSource | None, tried before paths and hub ids
 POST_RUN_HOOKS: list = []  # callables (cfg, record, device, dtype) run after quantization (e.g. Track 2)
 
@@ -31,6 +37,28 @@ def register_algo(name: str):
         ALGO_REGISTRY[name] = cls
         return cls
     return deco
+
+
+def register_evaluator(*names: str):
+    def deco(cls):
+        for name in names:
+            EVALUATOR_REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+def register_evaluator_entry(name: str, target: str) -> None:
+    """Register ``name``'s evaluator as ``"module:Class"``, imported when it is first built."""
+    EVALUATOR_REGISTRY[name] = target
+
+
+def evaluator_class(name: str) -> type:
+    """The evaluator class of a registered ``name`` (importing a lazy entry)."""
+    cls = EVALUATOR_REGISTRY[name]
+    if isinstance(cls, str):
+        module, _, attr = cls.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+    return cls
 
 
 def register_model_source(fn):
@@ -53,5 +81,6 @@ def load_builtin() -> None:
     _loaded = True
     importlib.import_module("llmc.models")
     importlib.import_module("llmc.algos")
+    importlib.import_module("llmc.evaluators")
     for ep in metadata.entry_points(group="llmc.extensions"):
         ep.load()

@@ -1,8 +1,9 @@
-"""Entry point of the ``llmc.extensions`` group: registers the SLM zoo (and, as they land, the harness
-tasks and tracks) with the engine's registries."""
+"""Entry point of the ``llmc.extensions`` group: registers the SLM zoo, the harness tasks (their names
+and lazy evaluator entries: lm-eval is imported only when a task is evaluated) and the tracks with the
+engine's registries."""
 
 from . import zoo  # noqa: F401
-from . import harness  # noqa: F401
+from . import tasks  # noqa: F401
 
 from llmc.registry import register_post_run_hook  # noqa: E402
 
