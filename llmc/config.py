@@ -411,7 +411,8 @@ def validate(cfg: Config) -> None:
 def _check_names(key: str, names: list, registry, what: str) -> None:
     for name in names:
         if name not in registry:
-            raise ConfigError(f"{key}: {what} '{name}' (available: {', '.join(registry)}){_suggest(name, registry)}")
+            raise ConfigError(f"{key}: {what} '{name}' (available: {', '.join(sorted(registry))})"
+                              f"{_suggest(name, registry)}")
 
 
 def config_as_dict(cfg: Config) -> dict:

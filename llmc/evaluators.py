@@ -3,7 +3,8 @@ perplexity; extensions register more (``llmc_slm`` declares the lm-evaluation-ha
 ``register_evaluator`` or a lazy ``EVALUATOR_REGISTRY.declare(name, "module:Class")``.
 
 An evaluator is built from the config before the model is loaded (so missing data fails fast) and then
-``run(adapter)`` returns a dict of metrics.
+``run(adapter)`` returns a dict of metrics. An evaluator that reports one headline number also returns
+``table_metric`` (its name), ``table_value``, ``table_stderr`` and ``n``: what the run summary prints.
 """
 
 from __future__ import annotations

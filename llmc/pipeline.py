@@ -241,10 +241,11 @@ def print_summary(data: dict, path) -> None:
             if "ppl" in m:
                 value, detail = f"{m['ppl']:.3f} ppl", f"{m['windows']} x {m['seq_len']} tokens"
                 detail += f" (subset of {m['windows_in_split']})" if m.get("limit") else ""
-            else:
-                value = f"{100 * m['acc']:.2f} acc" + (f" / {100 * m['acc_norm']:.2f} acc_norm"
-                                                       if m.get("acc_norm") is not None else "")
-                detail = f"{m['n']} items" + (" (subset)" if m.get("limit") else "")
+            else:  # an evaluator's headline number (llmc.evaluators): table_metric, table_value, table_stderr, n
+                v, se = m.get("table_value"), m.get("table_stderr")
+                value = "n/a" if v is None else f"{v:.4f}" + (f" ± {se:.4f}" if se is not None else "")
+                value += f" {m.get('table_metric') or ''}".rstrip()
+                detail = (f"{m['n']} items" if m.get("n") is not None else "") + (" (subset)" if m.get("limit") else "")
             rows.append([pos, name, value, detail, f"{m.get('wall_seconds', 0):.1f}s"])
     env = data["environment"]
     print()

@@ -1,21 +1,22 @@
-"""Evaluators for the protocol's accuracy tasks, run by lm-evaluation-harness on the in-memory model.
+"""The evaluator of every registered accuracy task, run by lm-evaluation-harness on the in-memory model.
 
-Registers ``mmlu``, ``mmlu_continuation``, ``arc_easy``, ``arc_challenge``, ``piqa`` and ``hellaswag``
-with the engine (``llmc.evaluators.register_evaluator``). Each evaluator finds and reads its data when
-it is built, before any model loads (a missing data set is a ``UserError`` naming ``eval.path``), and
-``run(adapter)`` wraps ``adapter.model`` / ``adapter.tokenizer`` in lm-eval's ``HFLM`` (the model keeps
-its dtype and device) and lets the harness build the requests, score them and aggregate.
+``llmc_slm.tasks.register_task`` registers :class:`HarnessTask` with the engine under each task's name
+(a lazy entry: this module is imported when an evaluator is built). Each evaluator finds and reads its
+data when it is built, before any model loads (a missing data set is a ``UserError`` naming
+``eval.path``), and ``run(adapter)`` wraps ``adapter.model`` / ``adapter.tokenizer`` in lm-eval's ``HFLM``
+(the model keeps its dtype and device) and lets the harness build the requests, score them and aggregate.
 
 ``eval.limit`` N: the first N documents of a task; for MMLU (a group) N documents in total over the 57
 subjects, spread evenly (``llmc_slm.tasks.lmeval.selection``: 100 -> 2 items for 43 subjects, 1 for 14),
 the same selection ``tools/check_tasks.py`` uses. ``eval.num_fewshot`` is lm-eval's ``num_fewshot`` (0 by default, the protocol).
 ``eval.bs`` is HFLM's batch size.
 
-Result of ``run``: ``acc``, ``acc_stderr``, ``acc_norm``, ``acc_norm_stderr`` (None where the task has no
-acc_norm: MMLU letters), ``n`` (documents evaluated), ``n_total`` (documents in the split), ``subset``
-(n < n_total), ``limit``, ``num_fewshot``, ``task`` (the harness's task or group name),
-``table_metric`` / ``table_value`` (what the paper's tables use, see ``llmc_slm.tasks.TABLE_METRIC``),
-the data's provenance, and for MMLU ``categories`` and ``subjects`` (each with its metrics and n).
+Result of ``run``: the metrics of the task's output type with their standard errors (multiple choice:
+``acc``, ``acc_stderr``, ``acc_norm``, ``acc_norm_stderr``, None where the task has no acc_norm: MMLU
+letters), ``n`` (documents evaluated), ``n_total`` (documents in the split), ``subset`` (n < n_total),
+``limit``, ``num_fewshot``, ``task`` (the harness's task or group name), ``table_metric`` /
+``table_value`` / ``table_stderr`` (what the tables use: the spec's ``table_metric``), the data's
+provenance, and for a grouped task (MMLU) ``categories`` and ``subjects`` (each with its metrics and n).
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ import time
 
 from llmc.config import Config
 from llmc.data.sources import find_dataset
-from llmc.evaluators import register_evaluator
 from llmc.utils import progress_disabled
 
-from .tasks import HARNESS_NAME, TABLE_METRIC, TASK_NAMES, load_task_data
+from .tasks import get_task, load_task_data
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,13 @@ def make_lm(adapter, batch_size: int = 1):
 
 
 class HarnessTask:
-    """One harness task (or the MMLU group) as an engine evaluator."""
+    """One registered task (a harness task, or the MMLU group) as an engine evaluator."""
 
     def __init__(self, name: str, cfg: Config):
+        from .tasks import lmeval
         self.name = name
+        self.spec = get_task(name)
+        lmeval.builder(self.spec)  # an output type the harness objects cannot be built for fails here
         self.cfg = cfg
         self.limit = cfg.eval.limit
         self.num_fewshot = cfg.eval.num_fewshot
@@ -79,8 +82,8 @@ class HarnessTask:
             harness = f"lm-eval {version('lm_eval')}"
         except PackageNotFoundError:
             harness = "lm-eval (version unknown)"
-        return {**self.location.describe(), "task": HARNESS_NAME[self.name], "harness": harness, "limit": self.limit,
-                "num_fewshot": self.num_fewshot, "table_metric": TABLE_METRIC[self.name]}
+        return {**self.location.describe(), "task": self.spec.harness_name, "harness": harness, "limit": self.limit,
+                "num_fewshot": self.num_fewshot, "table_metric": self.spec.table_metric}
 
     def run(self, adapter) -> dict:
         from .tasks import lmeval
@@ -92,7 +95,7 @@ class HarnessTask:
             lmeval.prune(task_set, set(sel["samples"]))
         results = lmeval.run(lm, task_set.task_dict(), num_fewshot=self.num_fewshot, **sel)
         out = lmeval.summarize(task_set, results)
-        metric = TABLE_METRIC[self.name]
+        metric = self.spec.table_metric
         out.update({
             "limit": self.limit, "num_fewshot": self.num_fewshot, "subset": out["n"] < out["n_total"],
             "table_metric": metric, "table_value": out.get(metric),
@@ -107,5 +110,3 @@ class HarnessTask:
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
-
-register_evaluator(*TASK_NAMES)(HarnessTask)

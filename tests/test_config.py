@@ -61,7 +61,9 @@ def test_overrides_are_typed_by_the_schema(good):
     (["--eval.seq_len", "0"], "eval.seq_len: must be a positive integer"),
     (["--model.torch_dtype", "float8"], "model.torch_dtype: 'float8' is not one of"),
     (["--eval.eval_pos", "fake_quant"], "needs a quant section"),
-    (["--eval.name", "wikitext3"], "eval.name: no evaluator for 'wikitext3'"),
+    (["--eval.name", "wikitext3"], "eval.name: no evaluator for 'wikitext3' (available: "),
+    (["--eval.name", "wikitext2,arc_eazy"], "no evaluator for 'arc_eazy' (available: arc_challenge, arc_easy, "),
+    (["--eval.name", "arc_eazy"], "(did you mean 'arc_easy'?)"),
 ])
 def test_bad_values_name_the_key(good, overrides, message):
     with pytest.raises(ConfigError) as e:

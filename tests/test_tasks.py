@@ -26,7 +26,7 @@ import pytest  # noqa: E402
 from llmc.config import Config  # noqa: E402
 from llmc.data.sources import DataLocation, find_dataset  # noqa: E402
 from llmc.errors import UserError  # noqa: E402
-from llmc_slm.tasks import TASK_NAMES, load_task_data, prompts  # noqa: E402
+from llmc_slm.tasks import TASK_NAMES, TASKS, load_task_data  # noqa: E402
 from llmc_slm.tasks.mmlu_subjects import SUBJECTS, description, task_name  # noqa: E402
 
 LM_EVAL_TASKS = Path(__import__("lm_eval.tasks", fromlist=["x"]).__file__).parent
@@ -95,12 +95,12 @@ def test_prompts_match_the_harness_configs(name):
     yaml_rel, split = CASES[name]
     builtin = _builtin_task(yaml_rel, split, _raw_hub_rows(docs) if name == "hellaswag" else docs)
     theirs = list(builtin.eval_docs)
-    text, choices, target = prompts.PROMPTS[name]
+    prompt = TASKS[name].prompt
     for ours, doc in zip(docs, theirs):
-        assert prompts.requests(name, ours) == [(builtin.fewshot_context(doc, 0), " " + c)
+        assert prompt.requests(ours) == [(builtin.fewshot_context(doc, 0), " " + c)
                                                for c in builtin.doc_to_choice(doc)]
-        assert target(ours) == builtin.doc_to_target(doc)
-        assert choices(ours) == builtin.doc_to_choice(doc)
+        assert prompt.target(ours) == builtin.doc_to_target(doc)
+        assert prompt.choices(ours) == builtin.doc_to_choice(doc)
 
 
 @pytest.mark.parametrize("quiet", [False, True])
@@ -129,14 +129,14 @@ def test_mmlu_prompts_match_the_harness_configs(name):
         builtin = _builtin_task(f"mmlu/{folder}/mmlu_{subject}.yaml", "test", docs)
         for ours, doc in zip(docs, list(builtin.eval_docs)):
             expect = [(builtin.fewshot_context(doc, 0), " " + c) for c in builtin.doc_to_choice(doc)]
-            assert prompts.requests(name, ours, description(subject, cloze)) == expect
-            assert prompts.mmlu_target(ours) == builtin.doc_to_target(doc)
+            assert TASKS[name].prompt.requests(ours, description(subject, cloze)) == expect
+            assert TASKS[name].prompt.target(ours) == builtin.doc_to_target(doc)
 
 
 def test_first_documents_and_gold():
     """The conversion of each file format, first rows spelled out (shared/data, SOURCE.md formats)."""
     arc = load_task_data("arc_easy", location("arc_easy"))["test"][0]
-    assert arc["id"] == "Mercury_417466" and arc["answerKey"] == "A" and prompts.arc_target(arc) == 0
+    assert arc["id"] == "Mercury_417466" and arc["answerKey"] == "A" and TASKS["arc_easy"].prompt.target(arc) == 0
     assert arc["choices"]["label"] == ["A", "B", "C", "D"]
     piqa = load_task_data("piqa", location("piqa"))["validation"]
     assert len(piqa) == 1838 and piqa[0]["label"] == 0 and piqa[1]["label"] == 1
@@ -152,7 +152,8 @@ def test_first_documents_and_gold():
 
 
 def test_hellaswag_preprocess():
-    assert prompts.hellaswag_preprocess(" How to x [title] Step one [header] more  text ") == \
+    from llmc_slm.tasks.hellaswag import preprocess
+    assert preprocess(" How to x [title] Step one [header] more  text ") == \
         "How to x. Step one more text"
 
 
@@ -190,7 +191,8 @@ def test_fewshot_without_a_fewshot_split_is_a_user_error():
 
 
 def test_bad_rows_are_user_errors(tmp_path):
-    from llmc_slm.tasks.docs import read_mmlu_csv, read_piqa
+    from llmc_slm.tasks.mmlu import read_mmlu_csv
+    from llmc_slm.tasks.piqa import read_piqa
     bad = tmp_path / "x_test.csv"
     bad.write_text("q,a,b,c,d,E\n")
     with pytest.raises(UserError, match="row 1"):

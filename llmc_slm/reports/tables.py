@@ -16,9 +16,10 @@ import math
 import re
 from typing import Optional
 
+from llmc_slm.tasks import TASKS
 from llmc_slm.tracks.quant_cost import quant_table
 
-from .collect import DATASETS, FLOAT, LABELS, Collection, Run, primary_runs, sort_key
+from .collect import COLUMN_TASKS, DATASETS, FLOAT, LABELS, Collection, Run, primary_runs, sort_key
 from .render import Table
 
 DASH = "—"
@@ -139,6 +140,14 @@ def _method_cell(run: Run, mixed_profiles: bool) -> str:
     return label
 
 
+def _metrics_note() -> str:
+    """``acc for MMLU, acc_norm for ARC-c, ARC-e, PIQA, HellaSwag``: each column's table metric."""
+    by_metric: dict[str, list[str]] = {}
+    for column, names in COLUMN_TASKS.items():
+        by_metric.setdefault(TASKS[names[0]].table_metric, []).append(LABELS[column])
+    return ", ".join(f"{metric} for {', '.join(labels)}" for metric, labels in by_metric.items())
+
+
 def compression_table(coll: Collection, model: str, name: str, number: int, with_stderr: bool = False) -> Table:
     """Table 1/2 for one model: every run of the model, float first, then W8 before W4."""
     runs = sorted(coll.of_model(model), key=sort_key)
@@ -195,7 +204,7 @@ def compression_table(coll: Collection, model: str, name: str, number: int, with
     mmlu = ("MMLU: cloze form (mmlu_continuation), as the paper's tables" if forms == {"mmlu_continuation"} else
             "MMLU: letter form (mmlu)" if forms == {"mmlu"} else
             "MMLU: cloze form (mmlu_continuation) where a run has it, else the letter form (mmlu)" if forms else "")
-    t.notes.append("Accuracies in %: acc for MMLU, acc_norm for ARC, PIQA, HellaSwag (llmc_slm.tasks.TABLE_METRIC); "
+    t.notes.append(f"Accuracies in %: {_metrics_note()} (the tasks' table_metric, llmc_slm.tasks); "
                    "Wiki ppl: WikiText-2 perplexity." + (f" {mmlu}." if mmlu else "")
                    + (" Values ± standard error." if with_stderr else ""))
     t.notes.append(f"Quantized runs at evaluation position {pos}; {FLOAT} at pretrain.")

@@ -1,9 +1,13 @@
-"""The six tasks as lm-evaluation-harness objects, and one way to run them on an in-memory model.
+"""The tasks as lm-evaluation-harness objects, and one way to run them on an in-memory model.
 
-Our tasks are ``ConfigurableTask``s built from our own config dicts (prompts from ``prompts.py``, the
-harness's metric names and aggregations) over documents we converted (``docs.py``), so the harness
-itself builds the requests, scores them and aggregates (acc, acc_norm, their standard errors, and the
-size-weighted MMLU groups). Imported lazily: importing lm-eval costs a second or two.
+Our tasks are ``ConfigurableTask``s built from our own config dicts (the task's ``TaskSpec``: its prompt,
+splits and the harness's metric names and aggregations) over documents we converted (``docs.py``), so the
+harness itself builds the requests, scores them and aggregates (acc, acc_norm, their standard errors, and
+the size-weighted MMLU groups). Imported lazily: importing lm-eval costs a second or two.
+
+The harness config of a task depends on its output type (``BUILDERS``): ``multiple_choice`` today; a
+``generate_until`` task needs one more builder here (``doc_to_text``, ``generation_kwargs`` with its stop
+sequences, and the metrics it reports); until then such a task fails with one line before any model loads.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import datasets
 from lm_eval.api.group import Group
 from lm_eval.api.task import ConfigurableTask, Task
 
-from . import item_stderr, prompts
+from llmc.errors import UserError
+
+from . import item_stderr
 from .docs import as_dataset
-from .mmlu_subjects import CATEGORIES, SUBJECTS, description, subjects_of, task_name
+from .spec import TaskSpec, get_task
 
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
 
@@ -36,52 +42,46 @@ class LocalTask(ConfigurableTask):
         self.dataset = datasets.DatasetDict(self._local_splits)
 
 
-_ACC = {"metric": "acc", "aggregation": "mean", "higher_is_better": True}
-_ACC_NORM = {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}
+def _multiple_choice(spec: TaskSpec) -> dict:
+    p = spec.prompt
+    return {"doc_to_text": p.text, "doc_to_choice": p.choices, "doc_to_target": p.target,
+            "target_delimiter": p.delimiter}
 
 
-def task_config(name: str, splits: dict, subject: Optional[str] = None) -> dict:
-    """Our config dict for one leaf task (``name`` one of the six; ``subject`` for MMLU)."""
-    text, choice, target = prompts.PROMPTS[name]
-    cfg: dict[str, Any] = {
-        "task": name, "output_type": "multiple_choice",
-        "doc_to_text": text, "doc_to_choice": choice, "doc_to_target": target,
-        "target_delimiter": prompts.TARGET_DELIMITER, "fewshot_delimiter": "\n\n",
-        "metric_list": [dict(_ACC), dict(_ACC_NORM)],
-        "metadata": {"version": 1.0},
-    }
-    if name in ("arc_easy", "arc_challenge"):
-        cfg["test_split"] = "test"
-        for split, key in (("train", "training_split"), ("validation", "validation_split")):
-            if split in splits:
-                cfg[key] = split
-    elif name in ("piqa", "hellaswag"):
-        cfg["validation_split"] = "validation"
-        if "train" in splits:
-            cfg["training_split"] = "train"
-    else:  # the two MMLU formulations
-        cloze = name == "mmlu_continuation"
-        cfg["task"] = task_name(subject, cloze)
-        cfg["description"] = description(subject, cloze)
-        cfg["test_split"] = "test"
-        if "dev" in splits:
-            cfg["fewshot_split"] = "dev"
-        cfg["fewshot_config"] = {"sampler": "first_n"}
-        if cloze:
-            cfg.pop("metric_list")  # the harness's continuation tasks use the defaults: acc and acc_norm
-        else:
-            cfg["metric_list"] = [dict(_ACC)]  # letters: acc only
-            cfg["task_alias"] = subject
+# output type -> (the config keys of its prompt, the metrics every result of that type carries)
+BUILDERS = {"multiple_choice": (_multiple_choice, ("acc", "acc_norm"))}
+
+
+def builder(spec: TaskSpec):
+    """``BUILDERS[spec.output_type]``; a UserError (one line) for an output type not built yet."""
+    if spec.output_type not in BUILDERS:
+        raise UserError(f"eval.name: {spec.name} is a {spec.output_type} task, which llmc_slm.tasks.lmeval "
+                        f"cannot build yet (it builds {', '.join(BUILDERS)})")
+    return BUILDERS[spec.output_type]
+
+
+def task_config(spec: TaskSpec, splits: dict) -> dict:
+    """Our config dict for one leaf task of ``spec`` over ``splits`` (``{split: documents}``)."""
+    prompt_keys, _ = builder(spec)
+    cfg: dict[str, Any] = {"task": spec.name, "output_type": spec.output_type, **prompt_keys(spec),
+                           "fewshot_delimiter": "\n\n", "metadata": {"version": 1.0}}
+    if spec.metrics is not None:
+        cfg["metric_list"] = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in spec.metrics]
+    for split, key in spec.harness_splits.items():
+        if split == spec.eval_split or split in splits:
+            cfg[key] = split
     return cfg
 
 
 @dataclass
 class TaskSet:
-    """What one evaluator name evaluates: a leaf task, or the MMLU group tree."""
+    """What one evaluator name evaluates: a leaf task, or a group tree (MMLU)."""
     name: str
     root: Any                              # Task or Group
     tasks: dict[str, Task] = field(default_factory=dict)
     groups: dict[str, Group] = field(default_factory=dict)
+    subtask_keys: dict[str, str] = field(default_factory=dict)  # leaf task -> its key in "subjects"
+    group_keys: dict[str, str] = field(default_factory=dict)    # inner group -> its key in "categories"
 
     def task_dict(self) -> dict:
         return {"tasks": dict(self.tasks), "groups": dict(self.groups),
@@ -92,54 +92,13 @@ class TaskSet:
         return self.root.name if isinstance(self.root, Group) else self.root.task_name
 
 
-def _agg(metrics):
-    return [{"metric": m, "weight_by_size": True} for m in metrics]
-
-
-def mmlu_groups(cloze: bool, leaf: dict[str, Task]) -> tuple[Group, dict[str, Group]]:
-    """The harness's group tree: ``mmlu`` -> four category groups -> subjects (alphabetical).
-
-    Letters: groups ``mmlu_stem`` ... (aliases ``stem`` ...), aggregating acc. Cloze: groups
-    ``mmlu_continuation::stem`` ..., aggregating acc as the harness does, and acc_norm the same way
-    (size-weighted mean, pooled stderr), which the harness's YAML does not ask for.
-    """
-    metrics = ("acc", "acc_norm") if cloze else ("acc",)
-    if cloze:
-        root = Group.from_config({"group": "mmlu_continuation", "group_alias": "mmlu (continuation)",
-                                  "aggregate_metric_list": _agg(metrics), "metadata": {"version": 2}})
-    else:
-        root = Group.from_config({"group": "mmlu", "aggregate_metric_list": _agg(metrics),
-                                  "metadata": {"version": 2}})
-    groups = {root.name: root}
-    for cat in CATEGORIES:
-        if cloze:
-            g = Group.from_config({"group": f"mmlu_continuation::{cat.replace('_', ' ')}",
-                                   "aggregate_metric_list": _agg(metrics)})
-        else:
-            g = Group.from_config({"group": f"mmlu_{cat}", "group_alias": cat.replace("_", " "),
-                                   "aggregate_metric_list": _agg(metrics), "metadata": {"version": 2}})
-        for subject in subjects_of(cat):
-            if task_name(subject, cloze) in leaf:
-                g.add(leaf[task_name(subject, cloze)])
-        if len(g):
-            root.add(g)
-            groups[g.name] = g
-    return root, groups
-
-
 def build_task_set(name: str, data) -> TaskSet:
-    """Harness objects for ``name`` over converted documents: ``data`` is ``{split: docs}``, or for MMLU
-    ``{subject: {split: docs}}`` (``docs.load_splits`` / ``docs.load_mmlu``)."""
-    if name in ("mmlu", "mmlu_continuation"):
-        cloze = name == "mmlu_continuation"
-        leaf = {}
-        for subject in SUBJECTS:
-            if subject in data:
-                t = LocalTask(task_config(name, data[subject], subject), data[subject])
-                leaf[t.task_name] = t
-        root, groups = mmlu_groups(cloze, leaf)
-        return TaskSet(name, root, leaf, groups)
-    task = LocalTask(task_config(name, data), data)
+    """Harness objects for task ``name`` over converted documents: ``data`` is ``{split: docs}``, or for a
+    grouped task (MMLU) ``{subject: {split: docs}}`` (``load_task_data``)."""
+    spec = get_task(name)
+    if spec.build is not None:
+        return spec.build(spec, data)
+    task = LocalTask(task_config(spec, data), data)
     return TaskSet(name, task, {task.task_name: task}, {})
 
 
@@ -209,39 +168,45 @@ def _num(value) -> Optional[float]:
     return None if math.isnan(value) else value
 
 
-def metrics_of(entry: dict) -> dict:
-    """acc, acc_stderr, acc_norm, acc_norm_stderr of one harness results entry (None where absent)."""
-    return {m: _num(entry.get(f"{m},none")) for m in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")}
+def metrics_of(entry: dict, metrics) -> dict:
+    """Each of ``metrics`` and its stderr in one harness results entry (None where absent)."""
+    names = [k for m in metrics for k in (m, f"{m}_stderr")]
+    return {k: _num(entry.get(f"{k},none")) for k in names}
+
+
+def result_metrics(spec: TaskSpec) -> tuple[str, ...]:
+    """The metrics a result of ``spec`` carries: those of its output type, and its table metric."""
+    metrics = builder(spec)[1]
+    return metrics if spec.table_metric in metrics else (*metrics, spec.table_metric)
+
+
+def _reported(entry: dict, metrics) -> dict:
+    """A subtask's or group's entry without the metrics it does not report (MMLU letters: acc_norm)."""
+    for m in metrics:
+        if entry.get(m) is None:
+            entry.pop(m)
+            entry.pop(f"{m}_stderr")
+    return entry
 
 
 def summarize(task_set: TaskSet, results: dict) -> dict:
     """Our result dict for one evaluator name from the harness's results."""
+    metrics = result_metrics(get_task(task_set.name))
     res = results["results"]
     n_samples = results.get("n-samples", {})
     leaf_n = {t: n_samples[t]["effective"] for t in task_set.tasks if t in n_samples}
     leaf_total = {t: n_samples[t]["original"] for t in task_set.tasks if t in n_samples}
-    out = {"task": task_set.root_name, **metrics_of(res[task_set.root_name]),
+    out = {"task": task_set.root_name, **metrics_of(res[task_set.root_name], metrics),
            "n": sum(leaf_n.values()), "n_total": sum(leaf_total.values())}
     if task_set.groups:
-        subjects = {}
-        for t, task in task_set.tasks.items():
-            subject = t[len("mmlu_"):].removesuffix("_continuation")
-            subjects[subject] = {**metrics_of(res[t]), "n": leaf_n.get(t)}
-            if subjects[subject]["acc_norm"] is None:
-                for k in ("acc_norm", "acc_norm_stderr"):
-                    subjects[subject].pop(k)
-        categories = {}
-        for g in task_set.groups.values():
-            if g is task_set.root:
-                continue
-            cat = g.name.split("::")[-1].removeprefix("mmlu_").replace(" ", "_")
-            categories[cat] = {**metrics_of(res[g.name]), "n": res[g.name].get("sample_len")}
-            if categories[cat]["acc_norm"] is None:
-                for k in ("acc_norm", "acc_norm_stderr"):
-                    categories[cat].pop(k)
+        subjects = {task_set.subtask_keys[t]: _reported({**metrics_of(res[t], metrics), "n": leaf_n.get(t)}, metrics)
+                    for t in task_set.tasks}
+        categories = {task_set.group_keys[g.name]: _reported({**metrics_of(res[g.name], metrics),
+                                                              "n": res[g.name].get("sample_len")}, metrics)
+                      for g in task_set.groups.values() if g is not task_set.root}
         out["categories"] = categories
         out["subjects"] = subjects
-        for metric in ("acc", "acc_norm"):
+        for metric in metrics:
             if out.get(metric) is not None and out.get(f"{metric}_stderr") is None:
                 out[f"{metric}_stderr"] = item_stderr(out[metric], out["n"])
                 out["stderr_from_items"] = True

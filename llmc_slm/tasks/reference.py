@@ -1,8 +1,8 @@
 """The harness's *built-in* tasks, unchanged except for where they read their data: the reference that
 ``tools/check_tasks.py`` and ``tests/test_tasks.py`` compare our tasks with.
 
-The built-in configs are loaded by lm-eval's own ``TaskManager`` from the installed YAML files
-(``lm_eval/tasks/{arc,piqa,hellaswag,mmlu/default,mmlu/continuation}``), with overrides applied the way
+The built-in configs are loaded by lm-eval's own ``TaskManager`` from the installed YAML files (each
+spec's ``builtin``: ``lm_eval/tasks/{arc,piqa,hellaswag,mmlu/default,mmlu/continuation}``), with overrides applied the way
 a YAML group overrides a task it includes: only ``dataset_path`` / ``dataset_name`` /
 ``dataset_kwargs``, and the train/validation split names where the local data has no such split
 (zero-shot never reads them; the harness builds its few-shot sampler from them at construction).
@@ -28,15 +28,18 @@ from llmc.errors import UserError
 from llmc.utils import cache_root
 
 from .mmlu_subjects import SUBJECTS
+from .spec import get_task
 
-BUILTIN_DIRS = {"arc_easy": "arc", "arc_challenge": "arc", "piqa": "piqa", "hellaswag": "hellaswag",
-                "mmlu": "mmlu/default", "mmlu_continuation": "mmlu/continuation"}
 ARC = {"arc_easy": ("ARC-Easy", "ARC-Easy-Test.jsonl"), "arc_challenge": ("ARC-Challenge", "ARC-Challenge-Test.jsonl")}
 
 
 def builtin_dir(name: str) -> Path:
+    """The installed YAML folder of the built-in task that task ``name`` reproduces (``TaskSpec.builtin``)."""
     import lm_eval.tasks
-    return Path(lm_eval.tasks.__file__).parent / BUILTIN_DIRS[name]
+    builtin = get_task(name).builtin
+    if builtin is None:
+        raise ValueError(f"{name} reproduces no built-in harness task")
+    return Path(lm_eval.tasks.__file__).parent / builtin
 
 
 def task_manager(names) -> "object":
