@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from . import catalog
 from .config import Config, config_as_dict
 from .errors import UserError
 from .profiling import Measure
@@ -85,6 +86,7 @@ def calibrate(plan: RunPlan, adapter):
 
 def transform(adapter, cfg: Config, calib) -> QuantizedModel:
     """The method's calibration, search, training and weight updates (``transformed``), measured."""
+    catalog.load()
     algo = ALGO_REGISTRY[cfg.quant.method](adapter, cfg)
     with Measure(adapter.device) as cost:
         algo.quantize(calib)
