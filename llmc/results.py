@@ -15,7 +15,7 @@ is None, and keys a dataclass does not name are kept in its ``extra`` (and writt
 which leaves out fields without a value), so reading and rewriting a record loses nothing but nulls. Sections this module does not know (an extension's, e.g.
 ``inference``) are kept as written in :attr:`RunResult.sections`.
 
-Records written before the runner recorded ``method`` get one from their config
+Records written before the pipeline recorded ``method`` get one from their config
 (:meth:`MethodInfo.from_config`). This module imports neither torch nor the algorithms.
 """
 

@@ -35,7 +35,7 @@ ARCH = {"model_type": "llama", "layers": 30, "hidden_size": 576, "heads": 9, "kv
 def result(model=SMOL, method=None, w=8, a=8, values=None, *, status="complete", n=1000, n_total=1000,
            windows=148, windows_total=148, se=0.5, position="fake_quant", cost=None, inference=None,
            profile=None, task_id=None, error=None, device="cpu"):
-    """A results record as the runner writes it (schema_version 1); ``values`` in table units (%, ppl)."""
+    """A results record as the pipeline writes it (schema_version 1); ``values`` in table units (%, ppl)."""
     quant = None if method is None else {"method": method, "weight": {"bit": w}, "act": {"bit": a}}
     metrics = {}
     for ds, v in (values or {}).items():

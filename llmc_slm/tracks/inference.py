@@ -268,7 +268,7 @@ def save_baseline_checkpoint(model, tokenizer, out: str | Path, dtype: torch.dty
 def ensure_baseline_checkpoint(model_path: str, out: Optional[str | Path] = None, dtype: str = "bfloat16",
                                seed: int = 42) -> Path:
     """The float baseline of ``model.path`` as a ``dtype`` HF checkpoint, made once (cached under
-    ``$SLMQUANT_CACHE/track2``) by loading the model the way the runner does."""
+    ``$SLMQUANT_CACHE/track2``) by loading the model the way the pipeline does."""
     from llmc.models.loading import load_model, resolve_model_source
     from llmc.utils import cache_root
     source = resolve_model_source(model_path)
