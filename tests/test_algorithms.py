@@ -101,9 +101,8 @@ def test_pipeline_end_to_end(any_family, method):
     adapter = tiny_adapter(any_family)
     ids = calib_ids(seed=3).input_ids
     before = logits(adapter, ids)
-    algo = ALGO_REGISTRY[method](adapter, make_cfg(method, "--quant.weight.bit", "4"))
     evaluated = []
-    algo = quantize_stages(adapter, algo.cfg, calib_ids(), evaluate=evaluated.append).algorithm
+    quantize_stages(adapter, make_cfg(method, "--quant.weight.bit", "4"), calib_ids(), evaluate=evaluated.append)
     assert evaluated == ["transformed", "fake_quant"]
     linears = [m for m in adapter.model.modules() if isinstance(m, FakeQuantLinear)]
     assert len(linears) == 7 * len(adapter.blocks)          # every block linear, not lm_head
@@ -126,8 +125,7 @@ def test_quant_out_feeds_quantized_outputs_forward():
 def test_static_activation_ranges_are_calibrated():
     adapter = tiny_adapter("llama")
     cfg = make_cfg("RTN", "--quant.act.granularity", "per_tensor", "--quant.act.static", "true")
-    algo = ALGO_REGISTRY["RTN"](adapter, cfg)
-    algo = quantize_model(adapter, algo.cfg, calib_ids()).algorithm
+    quantize_model(adapter, cfg, calib_ids())
     q = adapter.blocks[0].self_attn.q_proj.act_quantizer
     assert q.frozen and q.static_scale.numel() == 1 and q.static_scale.item() > 0
 
@@ -155,9 +153,9 @@ def test_block_loop_keeps_one_block_of_activations():
 
 def test_rtn_runs_without_calibration():
     adapter = tiny_adapter("llama")
-    algo = ALGO_REGISTRY["RTN"](adapter, make_cfg("RTN"))
-    assert not METHODS["RTN"].calibrates(algo.cfg)
-    algo = quantize_model(adapter, algo.cfg, None).algorithm
+    cfg = make_cfg("RTN")
+    assert not METHODS["RTN"].calibrates(cfg)
+    quantize_model(adapter, cfg, None)
     assert isinstance(adapter.blocks[0].mlp.down_proj, FakeQuantLinear)
 
 

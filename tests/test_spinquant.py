@@ -27,9 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPE = dict(hidden_size=48, intermediate_size=80, num_attention_heads=4, num_key_value_heads=2, head_dim=12)
 
 
+def spin_cfg(*extra):
+    return make_cfg("SpinQuant", "--quant.weight.symmetric", "false", "--quant.act.symmetric", "false", *extra)
+
+
 def spin(adapter, *extra):
-    cfg = make_cfg("SpinQuant", "--quant.weight.symmetric", "false", "--quant.act.symmetric", "false", *extra)
-    return ALGO_REGISTRY["SpinQuant"](adapter, cfg)
+    return ALGO_REGISTRY["SpinQuant"](adapter, spin_cfg(*extra))
 
 
 def block_weights(adapter):
@@ -277,9 +280,9 @@ def test_pipeline_end_to_end(family):
     adapter = tiny_adapter(family, **SHAPE)
     ids = calib_ids(seed=3).input_ids
     before = logits(adapter, ids)
-    algo = spin(adapter, "--quant.special.steps", "3", "--quant.special.train_bs", "2")
+    cfg = spin_cfg("--quant.special.steps", "3", "--quant.special.train_bs", "2")
     seen = []
-    algo = quantize_stages(adapter, algo.cfg, calib_ids(), evaluate=lambda pos: seen.append(pos)).algorithm
+    algo = quantize_stages(adapter, cfg, calib_ids(), evaluate=lambda pos: seen.append(pos)).algorithm
     assert seen == ["transformed", "fake_quant"]
     assert len(algo.weight_params) == 7 * len(adapter.blocks)            # GPTQ fixed every grid
     for i, block in enumerate(adapter.blocks):
@@ -349,9 +352,9 @@ def test_packed_checkpoint_reties_the_rotated_head(tmp_path, embed_bit):
     adapter = tiny_adapter("llama", tie_word_embeddings=True, **SHAPE)
     with torch.no_grad():   # a non-trivial final norm, so that M is not just the identity
         adapter.model.model.norm.weight.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(7))
-    algo = spin(adapter, "--quant.special.learn_rotations", "false", "--quant.special.weight_algo", "rtn",
-                "--quant.weight.bit", "4", "--save.real_embed_bit", embed_bit)
-    algo = quantize_model(adapter, algo.cfg, None).algorithm
+    cfg = spin_cfg("--quant.special.learn_rotations", "false", "--quant.special.weight_algo", "rtn",
+                   "--quant.weight.bit", "4", "--save.real_embed_bit", embed_bit)
+    algo = quantize_model(adapter, cfg, None).algorithm
     head, embed = adapter.model.lm_head.weight, adapter.model.model.embed_tokens.weight
     assert head is not embed
     m = adapter.model.slmquant_tied_head_transform
@@ -375,8 +378,8 @@ def test_packed_checkpoint_reties_the_rotated_head(tmp_path, embed_bit):
 def test_untied_models_keep_their_own_head(tmp_path):
     from llmc.quant.packed import read_packed, save_packed_model
     adapter = tiny_adapter("qwen2", tie_word_embeddings=False, **SHAPE)
-    algo = spin(adapter, "--quant.special.learn_rotations", "false", "--quant.special.weight_algo", "rtn")
-    algo = quantize_model(adapter, algo.cfg, None).algorithm
+    algo = quantize_model(adapter, spin_cfg("--quant.special.learn_rotations", "false",
+                                            "--quant.special.weight_algo", "rtn"), None).algorithm
     assert getattr(adapter.model, "slmquant_tied_head_transform", None) is None
     save_packed_model(adapter, algo.cfg, tmp_path / "p")
     tensors, _ = read_packed(tmp_path / "p")
