@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from .errors import UserError
+from .errors import UserError, WorldError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WorldError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:            # disk full, permission denied, a file gone: the world, not the code
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or type(e).__name__}{where} (what was finished before is kept in the "
+              f"results file)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

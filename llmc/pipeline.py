@@ -12,8 +12,11 @@ rewritten after every stage (atomically), so a run that stops keeps what it fini
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -143,18 +146,63 @@ def deploy(adapter, cfg: Config) -> None:
         deploy_integer(adapter.model)
 
 
+def check_writable(cfg: Config) -> None:
+    """Everything the run will write (the results file's folder, every requested export) must be
+    writable, checked before the model loads: one UserError naming the key and the path otherwise."""
+    from .export import requested_exporters
+    from .paths import results_path
+    targets = [("save.save_path", results_path(cfg).parent)]
+    if cfg.quant is not None:
+        for stage in ("transformed", "fake_quant"):
+            for exporter in requested_exporters(cfg, stage):
+                key = exporter.llmc_keys.get(stage)
+                targets.append((f"save.{key}" if key else f"save.formats ({exporter.name})",
+                                exporter.target(cfg, stage).parent))
+    for key, folder in targets:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".slmquant-write-probe-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"{key}: cannot write to {folder}: {e.strerror or type(e).__name__}") from None
+
+
+def _previous_run(path) -> None:
+    """Say so when the last run writing this results file was killed from outside (its record is still
+    ``running`` and its process is gone): this run replaces it."""
+    from .results import effective_status
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict) and effective_status(data) == "killed":
+        log.warning("the previous run writing %s was killed during stage '%s' (out of memory or SIGKILL?); "
+                    "running it again", path, data.get("stage") or "?")
+
+
 def run(cfg: Config) -> dict:
     """One experiment from its config; returns the results record's data."""
-    from .results import RunRecord, environment, git_info
+    from .estimate import check_resources
     from .paths import results_path
-    from .utils import seed_everything
+    from .results import RunRecord, environment, git_info
+    from .utils import progress_disabled, seed_everything
     seed_everything(cfg.base.seed)
+    if progress_disabled():   # --quiet: transformers' own bars (loading weights) too
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     plan = plan_run(cfg)
+    check_writable(cfg)
+    estimate = check_resources(cfg, plan)
+    _previous_run(results_path(cfg))
     record = RunRecord.start(
         results_path(cfg), task_id=cfg.task_id, profile=cfg.profile, config=config_as_dict(cfg), config_file=cfg.source,
         environment=environment(plan.device, plan.dtype), git=git_info(),
         data={name: ev.describe() for name, ev in plan.evaluators.items()})
+    if estimate is not None:
+        record.set_section("estimate", estimate)
     try:
+        record.stage("load")
         t0 = time.perf_counter()
         adapter = load(plan)
         record.data["timings"]["load"] = time.perf_counter() - t0
@@ -164,24 +212,36 @@ def run(cfg: Config) -> dict:
         evaluate = _evaluator(cfg, plan, record, adapter)   # at every position in eval.eval_pos
         evaluate("pretrain")
         if cfg.quant is not None:
+            record.stage("calibrate")
             calib = calibrate(plan, adapter)
             if calib is not None:
                 record.data["calibration"] = calib.info
             quantize_stages(adapter, cfg, calib, evaluate, record)
             for hook in post_run_hooks():
+                record.stage(f"post-run: {getattr(hook, '__name__', hook)}")
                 hook(cfg, record, plan.device, plan.dtype)
+        record.stage("done")
         record.finish("complete")
-    except UserError:
-        record.finish("failed", "user error")
+    except UserError as e:
+        _finish_quietly(record, "failed", f"user error: {e}")
         raise
     except KeyboardInterrupt:
-        record.finish("interrupted", "interrupted (Ctrl-C or SIGTERM)")
+        _finish_quietly(record, "interrupted", f"interrupted (Ctrl-C or SIGTERM) during stage '{record.data.get('stage')}'")
         raise
     except BaseException as e:  # recorded, then re-raised: a crash is never silent
-        record.finish("failed", f"{type(e).__name__}: {e}")
+        _finish_quietly(record, "failed", f"{type(e).__name__}: {e}")
         raise
     print_summary(record.data, record.path)
     return record.data
+
+
+def _finish_quietly(record, status: str, error: str) -> None:
+    """Record how the run ended; if even that cannot be written (disk full), the file keeps its last
+    complete version (writes are atomic) and the original error is the one reported."""
+    try:
+        record.finish(status, error)
+    except OSError as e:
+        log.warning("could not record the run's end in %s: %s", record.path, e)
 
 
 def _evaluator(cfg, plan, record, adapter) -> Callable[[str], None]:
@@ -189,6 +249,7 @@ def _evaluator(cfg, plan, record, adapter) -> Callable[[str], None]:
         if pos not in cfg.eval.eval_pos:
             return
         for name, ev in plan.evaluators.items():
+            record.stage(f"evaluate: {name} at {pos}")
             log.info("evaluating %s at %s", name, pos)
             t = time.perf_counter()
             result = ev.run(adapter)
@@ -203,6 +264,10 @@ def quantize_stages(adapter, cfg: Config, calib, evaluate: Callable[[str], None]
     ``transformed``, export, fake-quantize, evaluate at ``fake_quant``, export, deploy and evaluate at
     ``real_quant`` (if asked for). ``evaluate(position)`` is called at each position; the results record,
     if given, gets the method, the quantization cost (Track 3), the method's report and the exports."""
+    def stage(name):
+        if record is not None:
+            record.stage(name)
+
     def save(**sections):
         if record is not None:
             for name, value in sections.items():
@@ -212,18 +277,23 @@ def quantize_stages(adapter, cfg: Config, calib, evaluate: Callable[[str], None]
     from .results import MethodInfo, QuantCost
     spec = METHODS[cfg.quant.method]
     save(method=MethodInfo(name=spec.name, label=spec.label_for(cfg), calibrated=spec.needs_calib))
+    stage("quantize: transform")
     quantized = transform(adapter, cfg, calib)
     evaluate("transformed")
+    stage("export: transformed")
     exported = export(adapter, quantized, cfg, "transformed")
+    stage("quantize: fake-quantize")
     fake_quantize(adapter, quantized, calib)
     save(quant_cost=QuantCost.from_dict(quantized.cost), **quantized.report)
     c = quantized.cost
     log.info("quantization took %.1f s, peak memory %.0f MB (%s)", c["time_s"], c["peak_mem_mb"], c["memory_kind"])
     evaluate("fake_quant")
+    stage("export: fake_quant")
     exported += export(adapter, quantized, cfg, "fake_quant")
     if exported:
         save(exports=exported)
     if "real_quant" in cfg.eval.eval_pos:
+        stage("deploy")
         deploy(adapter, cfg)
         evaluate("real_quant")
     return quantized

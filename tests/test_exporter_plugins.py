@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from llmc.errors import UserError
 from llmc.export import Exporter
 from llmc.registry import EXPORTER_REGISTRY, register_exporter
 
@@ -33,26 +32,6 @@ def toy_exporter():
     register_exporter("toy")(ToyExporter)
     yield ToyExporter
     EXPORTER_REGISTRY.pop("toy", None)
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A random 2-layer Llama saved with the embedded SmolLM2 tokenizer: a model.path directory."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from llmc.models.loading import local_dir, resolve_model_source
-    try:
-        tok = AutoTokenizer.from_pretrained(local_dir(resolve_model_source("smollm2-135m-instruct")))
-    except UserError as e:
-        pytest.skip(f"embedded tokenizer unavailable: {e}")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    path = tmp_path_factory.mktemp("tiny_llama_export")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def _config(tmp_path, model) -> str:

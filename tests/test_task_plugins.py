@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from llmc.data.sources import DATASETS, DatasetLayout
-from llmc.errors import UserError
 from llmc.registry import EVALUATOR_REGISTRY
 from llmc_slm.tasks import TASKS, Prompt, TaskSpec, register_task
 from llmc_slm.tasks.docs import jsonl, location_file
@@ -64,28 +63,6 @@ def registered():
     for name in names:
         for registry in (TASKS, DATASETS, EVALUATOR_REGISTRY):
             registry.pop(name, None)
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A random 2-layer Llama saved with the embedded SmolLM2 tokenizer: a model.path directory."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    import llmc_slm.extension  # noqa: F401
-    from llmc.models.loading import local_dir, resolve_model_source
-    try:
-        tok = AutoTokenizer.from_pretrained(local_dir(resolve_model_source("smollm2-135m-instruct")))
-    except UserError as e:
-        pytest.skip(f"embedded tokenizer unavailable: {e}")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True)
-    path = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def _config(tmp_path: Path, model: str, name: str = "toy_mc") -> Path:

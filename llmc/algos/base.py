@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..quant.fake_linear import FakeQuantLinear
 from ..quant.quantizer import Quantizer
-from ..utils import swap_module
+from ..utils import progress_disabled, swap_module
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class BlockwiseAlgorithm:
             return
         inputs = capture_block0_inputs(self.adapter, calib.input_ids, self.cfg.calib.bs)
         blocks = self.adapter.blocks
-        for i in tqdm(range(len(blocks)), desc=f"{self.qcfg.method} blocks", leave=False):
+        for i in tqdm(range(len(blocks)), desc=f"{self.qcfg.method} blocks", leave=False, disable=progress_disabled()):
             t = time.perf_counter()
             block = blocks[i]
             self.process_block(i, block, inputs)

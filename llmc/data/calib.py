@@ -7,6 +7,7 @@ from the start, which needs no randomness.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import torch
 from ..errors import UserError
 from .sources import find_dataset
 from .wikitext2 import calibration_text, read_rows
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +44,11 @@ def make_calibration(tokenizer, text: str, info: dict, n_samples: int, seq_len: 
     if ids.numel() < seq_len + 1:
         raise UserError(f"calib.seq_len: {seq_len} tokens is longer than the calibration text ({ids.numel()})")
     if preproc == "wikitext2_gptq":
+        distinct = ids.numel() - seq_len
+        if n_samples > distinct:
+            raise UserError(f"calib.n_samples: {n_samples} windows of {seq_len} tokens is more than the "
+                            f"{distinct:,} distinct windows the calibration text holds ({ids.numel():,} tokens); "
+                            f"lower calib.n_samples or calib.seq_len")
         rng = random.Random(seed)
         starts = [rng.randint(0, ids.numel() - seq_len - 1) for _ in range(n_samples)]
     elif preproc == "general":
@@ -52,4 +60,8 @@ def make_calibration(tokenizer, text: str, info: dict, n_samples: int, seq_len: 
         raise UserError(f"calib.preproc: unknown '{preproc}'")
     batch = torch.stack([ids[s:s + seq_len] for s in starts])
     info = dict(info, n_samples=n_samples, seq_len=seq_len, preproc=preproc, seed=seed, text_tokens=ids.numel())
+    if n_samples * seq_len > ids.numel():   # random windows drawn from a text shorter than their total
+        info["overlap"] = round(n_samples * seq_len / ids.numel(), 2)
+        log.warning("calibration: %d x %d tokens drawn from a text of %d: each token is seen about %.1f times",
+                    n_samples, seq_len, ids.numel(), info["overlap"])
     return CalibData(batch, info)

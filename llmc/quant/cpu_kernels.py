@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -83,8 +84,19 @@ def fused_kernels():
         build.mkdir(parents=True, exist_ok=True)
         if not (build / "slmq_act_int8.so").exists():
             log.info("building the fused int8 CPU kernels (first use on this machine, ~30 s) in %s", build)
-        _MODULE = load_inline("slmq_act_int8", cpp_sources=[source], functions=FUNCTIONS, extra_cflags=CFLAGS,
-                              build_directory=str(build), verbose=False)
+
+        def load():
+            return load_inline("slmq_act_int8", cpp_sources=[source], functions=FUNCTIONS, extra_cflags=CFLAGS,
+                               build_directory=str(build), verbose=False)
+        try:
+            _MODULE = load()
+        except Exception as exc:  # noqa: BLE001 - a cached build that no longer loads is rebuilt once
+            if not (build / "slmq_act_int8.so").exists():
+                raise
+            log.warning("kernel cache %s is damaged (%s): rebuilding it", build, type(exc).__name__)
+            shutil.rmtree(build, ignore_errors=True)
+            build.mkdir(parents=True, exist_ok=True)
+            _MODULE = load()
         _STATUS = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure: keep the PyTorch-op path
         _MODULE = None

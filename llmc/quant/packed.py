@@ -203,13 +203,23 @@ def save_packed_model(adapter, cfg, out: Path) -> None:
 
 
 def read_packed(path: Path):
-    """(tensors, metadata) of a packed checkpoint folder."""
-    from safetensors import safe_open
-    with safe_open(str(Path(path) / "model.safetensors"), framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    """(tensors, metadata) of a packed checkpoint folder; a missing, truncated or foreign file is one
+    UserError naming the folder."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..errors import UserError
+    file = Path(path) / "model.safetensors"
+    if not file.is_file():
+        raise UserError(f"{path}: no packed checkpoint here (model.safetensors is missing)")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: the packed checkpoint is damaged ({str(e).splitlines()[0][:160]}); "
+                        f"write it again (save.save_real)") from None
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} checkpoint")
+        raise UserError(f"{path}: not a {FORMAT} checkpoint (format {meta.get('format')!r})")
     return tensors, meta
 
 

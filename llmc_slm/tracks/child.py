@@ -21,8 +21,10 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
+from llmc.errors import WorldError
 
-class ChildError(RuntimeError):
+
+class ChildError(WorldError, RuntimeError):
     """A measuring child that failed or timed out; ``stderr`` holds its error output."""
 
     def __init__(self, message: str, stderr: str = ""):

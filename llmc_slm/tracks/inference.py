@@ -218,8 +218,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from llmc.errors import UserError
     args = _parser().parse_args(argv)
-    emit_json(run_child(args), args.out)
+    try:
+        emit_json(run_child(args), args.out)
+    except UserError as e:          # a damaged or foreign checkpoint, missing data: one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
