@@ -161,7 +161,8 @@ def run(cfg: Config) -> dict:
         record.data["model"] = {**plan.source.describe(), "arch": adapter.arch_facts()}
         record.save()
         log.info("model %s (%s): %s", plan.source.name, plan.source.origin, arch_line(adapter.arch_facts()))
-        evaluate = _evaluator(cfg, plan, record, adapter)   # at every position in eval.eval_pos
+        reference = _float_reference(cfg, plan, adapter)   # before the method changes the model in place
+        evaluate = _evaluator(cfg, plan, record, adapter, reference)   # at every position in eval.eval_pos
         evaluate("pretrain")
         if cfg.quant is not None:
             calib = calibrate(plan, adapter)
@@ -184,15 +185,29 @@ def run(cfg: Config) -> dict:
     return record.data
 
 
-def _evaluator(cfg, plan, record, adapter) -> Callable[[str], None]:
+def _float_reference(cfg, plan, adapter):
+    """A CPU copy of the float model when an evaluator will compare the quantized model with it
+    (``eval.paired``, ``llmc.eval.reference``), else None."""
+    from .eval.reference import FloatReference, wanted
+    if not wanted(cfg, plan.evaluators):
+        return None
+    log.info("eval.paired: keeping a CPU copy of the float model for the paired comparisons")
+    return FloatReference(adapter.model)
+
+
+def _evaluator(cfg, plan, record, adapter, reference=None) -> Callable[[str], None]:
     def evaluate(pos: str) -> None:
         if pos not in cfg.eval.eval_pos:
             return
         for name, ev in plan.evaluators.items():
             log.info("evaluating %s at %s", name, pos)
             t = time.perf_counter()
-            result = ev.run(adapter)
+            paired = reference is not None and pos != "pretrain" and getattr(ev, "uses_reference", False)
+            result = ev.run(adapter, reference=reference) if paired else ev.run(adapter)
             result["wall_seconds"] = time.perf_counter() - t
+            items = result.pop("per_item", None)
+            if items is not None:
+                result["items_file"] = record.set_items(pos, name, items)
             record.set_metric(pos, name, result)
     return evaluate
 
