@@ -105,7 +105,7 @@ class HarnessTask:
         out = lmeval.summarize(task_set, results)
         items = lmeval.per_item(task_set, results)
         metric = self.spec.table_metric
-        ids = subsets.item_ids(picked, bool(task_set.groups))
+        ids = subsets.item_ids({task_set.subtask_keys.get(t, t): v for t, v in picked.items()}, bool(task_set.groups))
         if items["ids"] != ids:   # never expected: what lm-eval evaluated is what was drawn
             raise RuntimeError(f"{self.name}: lm-eval evaluated other items than the {len(ids)} drawn")
         subset = out["n"] < out["n_total"]
