@@ -255,13 +255,21 @@ def paired_table(coll: Collection, model: str, name: str, number: int) -> Table:
     the run compared with the float model in-process), SLMQ_perf with its paired bootstrap interval."""
     runs = [r for r in sorted(coll.of_model(model), key=sort_key) if not r.is_float and r.complete]
     t = Table(name, f"Table {number} (paired): change against {FLOAT} on the same items, {model}",
-              ["Method", "Bits"] + [LABELS[d] for d in DATASETS] + ["SLMQ_perf [95% CI]"], left=2)
+              ["Method", "Bits"] + [LABELS[d] if d != "wikitext2" else "Wiki Δln ppl" for d in DATASETS]
+              + ["SLMQ_perf [95% CI]"], left=2)
     last_bits = None
+    subsets: dict = {}
     for r in runs:
         ci = r.perf_interval
         perf = DASH if r.perf is None else fmt(r.perf) + (f" [{ci['low']:.2f}, {ci['high']:.2f}]" if ci else "")
-        t.add([r.label, r.bits] + [_paired_cell(r, ds) for ds in DATASETS] + [perf], source=r.rel,
-              new_group=r.bits != last_bits)
+        cells = []
+        for ds in DATASETS:
+            cell, v = _paired_cell(r, ds), r.values.get(ds)
+            if v is not None and v.subset and cell != DASH:
+                cell += SUBSET
+                subsets.setdefault((LABELS[ds], v.describe_items()), []).append(r.label)
+            cells.append(cell)
+        t.add([r.label, r.bits] + cells + [perf], source=r.rel, new_group=r.bits != last_bits)
         last_bits = r.bits
     t.notes.append("Accuracies: mean(quantized - float) over the same items, in points, ± paired standard error "
                    "sd(b - a)/sqrt(n); in parentheses the flips, the share of items whose chosen answer differs "
@@ -272,6 +280,8 @@ def paired_table(coll: Collection, model: str, name: str, number: int) -> Table:
                    "whose most likely next token is the float model's (eval.paired, computed in the run).")
     t.notes.append("SLMQ_perf [95% CI]: 2.5 and 97.5 percentiles of a paired bootstrap over items (items resampled "
                    "jointly for both runs, per dataset; 1000 replicates, seed 0), where every dataset is paired.")
+    for (label, items), who in subsets.items():
+        t.notes.append(f"{SUBSET} evaluated on a subset: {label} on the {items} ({', '.join(_uniq(who))}).")
     if not runs:
         t.notes.append("No complete quantized run of this model.")
     return t
