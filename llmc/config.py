@@ -87,6 +87,9 @@ class EvalConfig:
     seq_len: int = 2048
     bs: int = 1
     limit: Optional[int] = None
+    subset: Literal["random", "first"] = "random"   # eval.limit items: a seeded sample, or the first N
+    subset_seed: int = 1234
+    paired: bool = True            # quantized runs: WikiText-2 KLD etc. against a CPU copy of the float model
     num_fewshot: int = 0
     inference_per_block: bool = False
     inference: bool = False        # Track 2: profile the deployed integer model (needs save.save_real)

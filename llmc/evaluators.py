@@ -3,7 +3,10 @@ perplexity; extensions register more (``llmc_slm`` declares the lm-evaluation-ha
 ``register_evaluator`` or a lazy ``EVALUATOR_REGISTRY.declare(name, "module:Class")``.
 
 An evaluator is built from the config before the model is loaded (so missing data fails fast) and then
-``run(adapter)`` returns a dict of metrics. An evaluator that reports one headline number also returns
+``run(adapter)`` returns a dict of metrics. An evaluator with ``uses_reference = True`` is called as
+``run(adapter, reference=...)`` at a quantized position when the run keeps the float model
+(``llmc.eval.reference``, ``eval.paired``). A ``per_item`` entry of the result (the outcome of every item
+or window) is moved by the pipeline into the run's items file (``llmc.results.RunRecord.set_items``). An evaluator that reports one headline number also returns
 ``table_metric`` (its name), ``table_value``, ``table_stderr`` and ``n``: what the run summary prints.
 """
 
@@ -20,7 +23,11 @@ from .utils import progress_disabled
 
 @register_evaluator("wikitext2")
 class WikiText2Perplexity:
-    """Perplexity on the raw WikiText-2 test split, seq_len windows (protocol.md)."""
+    """Perplexity on the raw WikiText-2 test split, seq_len windows (protocol.md). Given the float
+    ``reference`` (``llmc.eval.reference``, at a quantized position with ``eval.paired``), also the KL
+    divergence from it, top-1 agreement and the paired log-perplexity difference (``vs_float``)."""
+
+    uses_reference = True
 
     def __init__(self, name: str, cfg: Config):
         self.cfg = cfg
@@ -31,14 +38,19 @@ class WikiText2Perplexity:
     def describe(self) -> dict:
         return self.location.describe()
 
-    def run(self, adapter) -> dict:
+    def run(self, adapter, reference=None) -> dict:
         if self._windows is None:  # tokenized once per run, reused at every eval position
             ids = adapter.tokenizer(self.text, return_tensors="pt").input_ids[0]
             self._windows = window_ids(ids, self.cfg.eval.seq_len)
         limit = self.cfg.eval.limit
         windows = self._windows[:limit] if limit else self._windows
-        result = perplexity(adapter.model, windows, bs=self.cfg.eval.bs,
-                            progress=not progress_disabled())
+        if reference is None:
+            result = perplexity(adapter.model, windows, bs=self.cfg.eval.bs, progress=not progress_disabled())
+        else:
+            with reference.on(next(adapter.model.parameters()).device) as ref:
+                result = perplexity(adapter.model, windows, bs=self.cfg.eval.bs, progress=not progress_disabled(),
+                                    reference=ref)
+            result["vs_float"]["reference"] = reference.description
         result["limit"] = limit if limit and limit < self._windows.shape[0] else None
         result["windows_in_split"] = int(self._windows.shape[0])
         return result

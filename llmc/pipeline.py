@@ -209,7 +209,8 @@ def run(cfg: Config) -> dict:
         record.data["model"] = {**plan.source.describe(), "arch": adapter.arch_facts()}
         record.save()
         log.info("model %s (%s): %s", plan.source.name, plan.source.origin, arch_line(adapter.arch_facts()))
-        evaluate = _evaluator(cfg, plan, record, adapter)   # at every position in eval.eval_pos
+        reference = _float_reference(cfg, plan, adapter)   # before the method changes the model in place
+        evaluate = _evaluator(cfg, plan, record, adapter, reference)   # at every position in eval.eval_pos
         evaluate("pretrain")
         if cfg.quant is not None:
             record.stage("calibrate")
@@ -244,7 +245,17 @@ def _finish_quietly(record, status: str, error: str) -> None:
         log.warning("could not record the run's end in %s: %s", record.path, e)
 
 
-def _evaluator(cfg, plan, record, adapter) -> Callable[[str], None]:
+def _float_reference(cfg, plan, adapter):
+    """A CPU copy of the float model when an evaluator will compare the quantized model with it
+    (``eval.paired``, ``llmc.eval.reference``), else None."""
+    from .eval.reference import FloatReference, wanted
+    if not wanted(cfg, plan.evaluators):
+        return None
+    log.info("eval.paired: keeping a CPU copy of the float model for the paired comparisons")
+    return FloatReference(adapter.model)
+
+
+def _evaluator(cfg, plan, record, adapter, reference=None) -> Callable[[str], None]:
     def evaluate(pos: str) -> None:
         if pos not in cfg.eval.eval_pos:
             return
@@ -252,8 +263,12 @@ def _evaluator(cfg, plan, record, adapter) -> Callable[[str], None]:
             record.stage(f"evaluate: {name} at {pos}")
             log.info("evaluating %s at %s", name, pos)
             t = time.perf_counter()
-            result = ev.run(adapter)
+            paired = reference is not None and pos != "pretrain" and getattr(ev, "uses_reference", False)
+            result = ev.run(adapter, reference=reference) if paired else ev.run(adapter)
             result["wall_seconds"] = time.perf_counter() - t
+            items = result.pop("per_item", None)
+            if items is not None:
+                result["items_file"] = record.set_items(pos, name, items)
             record.set_metric(pos, name, result)
     return evaluate
 

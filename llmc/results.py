@@ -15,6 +15,9 @@ is None, and keys a dataclass does not name are kept in its ``extra`` (and writt
 which leaves out fields without a value), so reading and rewriting a record loses nothing but nulls. Sections this module does not know (an extension's, e.g.
 ``inference``) are kept as written in :attr:`RunResult.sections`.
 
+Per-item outcomes (``<results stem>.items.json.gz``, :func:`items_path`, :func:`read_items`) sit beside
+the record; a metric that has them names the file in ``items_file``. Records without one read as before.
+
 Records written before the pipeline recorded ``method`` get one from their config
 (:meth:`MethodInfo.from_config`). This module imports neither torch nor the algorithms.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import gzip
 import json
 import math
 import os
@@ -352,6 +356,38 @@ def effective_status(data: dict) -> str:
     return status
 
 
+# -------------------------------------------------------------------------------- per-item outcomes
+ITEMS_SCHEMA = 1
+ITEMS_SUFFIX = ".items.json.gz"
+
+
+def items_path(results_path: str | Path) -> Path:
+    """``run.json`` -> ``run.items.json.gz`` beside it: the per-item outcomes of every evaluation
+    (``{schema_version, positions: {eval_pos: {dataset: {...}}}}``; an accuracy task's columns are
+    ``llmc_slm.tasks.lmeval.per_item``'s, WikiText-2's ``window_nll`` / ``window_tokens``)."""
+    p = Path(results_path)
+    return p.with_name(p.stem + ITEMS_SUFFIX)
+
+
+def read_items(path: str | Path) -> dict:
+    """An items file as ``{eval_pos: {dataset: {...}}}``; ResultsError when it cannot be read."""
+    try:
+        data = json.loads(gzip.decompress(Path(path).read_bytes()))
+    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{path}: unreadable items file ({type(e).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("positions"), dict):
+        raise ResultsError(f"{path}: not an items file")
+    return data["positions"]
+
+
+def _json_plain(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
 def is_result(data: Any) -> bool:
     """Whether a JSON value is a results record (``schema_version``, ``status``, and config or metrics)."""
     return isinstance(data, dict) and "schema_version" in data and "status" in data \
@@ -412,6 +448,7 @@ class RunRecord:
     def __init__(self, path: Path, data: dict):
         self.path = Path(path)
         self.data = data
+        self._items: dict = {"schema_version": ITEMS_SCHEMA, "positions": {}}
 
     @classmethod
     def start(cls, path: Path, **fields) -> "RunRecord":
@@ -434,6 +471,20 @@ class RunRecord:
         """One dataset's result (a :class:`Metric` or a dict) at one evaluation position, then save."""
         self.data["metrics"].setdefault(eval_pos, {})[dataset] = _plain(value)
         self.save()
+
+    @property
+    def items_path(self) -> Path:
+        return items_path(self.path)
+
+    def set_items(self, eval_pos: str, dataset: str, items: dict) -> str:
+        """One dataset's per-item outcomes at one evaluation position into the run's items file
+        (:func:`items_path`, rewritten atomically); returns its file name, which the metric records as
+        ``items_file``."""
+        from .utils import atomic_write_bytes
+        self._items["positions"].setdefault(eval_pos, {})[dataset] = items
+        data = json.dumps(self._items, separators=(",", ":"), default=_json_plain).encode()
+        atomic_write_bytes(self.items_path, gzip.compress(data, compresslevel=6, mtime=0))
+        return self.items_path.name
 
     def note(self, message: str) -> None:
         self.data["log"].append(message)

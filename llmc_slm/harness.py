@@ -6,9 +6,13 @@ data when it is built, before any model loads (a missing data set is a ``UserErr
 ``eval.path``), and ``run(adapter)`` wraps ``adapter.model`` / ``adapter.tokenizer`` in lm-eval's ``HFLM``
 (the model keeps its dtype and device) and lets the harness build the requests, score them and aggregate.
 
-``eval.limit`` N: the first N documents of a task; for MMLU (a group) N documents in total over the 57
-subjects, spread evenly (``llmc_slm.tasks.lmeval.selection``: 100 -> 2 items for 43 subjects, 1 for 14),
-the same selection ``tools/check_tasks.py`` uses. ``eval.num_fewshot`` is lm-eval's ``num_fewshot`` (0 by default, the protocol).
+``eval.limit`` N with ``eval.subset: random`` (the default): a sample of N documents drawn with
+``eval.subset_seed``, the same in every run with the same seed and N (``llmc_slm.tasks.subsets``); for
+MMLU (a group) N documents in total, stratified by subject (proportional, at least one per subject).
+``eval.subset: first``: lm-eval's first N documents; for MMLU N in total over the 57 subjects, spread
+evenly (``llmc_slm.tasks.lmeval.selection``: 100 -> 2 items for 43 subjects, 1 for 14), the selection
+``tools/check_tasks.py`` uses. The result records ``subset_mode``, ``subset_seed``, ``items_digest`` and,
+for a subset, ``item_ids`` (doc indices; MMLU ``subject:index``). ``eval.num_fewshot`` is lm-eval's ``num_fewshot`` (0 by default, the protocol).
 ``eval.bs`` is HFLM's batch size.
 
 Result of ``run``: the metrics of the task's output type with their standard errors (multiple choice:
@@ -17,6 +21,8 @@ letters), ``n`` (documents evaluated), ``n_total`` (documents in the split), ``s
 ``limit``, ``num_fewshot``, ``task`` (the harness's task or group name), ``table_metric`` /
 ``table_value`` / ``table_stderr`` (what the tables use: the spec's ``table_metric``), the data's
 provenance, and for a grouped task (MMLU) ``categories`` and ``subjects`` (each with its metrics and n).
+``per_item``: the outcome of every item (``lmeval.per_item``), which the pipeline moves out of the record
+into the run's ``<results stem>.items.json.gz`` (``llmc.results.RunRecord.set_items``).
 """
 
 from __future__ import annotations
@@ -86,18 +92,29 @@ class HarnessTask:
                 "num_fewshot": self.num_fewshot, "table_metric": self.spec.table_metric}
 
     def run(self, adapter) -> dict:
-        from .tasks import lmeval
+        from .tasks import lmeval, subsets
         t0 = time.perf_counter()
         task_set = lmeval.build_task_set(self.name, self.data)  # fresh tasks for every evaluation position
         lm = make_lm(adapter, self.cfg.eval.bs)
-        sel = lmeval.selection(task_set, self.limit)
+        mode, seed = self.cfg.eval.subset, self.cfg.eval.subset_seed
+        sel = lmeval.selection(task_set, self.limit, mode, seed)
+        picked = lmeval.picked(task_set, self.limit, mode, seed)
         if "samples" in sel:
             lmeval.prune(task_set, set(sel["samples"]))
-        results = lmeval.run(lm, task_set.task_dict(), num_fewshot=self.num_fewshot, **sel)
+        results = lmeval.run(lm, task_set.task_dict(), num_fewshot=self.num_fewshot, log_samples=True, **sel)
         out = lmeval.summarize(task_set, results)
+        items = lmeval.per_item(task_set, results)
         metric = self.spec.table_metric
+        ids = subsets.item_ids({task_set.subtask_keys.get(t, t): v for t, v in picked.items()}, bool(task_set.groups))
+        if items["ids"] != ids:   # never expected: what lm-eval evaluated is what was drawn
+            raise RuntimeError(f"{self.name}: lm-eval evaluated other items than the {len(ids)} drawn")
+        subset = out["n"] < out["n_total"]
         out.update({
-            "limit": self.limit, "num_fewshot": self.num_fewshot, "subset": out["n"] < out["n_total"],
+            "limit": self.limit, "num_fewshot": self.num_fewshot, "subset": subset,
+            "subset_mode": mode if self.limit is not None else None,
+            "subset_seed": seed if self.limit is not None and mode == "random" else None,
+            "items_digest": subsets.digest(ids), **({"item_ids": ids} if subset else {}),
+            "per_item": items,
             "table_metric": metric, "table_value": out.get(metric),
             "table_stderr": out.get(f"{metric}_stderr"), "data": self.location.describe(),
             "eval_seconds": time.perf_counter() - t0,

@@ -4,6 +4,7 @@
     python tools/make_tables.py results/                        # markdown, LaTeX and CSV into results/tables/
     python tools/make_tables.py results/smollm --format latex --out /tmp/tables --stderr
     python tools/make_tables.py results/ --position real_quant  # the integer-deployed evaluations
+    python tools/make_tables.py results/ --paired               # + paired changes against the float model
 
 Table 1: SmolLM models, Table 2: any other model (one per model), Table 3: inference (W8A8), Table 4:
 quantization cost (W8A8); W4A8 versions of 3 and 4 are added (labelled extra) when such runs exist.
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
                    help="file format(s) written (default: all); markdown is always printed")
     p.add_argument("--out", help="folder for the table files (default: RESULTS_DIR/tables)")
     p.add_argument("--stderr", action="store_true", help="add ± standard error to the accuracies and SLMQ_perf")
+    p.add_argument("--paired", action="store_true",
+                   help="add Table 1/2 (paired): change against the float baseline on the same items, paired "
+                        "standard errors, flips, WikiText-2 KLD, SLMQ_perf bootstrap interval")
     p.add_argument("--position", choices=POSITIONS, default="fake_quant",
                    help="evaluation position of the quantized runs (default: fake_quant)")
     args = p.parse_args(argv)
@@ -40,7 +44,7 @@ def main(argv=None) -> int:
 
 def _write_tables(args) -> int:
     coll = collect(args.results_dir, args.position)
-    tables = all_tables(coll, with_stderr=args.stderr)
+    tables = all_tables(coll, with_stderr=args.stderr, paired=args.paired)
     out = Path(args.out) if args.out else Path(args.results_dir) / "tables"
     formats = list(RENDERERS) if args.format == "all" else [args.format]
     out.mkdir(parents=True, exist_ok=True)

@@ -47,24 +47,81 @@ def micro_batch_size(model, seq_len: int, bs: int, max_logits_bytes: int = MAX_L
 
 @torch.no_grad()
 def perplexity(model, windows: torch.Tensor, bs: int = 1, desc: str = "wikitext2 ppl",
-               progress: bool = True, max_logits_bytes: int = MAX_LOGITS_BYTES) -> dict:
+               progress: bool = True, max_logits_bytes: int = MAX_LOGITS_BYTES, reference=None) -> dict:
     """Perplexity of ``model`` (an HF causal LM) over ``windows`` [n, seq_len], ``bs`` windows per forward
-    pass at most (fewer where their logits would exceed ``max_logits_bytes``)."""
+    pass at most (fewer where their logits would exceed ``max_logits_bytes``).
+
+    The result has ``per_item``: ``window_nll`` (each window's summed NLL) and ``window_tokens``. With a
+    ``reference`` model (the float model, for a quantized ``model``), every window is also scored by it and
+    compared token by token: ``vs_float`` = {``kld``: mean over predicted tokens of KL(p_ref || p_model),
+    ``kld_stderr`` (over windows), ``top1_agreement``: share of tokens whose most likely next token is the
+    same, ``ref_ppl``, ``delta_log_ppl``: mean over windows of the per-token log-perplexity difference
+    (model - reference) with its paired ``delta_log_ppl_stderr``, ``windows``}, what llama.cpp's perplexity
+    tool reports as KLD and "same top p"; ``per_item`` gains ``ref_window_nll``, ``window_kl`` (summed
+    over the window's tokens) and ``window_top1`` (tokens that agree)."""
     device = next(model.parameters()).device
-    bs = micro_batch_size(model, windows.shape[1], bs, max_logits_bytes)
+    budget = max_logits_bytes if reference is None else max_logits_bytes // 4   # two models' log-probs, KL
+    bs = micro_batch_size(model, windows.shape[1], bs, budget)
     total_nll = 0.0
     total_tokens = 0
+    cols: dict[str, list] = {"window_nll": [], "window_tokens": []}
+    if reference is not None:
+        cols.update(ref_window_nll=[], window_kl=[], window_top1=[])
     start = time.perf_counter()
     bar = tqdm(range(0, windows.shape[0], bs), desc=desc, disable=not progress, leave=False)
     for i in bar:
         batch = windows[i:i + bs].to(device)
+        target = batch[:, 1:]
         logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                              reduction="sum")
-        total_nll += nll.item()
-        total_tokens += batch[:, 1:].numel()
+        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
+                              reduction="none").view(target.shape).sum(1)
+        cols["window_nll"] += nll.tolist()
+        cols["window_tokens"] += [target.shape[1]] * target.shape[0]
+        total_nll += nll.sum().item()
+        total_tokens += target.numel()
+        if reference is not None:
+            _compare(cols, logits, reference(input_ids=batch.to(next(reference.parameters()).device),
+                                             use_cache=False).logits[:, :-1].to(device), target)
         bar.set_postfix(ppl=f"{math.exp(total_nll / total_tokens):.3f}")
     mean_nll = total_nll / total_tokens
-    return {"ppl": math.exp(mean_nll) if mean_nll < 700 else float("inf"), "nll": mean_nll,
-            "windows": int(windows.shape[0]), "seq_len": int(windows.shape[1]), "tokens": total_tokens,
-            "micro_batch": bs, "seconds": time.perf_counter() - start}
+    out = {"ppl": _ppl(mean_nll), "nll": mean_nll,
+           "windows": int(windows.shape[0]), "seq_len": int(windows.shape[1]), "tokens": total_tokens,
+           "micro_batch": bs, "seconds": time.perf_counter() - start}
+    if reference is not None:
+        out["vs_float"] = versus_reference(cols)
+    out["per_item"] = cols
+    return out
+
+
+def _ppl(mean_nll: float) -> float:
+    return math.exp(mean_nll) if mean_nll < 700 else float("inf")
+
+
+def _compare(cols: dict, logits, ref_logits, target) -> None:
+    """Per window: the reference's NLL, KL(p_ref || p) summed over tokens, tokens with the same argmax."""
+    lp = F.log_softmax(logits.float(), dim=-1)
+    ref = F.log_softmax(ref_logits.float(), dim=-1)
+    cols["ref_window_nll"] += (-ref.gather(-1, target[..., None]).squeeze(-1)).sum(1).tolist()
+    cols["window_top1"] += (lp.argmax(-1) == ref.argmax(-1)).sum(1).tolist()
+    kl = F.kl_div(lp, ref, reduction="none", log_target=True).sum(-1)   # sum_v p_ref (log p_ref - log p)
+    cols["window_kl"] += kl.sum(1).tolist()
+
+
+def _mean_se(xs: list) -> tuple[float, float | None]:
+    n = len(xs)
+    mean = sum(xs) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n)
+
+
+def versus_reference(cols: dict) -> dict:
+    """The ``vs_float`` summary of per-window columns with a reference (see :func:`perplexity`)."""
+    tok = cols["window_tokens"]
+    total = sum(tok)
+    kld, kld_se = _mean_se([k / t for k, t in zip(cols["window_kl"], tok)])
+    delta, delta_se = _mean_se([(a - b) / t for a, b, t in zip(cols["window_nll"], cols["ref_window_nll"], tok)])
+    return {"kld": sum(cols["window_kl"]) / total, "kld_stderr": kld_se,
+            "top1_agreement": sum(cols["window_top1"]) / total,
+            "ref_ppl": _ppl(sum(cols["ref_window_nll"]) / total),
+            "delta_log_ppl": delta, "delta_log_ppl_stderr": delta_se, "windows": len(tok)}

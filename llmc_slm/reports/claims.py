@@ -18,7 +18,11 @@ Definitions (relative drop of task i: (A_i - A_i^c) / A_i, A = float baseline, c
    time ratios are reported, and whether they fall in the paper's 6-7x.
 
 Noise: a difference smaller than the combined standard error (accuracies' stderr, taken as independent)
-is called "within noise"; perplexity and timings come from single runs, without an error estimate.
+is called "within noise"; perplexity and timings come from single runs, without an error estimate. Where
+a run and its float baseline stored per-item outcomes on the same items (every task of the drop), the
+drop's standard error is the paired one (``llmc_slm.paired``), and claim 1 is decided on its 95% interval:
+holds when the interval lies below 0.5%, does not hold when it lies at or above; an interval across 0.5%
+keeps the point estimate's verdict and says it is not decided at 95%.
 Runs evaluated on subsets are named in the evidence.
 """
 
@@ -60,9 +64,13 @@ class Drop:
     kind: str                # "accuracy" or "slmq_perf"
     run: Run
     points: Optional[float] = None   # mean absolute drop in accuracy points (accuracy kind)
+    paired: bool = False             # stderr from paired per-item differences against the baseline
+
+    def interval(self, z: float = 1.96) -> Optional[tuple[float, float]]:
+        return None if not self.stderr else (self.value - z * self.stderr, self.value + z * self.stderr)
 
     def text(self) -> str:
-        se = f" ± {self.stderr:.2f}" if self.stderr else ""
+        se = f" ± {self.stderr:.2f}{' paired' if self.paired else ''}" if self.stderr else ""
         if self.kind == "accuracy":
             where = f"{len(self.tasks)} tasks" if len(self.tasks) == len(ACC_DATASETS) else \
                 ", ".join(LABELS[t] for t in self.tasks)
@@ -87,7 +95,7 @@ def _flags(run: Run, datasets) -> str:
 
 def mean_drop(run: Run, tasks=ACC_DATASETS) -> Optional[Drop]:
     """Mean relative accuracy drop (%) over the ``tasks`` the run and its baseline both have."""
-    used, drops, points, var = [], [], [], 0.0
+    used, drops, points, var, var_paired = [], [], [], 0.0, 0.0
     for t in tasks:
         v, b = run.values.get(t), run.baseline.get(t)
         if v is None or b is None or not v.finite or not b.finite or b.value <= 0:
@@ -96,10 +104,15 @@ def mean_drop(run: Run, tasks=ACC_DATASETS) -> Optional[Drop]:
         drops.append(100.0 * (b.value - v.value) / b.value)
         points.append(b.value - v.value)
         var += (100.0 / b.value) ** 2 * ((v.stderr or 0.0) ** 2 + (b.stderr or 0.0) ** 2)
+        p = run.paired.get(t)
+        var_paired = None if var_paired is None or p is None or p.stderr is None else \
+            var_paired + (100.0 / b.value) ** 2 * p.stderr ** 2
     if not used:
         return None
     k = len(used)
-    return Drop(sum(drops) / k, math.sqrt(var) / k or None, tuple(used), "accuracy", run, sum(points) / k)
+    paired = var_paired is not None   # every task paired: the paired error (tasks independent of each other)
+    se = math.sqrt(var_paired if paired else var) / k or None
+    return Drop(sum(drops) / k, se, tuple(used), "accuracy", run, sum(points) / k, paired)
 
 
 def perf_drop(run: Run) -> Optional[Drop]:
@@ -172,10 +185,18 @@ def claim1(R: _Runs) -> Claim:
                 parts.append(UNTESTABLE)
                 continue
             ok = d.value < W8_THRESHOLD
+            noise = " (within noise of the 0.5% threshold)" if _within(d.value - W8_THRESHOLD, d.stderr) else ""
+            if d.paired and d.interval():
+                # decided on the paired 95% interval: holds when it lies below the threshold, fails when it
+                # lies at or above it; an interval across the threshold leaves the point estimate's verdict
+                lo, hi = d.interval()
+                ok = hi < W8_THRESHOLD or (lo < W8_THRESHOLD and ok)
+                noise = (f" (paired 95% interval [{lo:.2f}, {hi:.2f}]%"
+                         + (", across the 0.5% threshold: not decided at 95%" if lo < W8_THRESHOLD <= hi else "")
+                         + ")")
             parts.append(HOLDS if ok else FAILS)
             if len(d.tasks) < len(ACC_DATASETS):
                 parts.append(UNTESTABLE)        # the claim is over five tasks: partial
-            noise = " (within noise of the 0.5% threshold)" if _within(d.value - W8_THRESHOLD, d.stderr) else ""
             lines.append(f"{method} {d.text()}: {'< 0.5%' if ok else '>= 0.5%'}{noise}")
         for run in R.extras(model, "W8A8"):
             d = mean_drop(run)

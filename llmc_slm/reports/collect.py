@@ -91,6 +91,10 @@ class Value:
     subset: bool = False
     items: tuple = ()            # identity of the evaluated items (compared with the baseline's)
     metric: str = ""
+    subset_mode: Optional[str] = None   # "random" (seeded sample), "first" (lm-eval's first N), None: older
+    subset_seed: Optional[int] = None
+    items_file: Optional[str] = None    # the run's per-item outcomes (llmc.results.items_path), if written
+    vs_float: Optional[dict] = None     # WikiText-2 against the float model in the same run (KLD, top-1)
 
     @property
     def finite(self) -> bool:
@@ -104,6 +108,9 @@ class Value:
             return f"limit {self.limit}" if self.limit is not None else "unknown items"
         first = "first " if self.subset else ""
         lim = ""
+        if self.subset_mode == "random" and self.subset:
+            strat = ", stratified by subject" if self.source.startswith("mmlu") else ""
+            return f"{self.n}{of} {unit} (random sample, seed {self.subset_seed}{strat})"
         if self.source.startswith("mmlu") and self.limit is not None:
             lim = " (the first items of each subject, spread over the 57)"   # llmc_slm.tasks.lmeval.selection
             first = ""
@@ -141,8 +148,11 @@ def _acc_value(ds: str, key: str, m: Metric) -> Value:
         subset = m.n < m.n_total
     else:
         subset = m.limit is not None
+    # a seeded random subset is identified by its items (older records and lm-eval's first N: by n)
+    drawn = m.get("items_digest") if m.get("subset_mode") == "random" and subset else None
     return Value(ds, key, None if v is None else 100.0 * v, None if se is None else 100.0 * se, m.n, m.n_total,
-                 m.limit, subset, (key, m.n, m.n_total, m.num_fewshot or 0), metric)
+                 m.limit, subset, (key, m.n, m.n_total, m.num_fewshot or 0) + ((drawn,) if drawn else ()), metric,
+                 m.get("subset_mode"), m.get("subset_seed"), m.get("items_file"))
 
 
 def _ppl_value(m: Metric) -> Value:
@@ -151,7 +161,8 @@ def _ppl_value(m: Metric) -> Value:
     else:
         subset = m.limit is not None
     return Value("wikitext2", "wikitext2", m.ppl, None, m.windows, m.windows_in_split, m.limit, subset,
-                 ("wikitext2", m.seq_len, m.windows), "ppl")
+                 ("wikitext2", m.seq_len, m.windows), "ppl", items_file=m.get("items_file"),
+                 vs_float=m.get("vs_float") if isinstance(m.get("vs_float"), dict) else None)
 
 
 def read_inference(section: Optional[InferenceSection]) -> Optional[dict]:
@@ -215,6 +226,10 @@ class Run:
     perf_stderr: Optional[float] = None
     perf_datasets: tuple = ()
     notes: list = field(default_factory=list)
+    # set by attach_baselines where both runs stored per-item outcomes on the same items (llmc_slm.paired)
+    paired: dict = field(default_factory=dict)             # dataset -> PairedDelta (points; wikitext2: log ppl)
+    perf_interval: Optional[dict] = None                   # paired bootstrap of SLMQ_perf (perf_bootstrap)
+    paired_items: dict = field(default_factory=dict, repr=False)   # dataset -> llmc_slm.paired.PerfItems
 
     @property
     def is_float(self) -> bool:
@@ -402,13 +417,13 @@ def attach_baselines(runs) -> list[str]:
                 for f in floats:
                     b = f.values.get(ds)
                     if b is not None and b.items == v.items:
-                        chosen = (b, f"{f.rel} (pretrain)", None)
+                        chosen = (b, f"{f.rel} (pretrain)", None, f)
                         break
                 if chosen is None:
                     for o, vals in others:
                         b = vals.get(ds)
                         if b is not None and b.items == v.items:
-                            chosen = (b, f"{o.rel} (pretrain, same items)", None)
+                            chosen = (b, f"{o.rel} (pretrain, same items)", None, o)
                             break
                 if chosen is None:
                     for f in floats:
@@ -416,20 +431,94 @@ def attach_baselines(runs) -> list[str]:
                         if b is not None and b.source == v.source:
                             chosen = (b, f"{f.rel} (pretrain)",
                                       f"{LABELS[ds]}: baseline on {b.describe_items()}, this run on "
-                                      f"{v.describe_items()}")
+                                      f"{v.describe_items()}", f)
                             break
                 if chosen is None:
                     if floats:
                         r.notes.append(f"{LABELS[ds]}: no baseline (no float run of {model} evaluated {v.source})")
                     continue
-                b, source, mismatch = chosen
+                b, source, mismatch, base_run = chosen
                 r.baseline[ds] = b
                 r.baseline_source[ds] = source
                 if mismatch:
                     r.mismatch[ds] = mismatch
                     warnings.append(f"{r.rel}: baseline evaluated on different items: {mismatch}")
+                else:
+                    _pair(r, ds, base_run)
             _score(r)
+            _perf_interval(r)
     return warnings
+
+
+# ------------------------------------------------------------------------------- paired statistics
+_ITEMS_CACHE: dict = {}
+
+
+def run_items(run: Run, position: str, key: str) -> Optional[dict]:
+    """The per-item outcomes of ``key`` (a results key: ``arc_easy``, ``wikitext2``...) at ``position``
+    of a run, from its items file (``llmc.results.items_path``); None for a run without one (older runs),
+    or an unreadable one (noted on the run)."""
+    from llmc.results import ResultsError, read_items
+    m = run.result.at(position).get(key)
+    name = m.get("items_file") if m is not None else None
+    if not name or run.result.path is None:
+        return None
+    path = run.result.path.parent / name
+    try:
+        stamp = path.stat().st_mtime_ns
+        if _ITEMS_CACHE.get(path, (None,))[0] != stamp:
+            _ITEMS_CACHE[path] = (stamp, read_items(path))
+        data = _ITEMS_CACHE[path][1]
+    except (OSError, ResultsError) as e:
+        run.notes.append(f"per-item outcomes not read: {e}")
+        return None
+    items = (data.get(position) or {}).get(key)
+    return items if isinstance(items, dict) else None
+
+
+def _pair(r: Run, ds: str, base_run: Run) -> None:
+    """The paired change of ``r`` against its baseline on dataset ``ds`` when both stored per-item
+    outcomes on the same items (else the comparison stays unpaired, with a note when the items differ)."""
+    from llmc_slm.paired import PerfItems, paired_delta, window_log_ppl_delta
+    v = r.values[ds]
+    mine, theirs = run_items(r, r.position, v.source), run_items(base_run, "pretrain", v.source)
+    if mine is None or theirs is None:
+        return
+    try:
+        if ds == "wikitext2":
+            tok = mine.get("window_tokens")
+            if tok != theirs.get("window_tokens"):
+                r.notes.append(f"{LABELS[ds]}: baseline windows differ from this run's: unpaired")
+                return
+            r.paired[ds] = window_log_ppl_delta(theirs["window_nll"], mine["window_nll"], tok)
+            r.paired_items[ds] = PerfItems(theirs["window_nll"], mine["window_nll"], tok)
+            return
+        if mine.get("ids") != theirs.get("ids"):
+            r.notes.append(f"{LABELS[ds]}: baseline evaluated other item ids than this run: unpaired")
+            return
+        col, pred = ("acc_norm", "pred_norm") if v.metric == "acc_norm" else ("acc", "pred")
+        a, b = theirs.get(col), mine.get(col)
+        if not a or not b or None in a or None in b:
+            return
+        r.paired[ds] = paired_delta(a, b, theirs.get(pred), mine.get(pred)).scaled(100.0)
+        r.paired_items[ds] = PerfItems(a, b)
+    except (KeyError, TypeError, ValueError) as e:
+        r.notes.append(f"{LABELS[ds]}: per-item outcomes not usable ({type(e).__name__}: {e}): unpaired")
+
+
+BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0
+
+
+def _perf_interval(r: Run) -> None:
+    """A paired bootstrap interval of SLMQ_perf when every dataset it is scored on has paired items."""
+    from llmc_slm.paired import perf_bootstrap
+    if r.perf is None or not r.perf_datasets or not all(ds in r.paired_items for ds in r.perf_datasets):
+        return
+    try:
+        r.perf_interval = perf_bootstrap({ds: r.paired_items[ds] for ds in r.perf_datasets},
+                                         n_boot=BOOTSTRAP_SAMPLES, seed=BOOTSTRAP_SEED)
+    except ValueError as e:
+        r.notes.append(f"SLMQ_perf interval not computed: {e}")
 
 
 def _score(r: Run) -> None:

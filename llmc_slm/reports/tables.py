@@ -229,6 +229,64 @@ def compression_table(coll: Collection, model: str, name: str, number: int, with
     return t
 
 
+def _paired_cell(run: Run, ds: str) -> str:
+    p = run.paired.get(ds)
+    if p is None:
+        v = run.values.get(ds)
+        b = run.baseline.get(ds)
+        if v is None or b is None or not (v.finite and b.finite):
+            return DASH
+        return ("unpaired " if ds != "wikitext2" else "") + (
+            f"{v.value - b.value:+.2f}" if ds != "wikitext2" else f"{math.log(v.value / b.value):+.4f}")
+    se = f" ± {p.stderr:.{4 if ds == 'wikitext2' else 2}f}" if p.stderr is not None else ""
+    if ds == "wikitext2":
+        text = f"{p.delta:+.4f}{se}"
+        vs = (run.values.get(ds).vs_float or {}) if run.values.get(ds) else {}
+        if vs.get("kld") is not None:
+            text += f"; KLD {vs['kld']:.4f}, top-1 {100 * vs['top1_agreement']:.1f}%"
+        return text
+    return f"{p.delta:+.2f}{se}" + (f" ({100 * p.flips:.1f}%)" if p.flips is not None else "")
+
+
+def paired_table(coll: Collection, model: str, name: str, number: int) -> Table:
+    """Table 1/2, paired: each quantized run's change against its Full Prec. baseline on the same items
+    (``llmc_slm.paired``): accuracy delta in points ± paired standard error (flips in parentheses),
+    WikiText-2 per-token log-perplexity difference ± paired SE over windows (KLD and top-1 agreement where
+    the run compared with the float model in-process), SLMQ_perf with its paired bootstrap interval."""
+    runs = [r for r in sorted(coll.of_model(model), key=sort_key) if not r.is_float and r.complete]
+    t = Table(name, f"Table {number} (paired): change against {FLOAT} on the same items, {model}",
+              ["Method", "Bits"] + [LABELS[d] if d != "wikitext2" else "Wiki Δln ppl" for d in DATASETS]
+              + ["SLMQ_perf [95% CI]"], left=2)
+    last_bits = None
+    subsets: dict = {}
+    for r in runs:
+        ci = r.perf_interval
+        perf = DASH if r.perf is None else fmt(r.perf) + (f" [{ci['low']:.2f}, {ci['high']:.2f}]" if ci else "")
+        cells = []
+        for ds in DATASETS:
+            cell, v = _paired_cell(r, ds), r.values.get(ds)
+            if v is not None and v.subset and cell != DASH:
+                cell += SUBSET
+                subsets.setdefault((LABELS[ds], v.describe_items()), []).append(r.label)
+            cells.append(cell)
+        t.add([r.label, r.bits] + cells + [perf], source=r.rel, new_group=r.bits != last_bits)
+        last_bits = r.bits
+    t.notes.append("Accuracies: mean(quantized - float) over the same items, in points, ± paired standard error "
+                   "sd(b - a)/sqrt(n); in parentheses the flips, the share of items whose chosen answer differs "
+                   "from the float model's (Dutta et al. 2024). 'unpaired': no per-item outcomes on the same "
+                   "items for both runs (the plain difference, no paired error).")
+    t.notes.append("Wiki: mean over windows of the per-token log-perplexity difference (quantized - float) ± paired "
+                   "SE over windows; KLD: mean KL(p_float || p_quant) per predicted token, top-1: share of tokens "
+                   "whose most likely next token is the float model's (eval.paired, computed in the run).")
+    t.notes.append("SLMQ_perf [95% CI]: 2.5 and 97.5 percentiles of a paired bootstrap over items (items resampled "
+                   "jointly for both runs, per dataset; 1000 replicates, seed 0), where every dataset is paired.")
+    for (label, items), who in subsets.items():
+        t.notes.append(f"{SUBSET} evaluated on a subset: {label} on the {items} ({', '.join(_uniq(who))}).")
+    if not runs:
+        t.notes.append("No complete quantized run of this model.")
+    return t
+
+
 def _uniq(items) -> list:
     out = []
     for i in items:
@@ -375,9 +433,10 @@ def cost_table(coll: Collection, bits: str = "W8A8", name: str = "table4") -> Ta
     return t
 
 
-def all_tables(coll: Collection, with_stderr: bool = False) -> list[Table]:
-    """Tables 1 and 2 (one per model), 3 and 4 (W8A8), and the extra W4A8 versions of 3 and 4 when the
-    folder holds such runs."""
+def all_tables(coll: Collection, with_stderr: bool = False, paired: bool = False) -> list[Table]:
+    """Tables 1 and 2 (one per model), each followed by its paired version with ``paired``
+    (:func:`paired_table`), 3 and 4 (W8A8), and the extra W4A8 versions of 3 and 4 when the folder holds
+    such runs."""
     tables = []
     smol = [m for m in coll.models() if is_smollm(m)]
     other = [m for m in coll.models() if not is_smollm(m)]
@@ -385,6 +444,8 @@ def all_tables(coll: Collection, with_stderr: bool = False) -> list[Table]:
         for model in models:
             name = f"table{number}" if len(models) == 1 else f"table{number}_{slug(model)}"
             tables.append(compression_table(coll, model, name, number, with_stderr))
+            if paired:
+                tables.append(paired_table(coll, model, f"{name}_paired", number))
     tables.append(inference_table(coll, "W8A8", "table3"))
     if any(r.bits == "W4A8" and r.inference for r in coll.runs):
         tables.append(inference_table(coll, "W4A8", "table3_w4a8"))

@@ -122,16 +122,30 @@ def spread(total: int, sizes: list[int]) -> list[int]:
     return [min(size, base + (1 if i < extra else 0)) for i, size in enumerate(sizes)]
 
 
-def selection(task_set, limit: int | None) -> dict:
-    """``limit`` / ``samples`` arguments for :func:`run`. A plain task: its first ``limit`` documents. A group
-    (MMLU): ``limit`` documents in total over its subjects, the first k of every subject, k = limit // n or
-    one more for the first limit % n subjects in alphabetical order (100 over 57 subjects: 2 items for 43,
-    1 for 14). Subjects that get none must then be dropped with :func:`prune`."""
-    if not task_set.groups or limit is None:
+def selection(task_set, limit: int | None, mode: str = "first", seed: int = 1234) -> dict:
+    """``limit`` / ``samples`` arguments for :func:`run`.
+
+    ``mode`` first (lm-eval's behaviour): a plain task, its first ``limit`` documents; a group (MMLU),
+    ``limit`` documents in total over its subjects, the first k of every subject, k = limit // n or one
+    more for the first limit % n subjects in alphabetical order (100 over 57 subjects: 2 items for 43, 1
+    for 14). ``mode`` random: a seeded sample (``llmc_slm.tasks.subsets``), stratified by subject for a
+    group. Subjects that get none must then be dropped with :func:`prune`."""
+    if limit is None or (mode == "first" and not task_set.groups):
         return {"limit": limit}
-    names = list(task_set.tasks)
-    counts = spread(limit, [len(task_set.tasks[t].eval_docs) for t in names])
-    return {"samples": {t: list(range(k)) for t, k in zip(names, counts) if k > 0}}
+    samples = picked(task_set, limit, mode, seed)
+    if not task_set.groups and all(len(v) == len(task_set.tasks[t].eval_docs) for t, v in samples.items()):
+        return {"limit": None}   # every document: lm-eval's membership test over a full list is quadratic
+    return {"samples": samples}
+
+
+def picked(task_set, limit: int | None, mode: str = "first", seed: int = 1234) -> dict[str, list[int]]:
+    """``{leaf task: sorted doc indices}`` that :func:`selection` evaluates (every leaf task, all of its
+    documents, without a limit)."""
+    from .subsets import draw
+    keys = {t: task_set.subtask_keys.get(t, t) if task_set.groups else task_set.name for t in task_set.tasks}
+    sizes = {keys[t]: len(task.eval_docs) for t, task in task_set.tasks.items()}
+    by_key = draw(sizes, limit, seed, mode, spread)
+    return {t: by_key[k] for t, k in keys.items() if k in by_key}
 
 
 def prune(task_set, keep) -> None:
@@ -211,3 +225,31 @@ def summarize(task_set: TaskSet, results: dict) -> dict:
                 out[f"{metric}_stderr"] = item_stderr(out[metric], out["n"])
                 out["stderr_from_items"] = True
     return out
+
+
+def per_item(task_set: TaskSet, results: dict) -> dict:
+    """The per-item outcomes of a run with ``log_samples=True``, compact and column-wise:
+    ``{"ids", "target", "ll", "pred", "pred_norm", "acc", "acc_norm"}``, one entry per document in the
+    order of the leaf tasks and their doc indices. ``ids``: doc indices (a plain task) or
+    ``subject:index`` (a group); ``ll``: each choice's summed log-likelihood of its continuation (6
+    decimals); ``pred`` / ``pred_norm``: the chosen choice for acc / acc_norm, the harness's argmax of the
+    log-likelihoods and of the log-likelihoods over the choices' lengths in characters; ``acc`` /
+    ``acc_norm``: 1 where correct (``acc_norm`` None where the task does not report it)."""
+    import numpy as np
+    cols: dict[str, list] = {k: [] for k in ("ids", "target", "ll", "pred", "pred_norm", "acc", "acc_norm")}
+    samples = results.get("samples") or {}
+    for t, task in task_set.tasks.items():
+        for ex in sorted(samples.get(t, []), key=lambda e: e["doc_id"]):
+            lls = [float(r[0]) for r in ex["filtered_resps"]]
+            lengths = np.array([float(len(c)) for c in task.doc_to_choice(ex["doc"])])
+            cols["ids"].append(f"{task_set.subtask_keys[t]}:{ex['doc_id']}" if task_set.groups else int(ex["doc_id"]))
+            target = ex["target"]
+            cols["target"].append(int(target) if isinstance(target, (int, np.integer)) else target)
+            cols["ll"].append([round(x, 6) for x in lls])
+            cols["pred"].append(int(np.argmax(lls)))
+            cols["pred_norm"].append(int(np.argmax(np.array(lls) / lengths)) if len(lengths) == len(lls) else None)
+            cols["acc"].append(_num(ex.get("acc")))
+            cols["acc_norm"].append(_num(ex.get("acc_norm")))
+    if all(v is None for v in cols["acc_norm"]):
+        cols["acc_norm"] = None
+    return cols

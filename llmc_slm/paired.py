@@ -1,0 +1,156 @@
+"""Paired statistics: what quantization cost, measured on the same items as the float baseline
+(protocol.md, "Paired statistics").
+
+For per-item scores a_i (float model) and b_i (quantized model) on the same n items:
+
+    delta = mean(b - a),   SE = sd(b - a, ddof=1) / sqrt(n)
+
+which is much smaller than the unpaired sqrt(SE_a^2 + SE_b^2) when the two models get mostly the same
+items right (their scores are correlated). Flips: the share of items whose chosen answer differs from the
+float model's (Dutta et al. 2024, "Accuracy is not all you need"), which can be large while the accuracy
+barely moves. SLMQ_perf gets a paired bootstrap interval: items are resampled jointly for both models
+(the same resampled items for the baseline and the quantized run), independently per dataset.
+
+Plain numpy over plain lists; no torch, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from .scoring import PERPLEXITY_DATASETS
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    """mean(b - a) over n paired items, its standard error, and the flips (None without choices)."""
+    n: int
+    mean_a: float
+    mean_b: float
+    delta: float
+    stderr: Optional[float]
+    flips: Optional[float] = None
+
+    def interval(self, z: float = 1.96) -> Optional[tuple[float, float]]:
+        """The normal-approximation interval delta ± z SE (95% by default)."""
+        if self.stderr is None:
+            return None
+        return self.delta - z * self.stderr, self.delta + z * self.stderr
+
+    def scaled(self, k: float) -> "PairedDelta":
+        """The same in other units (k = 100: accuracies in percent points)."""
+        return PairedDelta(self.n, self.mean_a * k, self.mean_b * k, self.delta * k,
+                           None if self.stderr is None else self.stderr * k, self.flips)
+
+
+def paired_delta(a: Sequence[float], b: Sequence[float], pred_a: Optional[Sequence] = None,
+                 pred_b: Optional[Sequence] = None) -> PairedDelta:
+    """delta = mean(b - a), SE = sd(b - a, ddof=1) / sqrt(n) (None for n < 2), flips of the chosen
+    answers ``pred_a`` / ``pred_b`` when given."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired scores need two equal non-empty lists, got {a.shape} and {b.shape}")
+    d = b - a
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None
+    return PairedDelta(int(d.size), float(a.mean()), float(b.mean()), float(d.mean()), se,
+                       None if pred_a is None or pred_b is None else flips(pred_a, pred_b))
+
+
+def unpaired_stderr(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """The standard error of mean(b) - mean(a) were the two samples independent: sqrt(SE_a^2 + SE_b^2)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size < 2 or b.size < 2:
+        return None
+    return float(math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size))
+
+
+def flips(pred_a: Sequence, pred_b: Sequence) -> float:
+    """The share of items whose chosen answer differs between the two models."""
+    if len(pred_a) != len(pred_b) or not pred_a:
+        raise ValueError("flips need two equal non-empty lists of choices")
+    return sum(x != y for x, y in zip(pred_a, pred_b)) / len(pred_a)
+
+
+def window_log_ppl_delta(nll_a: Sequence[float], nll_b: Sequence[float], tokens: Sequence[int]) -> PairedDelta:
+    """Perplexity windows: the per-token log-perplexity difference of each window, (NLL_b - NLL_a) / tokens,
+    and its mean with the paired SE over windows (``mean_a`` / ``mean_b``: the mean per-token NLLs)."""
+    t = np.asarray(tokens, dtype=float)
+    return paired_delta(np.asarray(nll_a, dtype=float) / t, np.asarray(nll_b, dtype=float) / t)
+
+
+# ----------------------------------------------------------------------------- SLMQ_perf bootstrap
+@dataclass(frozen=True)
+class PerfItems:
+    """One dataset's per-item outcomes for both models, aligned on the same items. Accuracy: ``a`` / ``b``
+    are the 0/1 scores of the table metric. Perplexity: ``a`` / ``b`` are the windows' summed NLLs and
+    ``tokens`` their token counts."""
+    a: Sequence[float]
+    b: Sequence[float]
+    tokens: Optional[Sequence[int]] = None
+
+
+def _perf_from_stats(base: np.ndarray, comp: np.ndarray, ppl: np.ndarray) -> np.ndarray:
+    """SLMQ_perf per replicate from [B, D] baseline and compressed statistics (accuracy means, or mean
+    per-token NLLs where ``ppl``): r = comp / base, or P / P^c = exp(nll_base - nll_comp) for perplexity
+    (0 for a non-finite compressed NLL, as ``llmc_slm.scoring.perf_ratios``)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        r_acc = comp / base
+        r_ppl = np.where(np.isfinite(comp), np.exp(base - comp), 0.0)
+    r = np.where(ppl[None, :], r_ppl, r_acc)
+    return 100.0 * np.sqrt(np.mean(r * r, axis=1))
+
+
+def perf_point(items: Mapping[str, PerfItems], lower_is_better=PERPLEXITY_DATASETS) -> float:
+    """SLMQ_perf computed from the per-item outcomes (equal to ``scoring.slmq_perf`` on their means)."""
+    names = list(items)
+    base, comp = _stats(items, names, None)
+    return float(_perf_from_stats(base, comp, np.array([n in set(lower_is_better) for n in names]))[0])
+
+
+def _stats(items, names, idx):
+    base, comp = [], []
+    for name in names:
+        it = items[name]
+        a, b = np.asarray(it.a, dtype=float), np.asarray(it.b, dtype=float)
+        sel = (lambda x: x[None, :]) if idx is None else (lambda x, i=idx[name]: x[i])
+        if it.tokens is None:
+            base.append(sel(a).mean(axis=1))
+            comp.append(sel(b).mean(axis=1))
+        else:
+            t = sel(np.asarray(it.tokens, dtype=float)).sum(axis=1)
+            base.append(sel(a).sum(axis=1) / t)
+            comp.append(sel(b).sum(axis=1) / t)
+    return np.stack(base, axis=1), np.stack(comp, axis=1)
+
+
+def perf_bootstrap(items: Mapping[str, PerfItems], n_boot: int = 2000, seed: int = 0,
+                   lower_is_better=PERPLEXITY_DATASETS, level: float = 0.95, chunk: int = 250) -> dict:
+    """A paired bootstrap interval of SLMQ_perf: each replicate resamples every dataset's items with
+    replacement, the same draws for the baseline and the compressed model, and recomputes SLMQ_perf.
+    Returns ``{"perf", "low", "high", "level", "n_boot", "seed", "n": {dataset: items}}`` with the
+    (1 - level)/2 and (1 + level)/2 percentiles (2.5 / 97.5 by default)."""
+    names = list(items)
+    if not names:
+        raise ValueError("no datasets to bootstrap")
+    for name in names:
+        it = items[name]
+        if len(it.a) != len(it.b) or not len(it.a) or (it.tokens is not None and len(it.tokens) != len(it.a)):
+            raise ValueError(f"{name}: paired items need equal non-empty lists")
+    ppl = np.array([n in set(lower_is_better) for n in names])
+    rng = np.random.default_rng(seed)
+    reps = []
+    for start in range(0, n_boot, chunk):
+        size = min(chunk, n_boot - start)
+        idx = {n: rng.integers(0, len(items[n].a), size=(size, len(items[n].a))) for n in names}
+        base, comp = _stats(items, names, idx)
+        reps.append(_perf_from_stats(base, comp, ppl))
+    reps = np.concatenate(reps)
+    reps = reps[np.isfinite(reps)]
+    q = (1 - level) / 2
+    low, high = (np.quantile(reps, [q, 1 - q]) if reps.size else (math.nan, math.nan))
+    return {"perf": perf_point(items, lower_is_better), "low": float(low), "high": float(high), "level": level,
+            "n_boot": n_boot, "seed": seed, "n": {n: len(items[n].a) for n in names}}

@@ -1,0 +1,377 @@
+"""Seeded subsets, per-item outcomes, paired statistics, WikiText-2 KLD against the float model, and the
+paired reports (llmc_slm.tasks.subsets, llmc_slm.paired, llmc.eval.reference, llmc.results items files)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import types
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from conftest import tiny_hf_model  # noqa: E402
+from llmc.config import Config  # noqa: E402
+from llmc.errors import UserError  # noqa: E402
+from llmc_slm import paired  # noqa: E402
+from llmc_slm.scoring import slmq_perf  # noqa: E402
+from llmc_slm.tasks import subsets  # noqa: E402
+
+
+def _cfg(**eval_kw) -> Config:
+    cfg = Config()
+    for k, v in eval_kw.items():
+        setattr(cfg.eval, k, v)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------- subsets
+def test_random_sample_is_seeded_sorted_and_nested():
+    a = subsets.sample(1000, 50, 1234, "piqa")
+    assert a == subsets.sample(1000, 50, 1234, "piqa") and a == sorted(a) and len(set(a)) == 50
+    assert a != list(range(50))
+    assert a != subsets.sample(1000, 50, 99, "piqa") and a != subsets.sample(1000, 50, 1234, "arc_easy")
+    assert set(a) <= set(subsets.sample(1000, 100, 1234, "piqa"))      # 50 of the 100
+    assert subsets.sample(10, 20, 1, "x") == list(range(10))
+
+
+def test_largest_remainder_and_allocation_by_hand():
+    assert subsets.largest_remainder(10, [1, 1, 1]) == [4, 3, 3]       # ties to the earlier part
+    assert subsets.largest_remainder(7, [10, 20, 40]) == [1, 2, 4]
+    assert subsets.largest_remainder(5, [1, 2, 7]) == [1, 1, 3]        # 0.5, 1.0, 3.5: .5 tie -> the first
+    assert subsets.allocate(4, [100, 10, 1, 5]) == [1, 1, 1, 1]        # at least one each
+    assert subsets.allocate(10, [100, 10, 1, 5]) == [6, 2, 1, 1]       # 1 each + 6 over (99, 9, 0, 4)
+    assert subsets.allocate(3, [100, 10, 1, 5]) == [3, 0, 0, 0]        # fewer items than parts
+    assert subsets.allocate(500, [100, 10, 1, 5]) == [100, 10, 1, 5]
+
+
+def test_first_mode_is_lm_evals_behaviour():
+    from llmc_slm.tasks.lmeval import spread
+    sizes = {f"s{i:02d}": 50 for i in range(57)}
+    first = subsets.draw(sizes, 100, 1234, "first", spread)
+    assert [len(v) for v in first.values()] == spread(100, [50] * 57)
+    assert all(v == list(range(len(v))) for v in first.values())
+    assert subsets.draw({"piqa": 1838}, 5, 1234, "first") == {"piqa": [0, 1, 2, 3, 4]}
+    with pytest.raises(ValueError, match="eval.subset"):
+        subsets.draw({"piqa": 10}, 5, 1, "sometimes")
+
+
+def test_config_keys():
+    cfg = Config()
+    assert (cfg.eval.subset, cfg.eval.subset_seed, cfg.eval.paired) == ("random", 1234, True)
+
+
+def _mmlu_task_set(name="mmlu"):
+    from llmc.data.sources import find_dataset
+    from llmc_slm.tasks import load_task_data
+    from llmc_slm.tasks.lmeval import build_task_set
+    try:
+        loc = find_dataset(name)
+    except UserError:
+        pytest.skip("no MMLU data found")
+    return build_task_set(name, load_task_data(name, loc))
+
+
+def test_mmlu_random_subset_is_stratified_and_the_same_in_every_run():
+    from llmc_slm.tasks.lmeval import picked, selection
+    ts = _mmlu_task_set("mmlu")
+    sizes = [len(t.eval_docs) for t in ts.tasks.values()]
+    assert len(sizes) == 57 and sum(sizes) == 14042
+    a = picked(ts, 1000, "random", 1234)
+    assert a == picked(_mmlu_task_set("mmlu"), 1000, "random", 1234)            # another run, same items
+    assert selection(ts, 1000, "random", 1234) == {"samples": a}
+    cont = picked(_mmlu_task_set("mmlu_continuation"), 1000, "random", 1234)
+    assert [v for v in a.values()] == [v for v in cont.values()]                  # same questions, other form
+    counts = [len(v) for v in a.values()]
+    assert sum(counts) == 1000 and min(counts) >= 1 and counts == subsets.allocate(1000, sizes)
+    for k, s in zip(counts, sizes):        # proportional: within one item of the quota (after one each)
+        assert abs(k - (1 + 943 * (s - 1) / (14042 - 57))) < 1
+    assert a != picked(ts, 1000, "random", 7)
+    first = picked(ts, 100, "first")
+    assert [len(v) for v in first.values()] == [2] * 43 + [1] * 14 and all(v[0] == 0 for v in first.values())
+    few = picked(ts, 30, "random", 1234)                                           # < 57: some subjects none
+    assert sum(map(len, few.values())) == 30 and len(few) < 30
+
+
+def test_plain_task_selection():
+    from llmc_slm.tasks.lmeval import TaskSet, selection
+    fake = types.SimpleNamespace(eval_docs=list(range(200)))
+    ts = TaskSet("piqa", fake, {"piqa": fake}, {})
+    assert selection(ts, 5, "first") == {"limit": 5}
+    s = selection(ts, 5, "random", 1234)["samples"]["piqa"]
+    assert s == subsets.sample(200, 5, 1234, "piqa")
+    assert selection(ts, 500, "random", 1234) == {"limit": None}
+
+
+# --------------------------------------------------------------------------------- items file
+def test_items_file_written_atomically_and_read_back(tmp_path):
+    from llmc.results import RunRecord, items_path, read_items, read_result
+    rec = RunRecord.start(tmp_path / "run.json", config={"quant": None})
+    name = rec.set_items("pretrain", "piqa", {"ids": [3, 7], "acc": [1.0, 0.0]})
+    rec.set_items("pretrain", "wikitext2", {"window_nll": [10.5, 11.0], "window_tokens": [15, 15]})
+    assert name == "run.items.json.gz" and items_path(tmp_path / "run.json") == tmp_path / name
+    got = read_items(tmp_path / name)
+    assert got["pretrain"]["piqa"] == {"ids": [3, 7], "acc": [1.0, 0.0]}
+    assert got["pretrain"]["wikitext2"]["window_tokens"] == [15, 15]
+    assert json.loads(gzip.decompress((tmp_path / name).read_bytes()))["schema_version"] == 1
+    assert not list(tmp_path.glob(".*tmp"))
+    read_result(tmp_path / "run.json")       # the record itself is unchanged in kind
+
+
+def test_pipeline_moves_per_item_outcomes_into_the_items_file(tmp_path):
+    from llmc.pipeline import _evaluator
+    from llmc.results import RunRecord, read_items
+
+    class Stub:
+        uses_reference = True
+
+        def run(self, adapter, reference=None):
+            return {"ppl": 3.0, "ref": reference, "per_item": {"window_nll": [1.0], "window_tokens": [4]}}
+
+    cfg = _cfg(eval_pos=["pretrain", "fake_quant"])
+    rec = RunRecord.start(tmp_path / "r.json")
+    plan = types.SimpleNamespace(evaluators={"wikitext2": Stub()})
+    evaluate = _evaluator(cfg, plan, rec, adapter=None, reference="REF")
+    evaluate("pretrain")
+    evaluate("fake_quant")
+    assert rec.data["metrics"]["pretrain"]["wikitext2"]["ref"] is None               # the float model itself
+    assert rec.data["metrics"]["fake_quant"]["wikitext2"]["ref"] == "REF"
+    assert "per_item" not in rec.data["metrics"]["fake_quant"]["wikitext2"]
+    assert rec.data["metrics"]["fake_quant"]["wikitext2"]["items_file"] == "r.items.json.gz"
+    assert set(read_items(tmp_path / "r.items.json.gz")) == {"pretrain", "fake_quant"}
+
+
+# ---------------------------------------------------------------------------- harness outcomes
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from llmc.models.loading import local_dir, resolve_model_source
+    try:
+        tok = AutoTokenizer.from_pretrained(local_dir(resolve_model_source("smollm2-135m-instruct")))
+    except UserError as e:
+        pytest.skip(f"embedded tokenizer unavailable: {e}")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    return types.SimpleNamespace(model=LlamaForCausalLM(config).eval(), tokenizer=tok)
+
+
+def test_harness_records_the_drawn_items_and_their_outcomes(tiny):
+    from llmc.data.sources import find_dataset
+    from llmc_slm.harness import HarnessTask
+    try:
+        find_dataset("arc_easy")
+    except UserError:
+        pytest.skip("no arc_easy data")
+    out = HarnessTask("arc_easy", _cfg(limit=6, bs=8, subset_seed=5)).run(tiny)
+    again = HarnessTask("arc_easy", _cfg(limit=6, bs=8, subset_seed=5)).run(tiny)
+    ids = out["item_ids"]
+    assert len(ids) == 6 and ids == again["item_ids"] and ids != list(range(6))
+    assert out["subset_mode"] == "random" and out["subset_seed"] == 5 and out["items_digest"] == subsets.digest(ids)
+    items = out["per_item"]
+    assert items["ids"] == ids and len(items["ll"]) == 6
+    assert [float(p == t) for p, t in zip(items["pred"], items["target"])] == items["acc"]
+    assert [float(p == t) for p, t in zip(items["pred_norm"], items["target"])] == items["acc_norm"]
+    assert np.mean(items["acc"]) == pytest.approx(out["acc"]) and np.mean(items["acc_norm"]) == pytest.approx(out["acc_norm"])
+    first = HarnessTask("arc_easy", _cfg(limit=6, bs=8, subset="first")).run(tiny)
+    assert first["per_item"]["ids"] == list(range(6)) and first["subset_mode"] == "first"
+    assert first["subset_seed"] is None
+
+
+# ---------------------------------------------------------------------------- paired statistics
+def test_paired_delta_by_hand():
+    p = paired.paired_delta([1, 1, 0, 0, 1], [1, 0, 0, 0, 1], [0, 1, 2, 3, 1], [0, 2, 2, 3, 1])
+    # d = [0, -1, 0, 0, 0]: mean -0.2, sd (ddof 1) = sqrt((4 * 0.04 + 0.64) / 4) = sqrt(0.2), SE = 0.2
+    assert p.n == 5 and p.delta == pytest.approx(-0.2) and p.stderr == pytest.approx(0.2)
+    assert p.flips == pytest.approx(0.2) and p.mean_a == pytest.approx(0.6) and p.mean_b == pytest.approx(0.4)
+    assert p.interval() == pytest.approx((-0.2 - 1.96 * 0.2, -0.2 + 1.96 * 0.2))
+    q = paired.paired_delta([1, 0, 1, 1], [1, 1, 0, 1])      # d = [0, 1, -1, 0]: sd sqrt(2/3), SE sqrt(2/3)/2
+    assert q.delta == 0 and q.stderr == pytest.approx(math.sqrt(2 / 3) / 2) and q.flips is None
+    s = p.scaled(100)
+    assert s.delta == pytest.approx(-20) and s.stderr == pytest.approx(20) and s.flips == p.flips
+    w = paired.window_log_ppl_delta([30.0, 45.0], [33.0, 45.0], [15, 15])
+    assert w.delta == pytest.approx(0.1) and w.stderr == pytest.approx(0.1)   # d = [0.2, 0]
+    with pytest.raises(ValueError):
+        paired.paired_delta([1, 0], [1])
+
+
+def test_paired_stderr_is_much_smaller_on_correlated_items():
+    rng = np.random.default_rng(0)
+    a = (rng.random(2000) < 0.6).astype(float)
+    b = a.copy()
+    flip = rng.random(2000) < 0.03
+    b[flip] = 1 - b[flip]
+    p = paired.paired_delta(a, b)
+    unpaired = paired.unpaired_stderr(a, b)
+    assert p.stderr < 0.3 * unpaired
+    assert p.delta == pytest.approx(b.mean() - a.mean())
+
+
+def test_perf_bootstrap():
+    rng = np.random.default_rng(1)
+    items = {}
+    for name, acc in (("arc_easy", 0.6), ("piqa", 0.7)):
+        a = (rng.random(400) < acc).astype(float)
+        b = a.copy()
+        b[rng.random(400) < 0.05] = 0.0
+        items[name] = paired.PerfItems(a, b)
+    nll = rng.normal(40, 3, 50)
+    items["wikitext2"] = paired.PerfItems(nll, nll + rng.normal(0.5, 0.2, 50), [15] * 50)
+    point = paired.perf_point(items)
+    means = {k: (np.mean(v.a), np.mean(v.b)) for k, v in items.items() if k != "wikitext2"}
+    ppl = (math.exp(np.sum(items["wikitext2"].a) / 750), math.exp(np.sum(items["wikitext2"].b) / 750))
+    expected = slmq_perf({**{k: m[0] for k, m in means.items()}, "wikitext2": ppl[0]},
+                         {**{k: m[1] for k, m in means.items()}, "wikitext2": ppl[1]})
+    assert point == pytest.approx(expected)
+    ci = paired.perf_bootstrap(items, n_boot=500, seed=3)
+    assert ci["low"] < ci["perf"] < ci["high"] and ci["high"] - ci["low"] < 5
+    assert ci == paired.perf_bootstrap(items, n_boot=500, seed=3)
+    same = {k: paired.PerfItems(v.a, v.a, v.tokens) for k, v in items.items()}
+    ci0 = paired.perf_bootstrap(same, n_boot=200)
+    assert ci0["low"] == pytest.approx(100) and ci0["high"] == pytest.approx(100)
+
+
+# ------------------------------------------------------------------------------ WikiText-2 KLD
+def test_kld_zero_for_the_same_model_and_positive_for_a_perturbed_one():
+    from llmc.eval.perplexity import perplexity, window_ids
+    from llmc.eval.reference import FloatReference
+    model = tiny_hf_model("llama")
+    windows = window_ids(torch.randint(0, 256, (4 * 16,), generator=torch.Generator().manual_seed(3)), 16)
+    ref = FloatReference(model)
+    assert next(ref.model.parameters()).device.type == "cpu"
+    with ref.on("cpu") as r:
+        same = perplexity(model, windows, bs=2, progress=False, reference=r)
+    vs = same["vs_float"]
+    assert vs["kld"] == pytest.approx(0, abs=1e-6) and vs["top1_agreement"] == 1.0
+    assert vs["delta_log_ppl"] == pytest.approx(0, abs=1e-6) and vs["ref_ppl"] == pytest.approx(same["ppl"])
+    with torch.no_grad():                              # perturb the model; the copy stays the float model
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    with ref.on("cpu") as r:
+        out = perplexity(model, windows, bs=3, progress=False, reference=r)
+    vs = out["vs_float"]
+    assert vs["kld"] > 1e-4 and vs["top1_agreement"] < 1.0 and vs["windows"] == 4
+    assert vs["ref_ppl"] == pytest.approx(same["ppl"], rel=1e-5)
+    assert vs["delta_log_ppl"] == pytest.approx(math.log(out["ppl"] / vs["ref_ppl"]), rel=1e-4)
+    # KL by hand on the first window
+    with torch.no_grad():
+        lq = torch.log_softmax(model(windows[:1]).logits[0, :-1].float(), -1)
+        lp = torch.log_softmax(ref.model(windows[:1]).logits[0, :-1].float(), -1)
+    assert out["per_item"]["window_kl"][0] == pytest.approx((lp.exp() * (lp - lq)).sum().item(), rel=1e-4)
+    assert sum(out["per_item"]["window_nll"]) / out["tokens"] == pytest.approx(out["nll"])
+
+
+def test_reference_is_kept_only_when_used():
+    from llmc.eval.reference import wanted
+    wiki = {"wikitext2": types.SimpleNamespace(uses_reference=True)}
+    acc = {"piqa": types.SimpleNamespace()}
+    q = _cfg(eval_pos=["pretrain", "fake_quant"])
+    q.quant = object()
+    assert wanted(q, wiki) and not wanted(q, acc)
+    assert not wanted(_cfg(eval_pos=["pretrain", "fake_quant"]), wiki)        # a float run
+    q.eval.paired = False
+    assert not wanted(q, wiki)
+
+
+# ------------------------------------------------------------------------------------- reports
+def _write_run(folder, name, method, acc_items, preds, nll, ids=None, vs_float=None):
+    from llmc.results import RunRecord
+    from llmc_slm.tasks import TABLE_METRIC
+    pos = "pretrain" if method is None else "fake_quant"
+    quant = None if method is None else {"method": method, "weight": {"bit": 8}, "act": {"bit": 8}}
+    rec = RunRecord.start(folder / f"{name}.json", config={"quant": quant, "model": {"path": "smollm2-135m"}},
+                          model={"name": "smollm2-135m"}, environment={"device": "cpu"})
+    n = len(acc_items)
+    ids = list(range(n)) if ids is None else ids
+    acc = sum(acc_items) / n
+    metric = TABLE_METRIC["arc_easy"]
+    m = {"acc": acc, "acc_stderr": math.sqrt(acc * (1 - acc) / (n - 1)), "acc_norm": acc,
+         "acc_norm_stderr": math.sqrt(acc * (1 - acc) / (n - 1)), "n": n, "n_total": 2376, "subset": True,
+         "limit": n, "num_fewshot": 0, "table_metric": metric, "table_value": acc,
+         "table_stderr": math.sqrt(acc * (1 - acc) / (n - 1)), "subset_mode": "random", "subset_seed": 1234,
+         "items_digest": subsets.digest(ids), "item_ids": ids}
+    m["items_file"] = rec.set_items(pos, "arc_easy", {"ids": ids, "acc": acc_items, "acc_norm": acc_items,
+                                                      "pred": preds, "pred_norm": preds})
+    rec.set_metric(pos, "arc_easy", m)
+    w = {"ppl": math.exp(sum(nll) / (15 * len(nll))), "windows": len(nll), "windows_in_split": 148, "seq_len": 16}
+    if vs_float:
+        w["vs_float"] = vs_float
+    w["items_file"] = rec.set_items(pos, "wikitext2", {"window_nll": nll, "window_tokens": [15] * len(nll)})
+    rec.set_metric(pos, "wikitext2", w)
+    rec.finish()
+
+
+def test_reports_pair_runs_on_the_same_items(tmp_path):
+    from llmc_slm.reports import collect, tables
+    rng = np.random.default_rng(0)
+    a = (rng.random(300) < 0.6).astype(float).tolist()
+    b = list(a)
+    for i in range(0, 300, 25):
+        b[i] = 1.0 - b[i]
+    pa = [0 if x else 1 for x in a]
+    pb = [0 if x else 1 for x in b]
+    nll = rng.normal(40, 2, 20).tolist()
+    _write_run(tmp_path, "fp16", None, a, pa, nll)
+    _write_run(tmp_path, "w8a8", "SmoothQuant", b, pb, [x + 0.3 for x in nll],
+               vs_float={"kld": 0.0123, "top1_agreement": 0.97})
+    coll = collect.collect(tmp_path)
+    run = next(r for r in coll.runs if not r.is_float)
+    p = run.paired["arc_easy"]
+    assert p.n == 300 and p.delta == pytest.approx(100 * (np.mean(b) - np.mean(a)))
+    assert p.flips == pytest.approx(12 / 300)
+    assert p.stderr < 0.5 * math.hypot(run.values["arc_easy"].stderr, run.baseline["arc_easy"].stderr)
+    assert run.paired["wikitext2"].delta == pytest.approx(0.02) and run.paired["wikitext2"].stderr == pytest.approx(0, abs=1e-9)
+    ci = run.perf_interval
+    assert ci is not None and ci["low"] <= run.perf <= ci["high"] and ci["perf"] == pytest.approx(run.perf)
+    t = tables.paired_table(coll, "smollm2-135m", "table1_paired", 1)
+    text = " ".join(" ".join(row) for row in t.rows)
+    assert f"{p.delta:+.2f} ± {p.stderr:.2f} (4.0%)†" in text and "KLD 0.0123" in text and "top-1 97.0%" in text
+    assert f"[{ci['low']:.2f}, {ci['high']:.2f}]" in text
+    names = [t.name for t in tables.all_tables(coll, paired=True)]
+    assert "table1_paired" in names and "table1_paired" not in [t.name for t in tables.all_tables(coll)]
+
+
+def test_reports_fall_back_to_unpaired_when_items_differ(tmp_path):
+    from llmc_slm.reports import collect
+    a = [1.0, 0.0, 1.0, 1.0] * 10
+    _write_run(tmp_path, "fp16", None, a, [0] * 40, [40.0] * 5)
+    _write_run(tmp_path, "w8a8", "SmoothQuant", a, [0] * 40, [40.0] * 5, ids=list(range(100, 140)))
+    run = next(r for r in collect.collect(tmp_path).runs if not r.is_float)
+    assert "arc_easy" not in run.paired and "arc_easy" in run.mismatch          # another sample: a mismatch
+    assert "wikitext2" in run.paired and run.perf_interval is None
+
+
+def test_claim1_on_the_paired_interval(tmp_path):
+    from llmc_slm.reports import claims, collect
+    a = [1.0] * 150 + [0.0] * 150
+    b = list(a)
+    b[0] = 0.0                                   # one item of 300 lost: drop 0.67%, paired SE ~0.67%
+    _write_run(tmp_path, "fp16", None, a, [0] * 300, [40.0] * 5)
+    _write_run(tmp_path, "w8a8", "SmoothQuant", b, [0] * 300, [40.0] * 5)
+    coll = collect.collect(tmp_path)
+    run = next(r for r in coll.runs if not r.is_float)
+    d = claims.mean_drop(run)
+    assert d.paired and d.stderr == pytest.approx(100 / 50 * run.paired["arc_easy"].stderr)
+    c1 = claims.claim1(claims._Runs(coll))
+    assert "paired 95% interval" in c1.evidence and "not decided at 95%" in c1.evidence
+
+
+def test_wikitext2_evaluator_with_the_float_reference(tiny):
+    from llmc.eval.reference import FloatReference
+    from llmc.evaluators import WikiText2Perplexity
+    try:
+        ev = WikiText2Perplexity("wikitext2", _cfg(seq_len=32, limit=2))
+    except UserError:
+        pytest.skip("no wikitext2 data")
+    plain = ev.run(tiny)
+    assert "vs_float" not in plain and len(plain["per_item"]["window_nll"]) == 2
+    out = ev.run(tiny, reference=FloatReference(tiny.model))
+    assert out["vs_float"]["kld"] == pytest.approx(0, abs=1e-5) and out["vs_float"]["reference"].startswith("float")
+    assert out["ppl"] == pytest.approx(plain["ppl"])
