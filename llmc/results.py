@@ -46,16 +46,20 @@ class ResultsError(ValueError):
 
 
 # ------------------------------------------------------------------------------------- typed fields
-def _num(x) -> Optional[float]:
+def as_number(x) -> Optional[float]:
     """A float, or None for anything that is not a number (None, "N/A", a bool, a dict...)."""
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
     return float(x)
 
 
-def _int(x) -> Optional[int]:
-    v = _num(x)
+def as_int(x) -> Optional[int]:
+    """An int, or None for anything that is not a finite number."""
+    v = as_number(x)
     return None if v is None or not math.isfinite(v) else int(v)
+
+
+_num, _int = as_number, as_int
 
 
 _COERCE = {float: _num, int: _int, str: lambda x: x if isinstance(x, str) else None,

@@ -83,17 +83,24 @@ def smollm2_source():
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A random 2-layer Llama (hidden 32) saved with the embedded SmolLM2 tokenizer: a ``model.path``
-    directory for runs through the CLI."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def smollm2_tokenizer():
+    """The embedded SmolLM2's tokenizer (skips only if its package is missing, which `make test` installs)."""
+    from transformers import AutoTokenizer
 
     from llmc.errors import UserError
     from llmc.models.loading import local_dir, resolve_model_source
     try:
-        tok = AutoTokenizer.from_pretrained(local_dir(resolve_model_source("smollm2-135m-instruct")))
+        return AutoTokenizer.from_pretrained(local_dir(resolve_model_source("smollm2-135m-instruct")))
     except UserError as e:
         pytest.skip(f"embedded tokenizer unavailable: {e}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
+    """A random 2-layer Llama (hidden 32) saved with the embedded SmolLM2 tokenizer: a ``model.path``
+    directory for runs through the CLI."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tok = smollm2_tokenizer
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

@@ -149,14 +149,9 @@ def test_pipeline_moves_per_item_outcomes_into_the_items_file(tmp_path):
 
 # ---------------------------------------------------------------------------- harness outcomes
 @pytest.fixture(scope="module")
-def tiny():
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from llmc.models.loading import local_dir, resolve_model_source
-    try:
-        tok = AutoTokenizer.from_pretrained(local_dir(resolve_model_source("smollm2-135m-instruct")))
-    except UserError as e:
-        pytest.skip(f"embedded tokenizer unavailable: {e}")
+def tiny(smollm2_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tok = smollm2_tokenizer
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)

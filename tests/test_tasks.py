@@ -205,17 +205,12 @@ def test_bad_rows_are_user_errors(tmp_path):
 
 # ------------------------------------------------------------------------------ tiny model
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(smollm2_tokenizer):
     """A random 2-layer Llama with the embedded SmolLM2 tokenizer; lm_head untied from the embedding
     although the config says tied (as after a method that changed one of them)."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from llmc.models.loading import local_dir, resolve_model_source
-    try:
-        tok = AutoTokenizer.from_pretrained(local_dir(resolve_model_source("smollm2-135m-instruct")))
-    except UserError as e:
-        pytest.skip(f"embedded tokenizer unavailable: {e}")
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tok = smollm2_tokenizer
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,

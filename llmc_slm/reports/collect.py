@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llmc.errors import UserError
-from llmc.results import Environment, Metric, ResultsError, RunResult, read_result
+from llmc.results import Environment, Metric, ResultsError, RunResult, as_int, as_number, read_result
 from llmc_slm.scoring import slmq_perf
 from llmc_slm.tasks import TASKS, item_stderr
 from llmc_slm.tracks.quant_cost import bits_label
@@ -66,16 +66,7 @@ class ReportError(UserError):
     """A results folder that cannot be reported on (missing, empty); one line for the user."""
 
 
-def _num(x) -> Optional[float]:
-    """A float, or None for anything that is not a number (None, "N/A", a bool, a dict...)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x)
-
-
-def _int(x) -> Optional[int]:
-    v = _num(x)
-    return None if v is None or not math.isfinite(v) else int(v)
+_num, _int = as_number, as_int
 
 
 @dataclass
