@@ -179,3 +179,121 @@ def test_prepacking_a_whole_model_keeps_its_logits():
     assert torch.equal(got, want)
     fp32 = tiny_adapter("qwen2").model
     assert prepack_float_linears(fp32) == 0          # float32 linears stay F.linear (not bit-identical there)
+
+
+# ------------------------------------------------------------------------- fused fake quantization
+from llmc.quant import quantizer as quantizer_module     # noqa: E402
+
+
+def _bits(t):
+    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t.view(torch.int32)
+
+
+def _op_path(monkeypatch, fn):
+    """``fn()`` with the fused kernels off (the PyTorch-op path of Quantizer.fake_quant)."""
+    with monkeypatch.context() as m:
+        m.setattr(quantizer_module, "_fused_kernels", lambda: None)
+        return fn()
+
+
+FAKE_CASES = [dict(bit=8, symmetric=True, granularity="per_token"),
+              dict(bit=8, symmetric=False, granularity="per_token"),
+              dict(bit=4, symmetric=True, granularity="per_token"),
+              dict(bit=4, symmetric=False, granularity="per_token"),
+              dict(bit=8, symmetric=True, granularity="per_token", sym_grid="gptq"),
+              dict(bit=3, symmetric=False, granularity="per_channel")]
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("k", [7, 64, 576, 4864])
+@pytest.mark.parametrize("case", FAKE_CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_fused_fake_quant_is_bit_identical_to_the_op_path(monkeypatch, dtype, k, case):
+    q = Quantizer(**case)
+    x = _activations(9, k, dtype)
+    x[4] = x[4].abs() + 0.5                         # all positive: the asymmetric range still starts at 0
+    x[5] = -x[5].abs() - 0.25                       # all negative and away from 0 (zero point at qmax)
+    x[6, :3] = torch.tensor([1e-30, -1e-30, 0.0], dtype=dtype)    # tiny values beside the row's range
+    calls = []
+    real = fused_kernels().fake_quant_rows
+    monkeypatch.setattr(quantizer_module, "_fused_kernels",
+                        lambda: type("K", (), {"fake_quant_rows": staticmethod(
+                            lambda *a: calls.append(1) or real(*a))})())
+    with torch.no_grad():
+        got = q.fake_quant(x)
+    assert calls, "the fused kernel was not used"
+    with torch.no_grad():
+        want = _op_path(monkeypatch, lambda: q.fake_quant(x))
+    want_grad_mode = _op_path(monkeypatch, lambda: q.fake_quant(x))        # the STE ops, grad mode on
+    assert got.dtype == dtype and got.shape == x.shape
+    assert torch.equal(_bits(got), _bits(want)) and torch.equal(_bits(got), _bits(want_grad_mode))
+    assert not got[1].any()                                                # the zero row stays zero
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", [dict(granularity="per_group", group_size=32, symmetric=False),
+                                  dict(granularity="per_head", head_dim=16, symmetric=True)])
+def test_fused_fake_quant_per_group_and_per_head_and_3d_inputs(monkeypatch, case):
+    q = Quantizer(bit=4, **case)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(2, 5, 64, generator=g) * 4).to(torch.bfloat16)
+    for inp in (x, x.transpose(0, 1)):                 # contiguous and not
+        with torch.no_grad():
+            got = q.fake_quant(inp)
+            want = _op_path(monkeypatch, lambda: q.fake_quant(inp))
+        assert got.shape == inp.shape and torch.equal(_bits(got.contiguous()), _bits(want.contiguous()))
+
+
+@needs_kernels
+def test_fused_fake_quant_keeps_the_differentiable_path_for_training(monkeypatch):
+    q = Quantizer(bit=4, symmetric=False, granularity="per_token")
+    x = _activations(6, 40, torch.float32).requires_grad_()
+
+    def boom():
+        raise AssertionError("the fused kernel must not run when a gradient is needed")
+
+    with monkeypatch.context() as m:
+        m.setattr(quantizer_module, "_fused_kernels", boom)
+        y = q.fake_quant(x)
+        static = Quantizer(bit=8, granularity="per_tensor", static=True)
+        static.observe(x)
+        static.freeze()
+        with torch.no_grad():
+            static.fake_quant(x.detach())                  # static ranges: the op path
+            Quantizer(bit=8, granularity="per_token", calib_algo="mse").fake_quant(x.detach())
+            q.fake_quant(x.detach(), clip_max=torch.full((6, 1), 0.9))       # clipping factors: the op path
+    y.sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    _op_path(monkeypatch, lambda: q.fake_quant(x)).sum().backward()
+    assert torch.equal(grad, x.grad)
+    with torch.no_grad():                              # and the values are the fused kernel's
+        assert torch.equal(y.detach(), q.fake_quant(x))
+
+
+@needs_kernels
+@pytest.mark.parametrize("act_sym", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fake_quant_linear_outputs_with_and_without_the_fused_kernel(monkeypatch, act_sym, dtype):
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(96, 40, bias=True).to(dtype)
+    fq = FakeQuantLinear(lin, Quantizer(bit=4, granularity="per_channel"),
+                         Quantizer(bit=8, symmetric=act_sym, granularity="per_token"))
+    x = (torch.randn(2, 17, 96, generator=g) * 3).to(dtype)
+    with torch.inference_mode():
+        fused = fq(x)
+        ops = _op_path(monkeypatch, lambda: fq(x))
+    assert torch.equal(_bits(fused), _bits(ops))
+
+
+def test_fake_quant_without_kernels_is_the_op_path(monkeypatch):
+    from llmc.quant import cpu_kernels
+    monkeypatch.setattr(cpu_kernels, "_STATUS", None)
+    monkeypatch.setattr(cpu_kernels, "_MODULE", None)
+    monkeypatch.setenv("SLMQUANT_FUSED_KERNELS", "0")
+    q = Quantizer(bit=8, symmetric=False, granularity="per_token")
+    x = _activations(5, 33, torch.bfloat16)
+    with torch.no_grad():
+        got = q.fake_quant(x)
+    assert cpu_kernels.fused_kernels() is None
+    assert torch.equal(got, q._fake_no_grad(x, None, None, None, None))

@@ -69,6 +69,11 @@ Gradients (:meth:`Quantizer.fake_quant`): rounding uses the straight-through est
   2020); the zero point is also rounded with the STE so gradients reach ``z`` and the clipping factors.
   When the range is computed from ``x`` itself (dynamic), gradients also flow to ``x`` through ``s`` and
   ``z``; pass detached ``scale``/``zero`` to get the pure identity STE.
+
+Speed: where no gradient is needed, a dynamic min/max range per row (per_token / per_channel / per_group /
+per_head) of a bfloat16 or float32 CPU tensor is fake-quantized by a fused C++ kernel
+(``llmc.quant.cpu_kernels``, one pass in the input's dtype, the same float32 operations: bit-identical);
+elsewhere, or when the kernels are unavailable or turned off (``SLMQUANT_FUSED_KERNELS=0``), by PyTorch ops.
 """
 
 from __future__ import annotations
@@ -84,6 +89,12 @@ __all__ = ["Quantizer", "round_ste", "GRANULARITIES"]
 
 GRANULARITIES = ("per_tensor", "per_channel", "per_group", "per_token", "per_head")
 CALIB_ALGOS = ("minmax", "mse", "learnable")
+
+
+def _fused_kernels():
+    """The fused CPU kernels (``llmc.quant.cpu_kernels``) or None (then PyTorch ops, the same values)."""
+    from .cpu_kernels import fused_kernels
+    return fused_kernels()
 
 
 def round_ste(t: Tensor) -> Tensor:
@@ -351,6 +362,10 @@ class Quantizer(nn.Module):
         Computed in float32.  ``scale``/``zero`` given: used as they are (``zero`` defaults to 0);
         otherwise computed from ``x`` (with the optional clipping factors, see :meth:`compute_params`).
         """
+        if scale is None and clip_max is None and clip_min is None:
+            fused = self._fused_fake(x)
+            if fused is not None:
+                return fused
         if not torch.is_grad_enabled():
             return self._fake_no_grad(x, scale, zero, clip_max, clip_min)
         if scale is None:
@@ -370,6 +385,25 @@ class Quantizer(nn.Module):
         return q.reshape(x.shape).to(x.dtype)
 
     forward = fake_quant
+
+    def _fused_fake(self, x: Tensor) -> Optional[Tensor]:
+        """The fused CPU kernel's result (``llmc.quant.cpu_kernels.fake_quant_rows``: one pass in ``x``'s
+        dtype, bit-identical to the op path) where it applies, else None: a dynamic min/max range per row
+        of :meth:`group_view` (per_token, per_channel, per_group, per_head), a bfloat16 / float32 CPU
+        input, and no gradient to compute (grad mode off, or an input that does not require grad: the
+        training paths keep the differentiable STE ops)."""
+        if (self.static or self.calib_algo == "mse" or self.granularity == "per_tensor"
+                or x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float32) or x.numel() == 0
+                or (x.requires_grad and torch.is_grad_enabled())):
+            return None
+        kernels = _fused_kernels()
+        if kernels is None:
+            return None
+        rows = self.group_view(x)
+        levels = (self.qmax - self.qmin) / 2 if self.symmetric and self.sym_grid == "gptq" else self.qmax
+        out = kernels.fake_quant_rows(rows.reshape(-1, rows.shape[-1]).contiguous(), float(levels),
+                                      float(self.qmin), float(self.qmax), self.eps, self.symmetric)
+        return out.reshape(x.shape)
 
     def _as_params(self, scale: Tensor, zero: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         scale = torch.as_tensor(scale).float()

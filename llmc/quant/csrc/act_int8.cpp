@@ -14,11 +14,18 @@
 //   returned shifted into int8 as q - shift with z - shift.
 // rescale_rows: out[m, n] = acc[m, n] * s_x[m] (+ bias[n], fused multiply-add), float32 -> out's dtype.
 // int_epilogue_rows: the int32 result of torch._int_mm with its zero-point corrections and rescale.
+// fake_quant_rows: the fake-quant layers' (llmc/quant/fake_linear.py) per-row quantize-dequantize in one
+//   pass, in the input's dtype: exactly Quantizer.fake_quant's float32 operations for a dynamic min/max
+//   range per row (range [min(x, 0), max(x, 0)]; symmetric s = max(max(-lo, hi) / levels, eps), z = 0;
+//   asymmetric s = max((hi - lo) / qmax, eps), z = clamp(round(-lo / s), qmin, qmax); then
+//   x_hat = (clamp(round(x / s) + z, qmin, qmax) - z) * s, rounded to bfloat16 to nearest-even).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -120,6 +127,72 @@ void rescale(const float* acc, const float* sx, const float* bias, O* out, int64
   });
 }
 
+inline float load_f32(float v) { return v; }
+inline float load_f32(uint16_t b) {        // bfloat16 bits -> float32 (exact)
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+inline void store_f32(float v, float* o) { *o = v; }
+inline void store_f32(float v, uint16_t* o) {   // float32 -> bfloat16, round to nearest even (finite values),
+  uint32_t u;                                   // as c10::BFloat16 and Tensor.to(torch.bfloat16) round
+  std::memcpy(&u, &v, sizeof(u));
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  *o = static_cast<uint16_t>(u >> 16);
+}
+
+// T: float or uint16_t (bfloat16 bits). Operation for operation the op path of Quantizer.fake_quant:
+// the range, the scale (one IEEE division, clamp to eps), the zero point, then per element an IEEE
+// division, round-half-even, + z, clamp, - z, * s (no contraction: -ffp-contract=off).
+template <typename T>
+void fake_quant_rows_impl(const T* x, T* y, int64_t M, int64_t K, float levels, float qmin, float qmax,
+                          float eps, bool symmetric) {
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> row_f(std::is_same<T, float>::value ? 0 : K);
+    for (int64_t m = begin; m < end; ++m) {
+      const T* row = x + m * K;
+      const float* f;
+      float hi = 0.0f, lo = 0.0f;      // the range always holds 0: min(min x, 0), max(max x, 0)
+      if constexpr (std::is_same<T, float>::value) {
+        f = row;
+        for (int64_t k = 0; k < K; ++k) {
+          float v = row[k];
+          hi = v > hi ? v : hi;
+          lo = v < lo ? v : lo;
+        }
+      } else {
+        float* buf = row_f.data();
+        for (int64_t k = 0; k < K; ++k) {
+          float v = load_f32(row[k]);
+          buf[k] = v;
+          hi = v > hi ? v : hi;
+          lo = v < lo ? v : lo;
+        }
+        f = buf;
+      }
+      float sc, zero;
+      if (symmetric) {
+        float amax = -lo > hi ? -lo : hi;
+        sc = amax / levels;
+        sc = sc < eps ? eps : sc;
+        zero = 0.0f;
+      } else {
+        sc = (hi - lo) / qmax;
+        sc = sc < eps ? eps : sc;
+        zero = __builtin_rintf(-lo / sc);
+        zero = zero < qmin ? qmin : (zero > qmax ? qmax : zero);
+      }
+      T* out = y + m * K;
+      for (int64_t k = 0; k < K; ++k) {
+        float c = __builtin_rintf(f[k] / sc) + zero;
+        c = c < qmin ? qmin : (c > qmax ? qmax : c);
+        store_f32((c - zero) * sc, out + k);
+      }
+    }
+  });
+}
+
 }  // namespace
 
 template <typename T>
@@ -213,4 +286,21 @@ at::Tensor int_epilogue_rows(at::Tensor acc, at::Tensor sx, c10::optional<at::Te
     int_epilogue(acc.data_ptr<int32_t>(), sxp, zxp, colp, zwp, rsp, swp, bp, out.data_ptr<float>(), M, N);
   }
   return out;
+}
+
+// y = the per-row fake quantization of x [M, K] (bfloat16 or float32, contiguous), in x's dtype.
+at::Tensor fake_quant_rows(at::Tensor x, double levels, double qmin, double qmax, double eps, bool symmetric) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(), "fake_quant_rows: a contiguous 2-D CPU tensor");
+  const int64_t M = x.size(0), K = x.size(1);
+  auto y = at::empty({M, K}, x.options());
+  const float lv = static_cast<float>(levels), lo = static_cast<float>(qmin), hi = static_cast<float>(qmax),
+              e = static_cast<float>(eps);
+  if (x.scalar_type() == at::kBFloat16) {
+    fake_quant_rows_impl(reinterpret_cast<const uint16_t*>(x.data_ptr()), reinterpret_cast<uint16_t*>(y.data_ptr()),
+                         M, K, lv, lo, hi, e, symmetric);
+  } else {
+    TORCH_CHECK(x.scalar_type() == at::kFloat, "fake_quant_rows: bfloat16 or float32 input");
+    fake_quant_rows_impl(x.data_ptr<float>(), y.data_ptr<float>(), M, K, lv, lo, hi, e, symmetric);
+  }
+  return y;
 }
