@@ -1,11 +1,13 @@
 """One experiment, LLMC's pipeline shape, owned here stage by stage:
 
-    plan -> load -> evaluate(pretrain) -> calibrate -> quantize (the method; Track 3 measured around it)
-         -> evaluate(transformed) -> export -> fake-quantize -> evaluate(fake_quant) -> export
-         -> deploy (integer kernels) -> evaluate(real_quant) -> post-run hooks (Track 2) -> record
+    plan (+ writable targets, resource estimate) -> load -> evaluate(pretrain) -> calibrate
+         -> quantize (the method; Track 3 measured around it) -> evaluate(transformed) -> export
+         -> fake-quantize -> evaluate(fake_quant) -> export -> deploy (integer kernels)
+         -> evaluate(real_quant) -> post-run hooks (Track 2) -> record
 
 ``plan_run`` checks everything the user can get wrong (config, model path, data files, method, exporters)
-before a model is loaded. Each stage takes plain objects and returns plain objects; the algorithm only
+before a model is loaded; ``check_writable`` and ``llmc.estimate.check_resources`` what the world around
+the run can get wrong. The record names the stage the run is in (a run killed from outside says where). Each stage takes plain objects and returns plain objects; the algorithm only
 transforms (``llmc.algos.base``): it never evaluates, saves or writes the record. The results record is
 rewritten after every stage (atomically), so a run that stops keeps what it finished.
 """
@@ -16,8 +18,8 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import catalog
