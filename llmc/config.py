@@ -91,6 +91,9 @@ class EvalConfig:
     inference_per_block: bool = False
     inference: bool = False        # Track 2: profile the deployed integer model (needs save.save_real)
     inference_threads: int = 1
+    # accuracy tasks' loglikelihood backend: "slmquant" (llmc_slm.backend: each shared context computed once,
+    # the same answers as HFLM, checked by tools/check_tasks.py --backends) or "hf" (lm-eval's HFLM, the reference)
+    backend: str = "slmquant"
 
 
 @dataclass
@@ -350,6 +353,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("eval.limit: must be a positive integer or null")
     if cfg.eval.num_fewshot < 0:
         raise ConfigError("eval.num_fewshot: must be >= 0")
+    if cfg.eval.backend not in ("slmquant", "hf"):
+        raise ConfigError(f"eval.backend: '{cfg.eval.backend}' is not one of slmquant, hf")
     if cfg.save.real_embed_bit is not None and cfg.save.real_embed_bit != 8:
         raise ConfigError(f"save.real_embed_bit: {cfg.save.real_embed_bit} is not supported (8, or null to keep "
                           "embeddings and lm_head in the model's dtype)")

@@ -1,0 +1,279 @@
+"""A faster loglikelihood backend for lm-evaluation-harness, with the same answers as its ``HFLM``.
+
+``PrefixSharingLM`` (registered with lm-eval as ``"slmquant"``) scores ``(context, continuation)`` requests
+on the in-memory model, as it is (dtype and device kept; ``tie_weights`` never called), for float,
+transformed, fake-quant (``FakeQuantLinear``) and deployed (``IntLinear``) models, on CPU and CUDA.
+``eval.backend: hf`` keeps lm-eval's ``HFLM`` as the reference (``llmc_slm.harness.make_lm``).
+
+Tokenization is exactly HFLM's, so that both score the same token ids:
+``lm_eval/api/model.py`` ``TemplateLM.loglikelihood`` (an empty context becomes ``prefix_token_id``) and
+``TemplateLM._encode_pair`` (trailing spaces of the context move onto the continuation; the whole string is
+encoded and split at the context's length) are inherited as they are; ``tok_encode``, ``prefix_token_id``,
+``eot_token_id`` and ``max_length`` follow ``lm_eval/models/huggingface.py`` ``HFLM`` (``add_bos_token``
+None: the tokenizer's default special tokens, none added to a string that already starts with BOS), and a
+request longer than ``max_length + 1`` tokens is left-truncated as ``HFLM._loglikelihood_tokens`` does.
+
+How it is faster (HFLM recomputes the shared context for every choice and takes a log-softmax over the
+whole vocabulary at every position):
+
+* requests are grouped by context token ids (every choice of a multiple-choice item shares one context),
+  identical continuations scored once;
+* **packing**: each group becomes one sequence ``[context, cont_1[:-1], cont_2[:-1], ...]`` (a
+  continuation's last token is only predicted, never an input), position ids restarting at
+  ``len(context)`` for each continuation, and a 4-D additive attention mask that is block-causal: the
+  context is causal, continuation j sees the whole context and its own earlier tokens only. Every token
+  the scores need is computed once and nothing else is. Several groups go in one forward (sorted by
+  length, right-padded to the longest, at most ``batch_size`` groups and ``max_batch_tokens`` padded
+  tokens), through the decoder only (``model.model``), and the output head and a float32 log-softmax run
+  only on the hidden states that predict a continuation token.
+* The alternative, KV-cache reuse (contexts once with a cache, the cache repeated per choice,
+  continuations batched), was measured in the issue's 60-line sketch at 1.3x HFLM on HellaSwag and 2.3x
+  on ARC-Easy (SmolLM2, bf16, 2 threads): the padded masks and the repeated cache eat the savings.
+  Packing measured here (``benchmarks/eval_speed.py``, SmolLM2 bf16, 24 items, 1 thread, on a busy
+  2-core machine): see ``benchmarks/README.md`` / the module docstring of ``eval_speed.py`` for the ratios;
+  packing is the one implemented.
+
+A model whose output at a token depends on other tokens of the sequence beyond causal attention cannot
+be packed: an activation (or K/V) quantizer with ``granularity == "per_tensor"`` and dynamic ranges takes
+one range over every token in its input, so the other continuations and the padding would change it.
+There (``sequence_dependent_quantizers``) the backend falls back to HFLM's own computation, one whole
+sequence ``(context + continuation)[:-1]`` per request and per forward (batch 1: no padding enters the
+range), and says so in ``backend``: ``"slmquant (whole sequences: per-tensor dynamic activations)"``.
+Attention implementations that cannot take a 4-D float mask (flash attention) fall back the same way.
+
+Numbers: in float32 every log-likelihood equals HFLM's to ~1e-6 (a different matmul shape rounds
+differently); in bfloat16 the sums differ by the rounding of bf16 arithmetic on different shapes, and our
+log-softmax and sums are float32 where HFLM's are bf16 (``softmax_dtype`` None), so ours are the more
+accurate. ``tools/check_tasks.py --backends`` compares every request of the six tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix, resolve_max_length
+
+log = logging.getLogger(__name__)
+
+NAME = "slmquant"
+PER_TENSOR_REASON = "per-tensor dynamic activations"
+MASKABLE_ATTENTION = ("sdpa", "eager", "llmc_kvquant")   # take a 4-D additive float mask as it is
+
+
+def sequence_dependent_quantizers(model: torch.nn.Module) -> list[str]:
+    """Names of the activation / K / V quantizers in ``model`` whose result at a token depends on other
+    tokens: ``granularity == "per_tensor"`` with dynamic (not static) ranges. Weight quantizers are not
+    applied to activations and are skipped."""
+    from llmc.quant.quantizer import Quantizer
+    found = []
+    for name, module in model.named_modules():
+        if (isinstance(module, Quantizer) and name.rsplit(".", 1)[-1] != "weight_quantizer"
+                and module.granularity == "per_tensor" and not module.static):
+            found.append(name)
+    return found
+
+
+def whole_sequence_reason(model: torch.nn.Module) -> str | None:
+    """Why ``model`` must be scored one whole sequence at a time, or None when packing is exact."""
+    if sequence_dependent_quantizers(model):
+        return PER_TENSOR_REASON
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    if impl not in MASKABLE_ATTENTION:
+        return f"attention implementation {impl} takes no 4-D mask"
+    if getattr(model.config, "final_logit_softcapping", None) is not None:
+        return "the model soft-caps its logits"
+    return None
+
+
+@dataclass
+class _Group:
+    """One context and its distinct continuations; ``owners[j]`` are the request indices of ``conts[j]``."""
+    ctx: list[int]
+    conts: list[list[int]] = field(default_factory=list)
+    owners: list[list[int]] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:   # tokens of the packed sequence
+        return len(self.ctx) + sum(len(c) - 1 for c in self.conts)
+
+
+@register_model(NAME)
+class PrefixSharingLM(TemplateLM):
+    """lm-eval ``LM`` over an in-memory causal LM: contexts once, continuations packed (module docstring).
+
+    Args:
+        pretrained: the model (an HF causal LM with ``.model`` the decoder and an output head), as it is.
+        tokenizer: its tokenizer.
+        batch_size: at most this many packed groups (items) per forward.
+        max_batch_tokens: at most this many padded tokens (groups x longest packed length) per forward.
+        whole_sequences: force the whole-sequence path (None: decide from the model).
+        max_length: as HFLM's (None: from the config / tokenizer, 2048 by default).
+    """
+
+    _DEFAULT_MAX_LENGTH = 2048   # HFLM's
+
+    def __init__(self, pretrained, tokenizer, batch_size: int = 32, max_batch_tokens: int = 4096,
+                 whole_sequences: bool | None = None, max_length: int | None = None,
+                 add_bos_token: bool | None = None):
+        super().__init__()
+        self.model = pretrained
+        self.tokenizer = tokenizer
+        self.batch_size = max(1, int(batch_size))
+        self.max_batch_tokens = max(1, int(max_batch_tokens))
+        self.add_bos_token = add_bos_token
+        self._max_length = max_length
+        reason = whole_sequence_reason(pretrained)
+        if whole_sequences is not None:
+            reason = (reason or "asked for") if whole_sequences else None
+        self.whole_reason = reason
+        self.backend_name = NAME if reason is None else f"{NAME} (whole sequences: {reason})"
+        if reason is not None:
+            log.info("%s", self.backend_name)
+
+    # ------------------------------------------------------------------ HFLM's tokenization (huggingface.py)
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        if self.tokenizer.bos_token_id is not None:
+            return self.tokenizer.bos_token_id
+        return self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        if self._max_length:
+            return self._max_length
+        return resolve_max_length(self.model.config, self.tokenizer, default=self._DEFAULT_MAX_LENGTH)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len=None,
+                   **kwargs) -> list[int]:
+        kw = _add_special_kwargs(add_special_tokens, self.add_bos_token)
+        if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
+            kw["add_special_tokens"] = False
+        enc = self.tokenizer.encode(string, **kw)
+        return enc[-left_truncate_len:] if left_truncate_len else enc
+
+    # ------------------------------------------------------------------------------------------ scoring
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+        """``requests``: ``((context, continuation), context_enc, continuation_enc)`` as TemplateLM builds
+        them; returns ``(log-likelihood, is_greedy)`` per request, in order."""
+        out: list = [None] * len(requests)
+        groups: dict[tuple, _Group] = {}
+        whole: list[int] = []
+        for i, (_, ctx, cont) in enumerate(requests):
+            assert len(ctx) > 0 and 0 < len(cont) <= self.max_length
+            if self.whole_reason is not None or len(ctx) + len(cont) > self.max_length + 1:
+                whole.append(i)
+                continue
+            g = groups.setdefault(tuple(ctx), _Group(list(ctx)))
+            try:
+                j = g.conts.index(cont)
+            except ValueError:
+                g.conts.append(list(cont))
+                g.owners.append([])
+                j = len(g.conts) - 1
+            g.owners[j].append(i)
+        with torch.no_grad():
+            for i in whole:
+                _, ctx, cont = requests[i]
+                out[i] = self._score_whole(ctx, cont)
+            for batch in self._batches(sorted(groups.values(), key=lambda g: -g.length)):
+                for owners, result in zip(*self._score_packed(batch)):
+                    for i in owners:
+                        out[i] = result
+        return out
+
+    def _batches(self, groups: list[_Group]):
+        """Consecutive runs of the groups (sorted longest first) within the batch limits."""
+        batch: list[_Group] = []
+        for g in groups:
+            longest = batch[0].length if batch else g.length
+            if batch and (len(batch) >= self.batch_size or longest * (len(batch) + 1) > self.max_batch_tokens):
+                yield batch
+                batch = []
+            batch.append(g)
+        if batch:
+            yield batch
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        head = self.model.get_output_embeddings()
+        return head(hidden)
+
+    def _score_packed(self, batch: list[_Group]):
+        """One forward over the packed groups; returns (owners per continuation, results)."""
+        device = self.device
+        length = max(g.length for g in batch)
+        nb = len(batch)
+        pad = self.tokenizer.pad_token_id
+        pad = self.eot_token_id if pad is None else pad
+        ids = torch.full((nb, length), pad if pad is not None else 0, dtype=torch.long)
+        pos = torch.zeros((nb, length), dtype=torch.long)
+        allowed = torch.zeros((nb, length, length), dtype=torch.bool)
+        rows_b, rows_t, targets, spans, owners = [], [], [], [], []
+        for b, g in enumerate(batch):
+            c = len(g.ctx)
+            ids[b, :c] = torch.tensor(g.ctx)
+            pos[b, :c] = torch.arange(c)
+            allowed[b, :c, :c] = torch.ones(c, c, dtype=torch.bool).tril_()
+            off = c
+            for cont, own in zip(g.conts, g.owners):
+                n = len(cont) - 1
+                if n:
+                    ids[b, off:off + n] = torch.tensor(cont[:-1])
+                    pos[b, off:off + n] = torch.arange(c, c + n)
+                    allowed[b, off:off + n, :c] = True
+                    allowed[b, off:off + n, off:off + n] = torch.ones(n, n, dtype=torch.bool).tril_()
+                start = len(targets)
+                rows_b.extend([b] * (n + 1))
+                rows_t.extend([c - 1, *range(off, off + n)])
+                targets.extend(cont)
+                spans.append((start, start + n + 1))
+                owners.append(own)
+                off += n
+            idx = torch.arange(off, length)      # padding: attends to itself only (never read)
+            allowed[b, idx, idx] = True
+        dtype = self.model.get_input_embeddings().weight.dtype
+        if not dtype.is_floating_point:
+            dtype = torch.float32
+        mask = torch.zeros((nb, 1, length, length), dtype=dtype)
+        mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(dtype).min)
+        decoder = self.model.get_decoder()
+        hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                         use_cache=False).last_hidden_state
+        picked = hidden[torch.tensor(rows_b, device=device), torch.tensor(rows_t, device=device)]
+        logits = self._head(picked.unsqueeze(0))[0]
+        tgt = torch.tensor(targets, device=device)
+        logp = F.log_softmax(logits.float(), dim=-1).gather(1, tgt.unsqueeze(1)).squeeze(1)
+        hit = logits.argmax(dim=-1) == tgt
+        logp, hit = logp.cpu(), hit.cpu()
+        results = [(float(logp[s:e].sum()), bool(hit[s:e].all())) for s, e in spans]
+        return owners, results
+
+    def _score_whole(self, ctx: list[int], cont: list[int]):
+        """HFLM's computation for one request: the whole (left-truncated) sequence minus its last token,
+        through the whole model, scored at the continuation's positions."""
+        inp = (ctx + cont)[-(self.max_length + 1):][:-1]
+        logits = self.model(torch.tensor([inp], device=self.device)).logits[0, -len(cont):]
+        tgt = torch.tensor(cont, device=logits.device)
+        logp = F.log_softmax(logits.float(), dim=-1).gather(1, tgt.unsqueeze(1)).squeeze(1)
+        return float(logp.sum()), bool((logits.argmax(dim=-1) == tgt).all())
+
+    # -------------------------------------------------------------------------------- not needed here
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("slmquant backend: loglikelihood_rolling is not implemented "
+                                  "(our tasks use loglikelihood only); use eval.backend: hf")
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("slmquant backend: generate_until is not implemented "
+                                  "(our tasks use loglikelihood only); use eval.backend: hf")
