@@ -109,22 +109,24 @@ class PrefixSharingLM(TemplateLM):
     Args:
         pretrained: the model (an HF causal LM with ``.model`` the decoder and an output head), as it is.
         tokenizer: its tokenizer.
-        batch_size: at most this many packed groups (items) per forward.
-        max_batch_tokens: at most this many padded tokens (groups x longest packed length) per forward.
+        batch_size: at most this many rows per forward.
+        max_batch_tokens: at most this many padded tokens (rows x longest row) per forward.
+        row_tokens: items shorter than this share a row, up to this many tokens (or the longest item's).
         whole_sequences: force the whole-sequence path (None: decide from the model).
         max_length: as HFLM's (None: from the config / tokenizer, 2048 by default).
     """
 
     _DEFAULT_MAX_LENGTH = 2048   # HFLM's
 
-    def __init__(self, pretrained, tokenizer, batch_size: int = 32, max_batch_tokens: int = 4096,
-                 whole_sequences: bool | None = None, max_length: int | None = None,
+    def __init__(self, pretrained, tokenizer, batch_size: int = 8, max_batch_tokens: int = 2048,
+                 row_tokens: int = 256, whole_sequences: bool | None = None, max_length: int | None = None,
                  add_bos_token: bool | None = None):
         super().__init__()
         self.model = pretrained
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
         self.max_batch_tokens = max(1, int(max_batch_tokens))
+        self.row_tokens = max(1, int(row_tokens))
         self.add_bos_token = add_bos_token
         self._max_length = max_length
         reason = whole_sequence_reason(pretrained)
@@ -188,21 +190,40 @@ class PrefixSharingLM(TemplateLM):
             for i in whole:
                 _, ctx, cont = requests[i]
                 out[i] = self._score_whole(ctx, cont)
-            for batch in self._batches(sorted(groups.values(), key=lambda g: -g.length)):
+            for batch in self._batches(list(groups.values())):
                 for owners, result in zip(*self._score_packed(batch)):
                     for i in owners:
                         out[i] = result
         return out
 
+    def _rows(self, groups: list[_Group]) -> list[list[_Group]]:
+        """Groups placed in rows (first fit, longest first) of at most ``max(row_tokens, longest group)``
+        tokens: short items share a row (each in its own block of the mask), so little is padding."""
+        cap = max([self.row_tokens] + [g.length for g in groups])
+        rows: list[list[_Group]] = []
+        room: list[int] = []
+        for g in sorted(groups, key=lambda g: -g.length):
+            for r, free in enumerate(room):
+                if g.length <= free:
+                    rows[r].append(g)
+                    room[r] -= g.length
+                    break
+            else:
+                rows.append([g])
+                room.append(cap - g.length)
+        return rows
+
     def _batches(self, groups: list[_Group]):
-        """Consecutive runs of the groups (sorted longest first) within the batch limits."""
-        batch: list[_Group] = []
-        for g in groups:
-            longest = batch[0].length if batch else g.length
+        """Rows (``_rows``) in forwards of at most ``batch_size`` rows and ``max_batch_tokens`` padded
+        tokens, longest rows first."""
+        rows = sorted(self._rows(groups), key=lambda r: -sum(g.length for g in r))
+        batch: list[list[_Group]] = []
+        for row in rows:
+            longest = sum(g.length for g in batch[0]) if batch else sum(g.length for g in row)
             if batch and (len(batch) >= self.batch_size or longest * (len(batch) + 1) > self.max_batch_tokens):
                 yield batch
                 batch = []
-            batch.append(g)
+            batch.append(row)
         if batch:
             yield batch
 
@@ -210,10 +231,10 @@ class PrefixSharingLM(TemplateLM):
         head = self.model.get_output_embeddings()
         return head(hidden)
 
-    def _score_packed(self, batch: list[_Group]):
-        """One forward over the packed groups; returns (owners per continuation, results)."""
+    def _score_packed(self, batch: list[list[_Group]]):
+        """One forward over rows of packed groups; returns (owners per continuation, results)."""
         device = self.device
-        length = max(g.length for g in batch)
+        length = max(sum(g.length for g in row) for row in batch)
         nb = len(batch)
         pad = self.tokenizer.pad_token_id
         pad = self.eot_token_id if pad is None else pad
@@ -221,26 +242,28 @@ class PrefixSharingLM(TemplateLM):
         pos = torch.zeros((nb, length), dtype=torch.long)
         allowed = torch.zeros((nb, length, length), dtype=torch.bool)
         rows_b, rows_t, targets, spans, owners = [], [], [], [], []
-        for b, g in enumerate(batch):
-            c = len(g.ctx)
-            ids[b, :c] = torch.tensor(g.ctx)
-            pos[b, :c] = torch.arange(c)
-            allowed[b, :c, :c] = torch.ones(c, c, dtype=torch.bool).tril_()
-            off = c
-            for cont, own in zip(g.conts, g.owners):
-                n = len(cont) - 1
-                if n:
-                    ids[b, off:off + n] = torch.tensor(cont[:-1])
-                    pos[b, off:off + n] = torch.arange(c, c + n)
-                    allowed[b, off:off + n, :c] = True
-                    allowed[b, off:off + n, off:off + n] = torch.ones(n, n, dtype=torch.bool).tril_()
-                start = len(targets)
-                rows_b.extend([b] * (n + 1))
-                rows_t.extend([c - 1, *range(off, off + n)])
-                targets.extend(cont)
-                spans.append((start, start + n + 1))
-                owners.append(own)
-                off += n
+        for b, row in enumerate(batch):
+            off = 0
+            for g in row:
+                c, s0 = len(g.ctx), off        # this group's context is at [s0, s0 + c)
+                ids[b, s0:s0 + c] = torch.tensor(g.ctx)
+                pos[b, s0:s0 + c] = torch.arange(c)
+                allowed[b, s0:s0 + c, s0:s0 + c] = torch.ones(c, c, dtype=torch.bool).tril_()
+                off = s0 + c
+                for cont, own in zip(g.conts, g.owners):
+                    n = len(cont) - 1
+                    if n:
+                        ids[b, off:off + n] = torch.tensor(cont[:-1])
+                        pos[b, off:off + n] = torch.arange(c, c + n)
+                        allowed[b, off:off + n, s0:s0 + c] = True
+                        allowed[b, off:off + n, off:off + n] = torch.ones(n, n, dtype=torch.bool).tril_()
+                    start = len(targets)
+                    rows_b.extend([b] * (n + 1))
+                    rows_t.extend([s0 + c - 1, *range(off, off + n)])
+                    targets.extend(cont)
+                    spans.append((start, start + n + 1))
+                    owners.append(own)
+                    off += n
             idx = torch.arange(off, length)      # padding: attends to itself only (never read)
             allowed[b, idx, idx] = True
         dtype = self.model.get_input_embeddings().weight.dtype

@@ -100,12 +100,14 @@ def greedy_pairs(model, tok, context="The cat sat on the", steps=3):
     return out
 
 
-@pytest.mark.parametrize("batch_size,max_batch_tokens", [(32, 4096), (2, 64), (1, 1)])
-def test_packed_equals_hflm_float32(tokenizer, batch_size, max_batch_tokens):
+@pytest.mark.parametrize("batch_size,max_batch_tokens,row_tokens", [(8, 2048, 256), (2, 64, 1), (1, 1, 1),
+                                                                     (4, 4096, 4096)])
+def test_packed_equals_hflm_float32(tokenizer, batch_size, max_batch_tokens, row_tokens):
     from llmc_slm.backend import PrefixSharingLM
     model = tiny_model(tokenizer)
     pairs = PAIRS + greedy_pairs(model, tokenizer)
-    lm = PrefixSharingLM(model, tokenizer, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    lm = PrefixSharingLM(model, tokenizer, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                         row_tokens=row_tokens)
     assert lm.whole_reason is None and lm.backend_name == "slmquant"
     ours = lm.loglikelihood(requests(pairs), disable_tqdm=True)
     ref = hf_scores(model, tokenizer, pairs, bs=4)
