@@ -10,7 +10,7 @@ task, the same ``--items`` documents (MMLU: spread over the 57 subjects, as ``ev
 by the harness (``llmc_slm.tasks.lmeval.run``: requests built, scored, aggregated) with each backend in
 alternation, ``--rounds`` rounds, the order rotating each round; the harness objects are built before the
 clock starts. Reported per task: items/s of each backend (median over rounds), the ratio ours / HFLM per
-round and its median, and whether both gave the same acc and acc_norm. Torch threads are pinned
+round and its median (and the same from process CPU time, steadier on a shared machine), and whether both gave the same acc and acc_norm. Torch threads are pinned
 (``--threads``, 2 by default) and reported.
 
 ``qwen2.5-0.5b-random`` is the embedded random model of the Qwen2.5-0.5B architecture: its 151,936-word
@@ -105,6 +105,7 @@ def main(argv=None) -> int:
             lms = {"hf": make_lm(ad, args.hf_bs, "hf"), "slmquant": make_lm(ad, args.bs or 1, "slmquant")}
             for task in tasks:
                 times = {b: [] for b in lms}
+                cpu = {b: [] for b in lms}
                 results = {}
                 for r in range(args.rounds):
                     order = list(lms) if r % 2 == 0 else list(lms)[::-1]
@@ -113,21 +114,23 @@ def main(argv=None) -> int:
                         sel = lmeval.selection(task_set, args.items)
                         if "samples" in sel:
                             lmeval.prune(task_set, set(sel["samples"]))
-                        t = time.perf_counter()
+                        t, c = time.perf_counter(), time.process_time()
                         res = lmeval.run(lms[b], task_set.task_dict(), **sel)
                         times[b].append(time.perf_counter() - t)
+                        cpu[b].append(time.process_time() - c)
                         results[b] = lmeval.summarize(task_set, res)
                 n = results["hf"]["n"]
                 ratios = [h / s for h, s in zip(times["hf"], times["slmquant"])]
                 run = {"model": model_name, "variant": variant, "task": task, "n": n,
                        "items_per_s": {b: n / statistics.median(ts) for b, ts in times.items()},
-                       "seconds": times, "ratios": ratios, "ratio": statistics.median(ratios),
+                       "seconds": times, "cpu_seconds": cpu, "ratios": ratios, "ratio": statistics.median(ratios),
+                       "cpu_ratio": statistics.median(h / s for h, s in zip(cpu["hf"], cpu["slmquant"])),
                        "same_acc": all(results["hf"].get(k) == results["slmquant"].get(k) for k in ("acc", "acc_norm")),
                        "acc": {b: results[b].get("acc") for b in results},
                        "backend": lms["slmquant"].backend_name, "goal": GOALS.get(task)}
                 report["runs"].append(run)
                 rows.append([model_name, variant, task, n, f"{run['items_per_s']['hf']:.2f}",
-                             f"{run['items_per_s']['slmquant']:.2f}", f"{run['ratio']:.2f}x",
+                             f"{run['items_per_s']['slmquant']:.2f}", f"{run['ratio']:.2f}x", f"{run['cpu_ratio']:.2f}x",
                              "" if run["goal"] is None else f">= {run['goal']}x", run["same_acc"]])
                 print(f"{model_name} {variant} {task}: HFLM {run['items_per_s']['hf']:.2f} items/s, ours "
                       f"{run['items_per_s']['slmquant']:.2f} items/s, ratio {run['ratio']:.2f}x "
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
     report["seconds_total"] = time.perf_counter() - t_start
     from tabulate import tabulate
     print()
-    print(tabulate(rows, headers=["model", "variant", "task", "items", "HFLM items/s", "ours items/s", "ratio",
+    print(tabulate(rows, headers=["model", "variant", "task", "items", "HFLM items/s", "ours items/s", "ratio", "CPU-time ratio",
                                   "goal", "same acc"]))
     print(f"\ntotal {report['seconds_total']:.0f} s")
     if args.out:
