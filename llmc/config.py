@@ -94,6 +94,10 @@ class EvalConfig:
     inference_per_block: bool = False
     inference: bool = False        # Track 2: profile the deployed integer model (needs save.save_real)
     inference_threads: int = 1
+    # accuracy tasks' loglikelihood backend: "hf" (lm-eval's HFLM, the reference; the default until
+    # tools/check_tasks.py --backends passes at 200 items in bfloat16 too) or "slmquant" (llmc_slm.backend:
+    # each shared context computed once; equal to HFLM in float32 on all six tasks)
+    backend: Literal["hf", "slmquant"] = "hf"
 
 
 @dataclass

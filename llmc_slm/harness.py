@@ -12,17 +12,21 @@ MMLU (a group) N documents in total, stratified by subject (proportional, at lea
 ``eval.subset: first``: lm-eval's first N documents; for MMLU N in total over the 57 subjects, spread
 evenly (``llmc_slm.tasks.lmeval.selection``: 100 -> 2 items for 43 subjects, 1 for 14), the selection
 ``tools/check_tasks.py`` uses. The result records ``subset_mode``, ``subset_seed``, ``items_digest`` and,
-for a subset, ``item_ids`` (doc indices; MMLU ``subject:index``). ``eval.num_fewshot`` is lm-eval's ``num_fewshot`` (0 by default, the protocol).
-``eval.bs`` is HFLM's batch size.
+for a subset, ``item_ids`` (doc indices; MMLU ``subject:index``). ``eval.num_fewshot`` is lm-eval's
+``num_fewshot`` (0 by default, the protocol). ``eval.bs`` is HFLM's batch size (for ``slmquant``: the most
+items per forward when above 1). ``eval.backend`` picks the loglikelihood backend (``make_lm``): ``hf``
+(lm-eval's HFLM, the reference and the default) or ``slmquant`` (``llmc_slm.backend``: the same requests
+and answers, each shared context computed once).
 
 Result of ``run``: the metrics of the task's output type with their standard errors (multiple choice:
 ``acc``, ``acc_stderr``, ``acc_norm``, ``acc_norm_stderr``, None where the task has no acc_norm: MMLU
 letters), ``n`` (documents evaluated), ``n_total`` (documents in the split), ``subset`` (n < n_total),
 ``limit``, ``num_fewshot``, ``task`` (the harness's task or group name), ``table_metric`` /
 ``table_value`` / ``table_stderr`` (what the tables use: the spec's ``table_metric``), the data's
-provenance, and for a grouped task (MMLU) ``categories`` and ``subjects`` (each with its metrics and n).
-``per_item``: the outcome of every item (``lmeval.per_item``), which the pipeline moves out of the record
-into the run's ``<results stem>.items.json.gz`` (``llmc.results.RunRecord.set_items``).
+provenance, ``backend`` (which scored it: ``hf``, ``slmquant``, or ``slmquant (whole sequences: ...)``
+where the model cannot be packed), and for a grouped task (MMLU) ``categories`` and ``subjects`` (each
+with its metrics and n). ``per_item``: the outcome of every item (``lmeval.per_item``), which the pipeline
+moves out of the record into the run's ``<results stem>.items.json.gz`` (``llmc.results.RunRecord.set_items``).
 """
 
 from __future__ import annotations
@@ -53,14 +57,27 @@ def _weights_left_as_they_are(model):
         del model.tie_weights
 
 
-def make_lm(adapter, batch_size: int = 1):
-    """lm-eval's HFLM around the adapter's model and tokenizer, as they are (dtype and device kept)."""
-    from lm_eval.models.huggingface import HFLM
+BACKENDS = ("slmquant", "hf")
 
+
+def make_lm(adapter, batch_size: int = 1, backend: str = "hf"):
+    """The lm-eval ``LM`` that scores the adapter's model and tokenizer, as they are (dtype and device kept):
+    ``slmquant`` (``llmc_slm.backend.PrefixSharingLM``: contexts once, continuations packed, the output
+    head only where needed) or ``hf`` (lm-eval's ``HFLM``, the reference). ``batch_size``: HFLM's batch
+    size; for slmquant the most items per forward when above 1 (else its default, bounded by tokens)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"eval.backend: '{backend}' is not one of {', '.join(BACKENDS)}")
     from .tasks.lmeval import quiet_lm_eval
-    with _weights_left_as_they_are(adapter.model), quiet_lm_eval(logging.ERROR):
-        lm = HFLM(pretrained=adapter.model, tokenizer=adapter.tokenizer, backend="causal",
-                  batch_size=int(batch_size))
+    if backend == "slmquant":
+        from .backend import PrefixSharingLM
+        kwargs = {"batch_size": int(batch_size)} if int(batch_size) > 1 else {}
+        lm = PrefixSharingLM(adapter.model, adapter.tokenizer, **kwargs)
+    else:
+        from lm_eval.models.huggingface import HFLM
+        with _weights_left_as_they_are(adapter.model), quiet_lm_eval(logging.ERROR):
+            lm = HFLM(pretrained=adapter.model, tokenizer=adapter.tokenizer, backend="causal",
+                      batch_size=int(batch_size))
+        lm.backend_name = "hf"
     if progress_disabled():   # lm-eval passes tqdm's `disable` itself, so TQDM_DISABLE alone is not enough
         for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
             setattr(lm, name, functools.partial(getattr(lm, name), disable_tqdm=True))
@@ -95,7 +112,7 @@ class HarnessTask:
         from .tasks import lmeval, subsets
         t0 = time.perf_counter()
         task_set = lmeval.build_task_set(self.name, self.data)  # fresh tasks for every evaluation position
-        lm = make_lm(adapter, self.cfg.eval.bs)
+        lm = make_lm(adapter, self.cfg.eval.bs, self.cfg.eval.backend)
         mode, seed = self.cfg.eval.subset, self.cfg.eval.subset_seed
         sel = lmeval.selection(task_set, self.limit, mode, seed)
         picked = lmeval.picked(task_set, self.limit, mode, seed)
@@ -117,7 +134,7 @@ class HarnessTask:
             "per_item": items,
             "table_metric": metric, "table_value": out.get(metric),
             "table_stderr": out.get(f"{metric}_stderr"), "data": self.location.describe(),
-            "eval_seconds": time.perf_counter() - t0,
+            "eval_seconds": time.perf_counter() - t0, "backend": lm.backend_name,
         })
         log.info("%s: %s = %s ± %s (n=%d%s)", self.name, metric, _fmt(out["table_value"]),
                  _fmt(out["table_stderr"]), out["n"], f", limit {self.limit}" if self.limit else "")

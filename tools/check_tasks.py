@@ -17,6 +17,18 @@ prompt is exercised; the harness runs them as its ``samples`` selection.
     python tools/check_tasks.py --limit 20 --tasks arc_easy,piqa --model smollm2-135m-instruct
 
 Prints a table; exits 1 on any mismatch, 2 on a user error (missing data, unknown model).
+
+``--backends``: instead, the same items of OUR tasks scored by our loglikelihood backend
+(``llmc_slm.backend``, ``eval.backend: slmquant``) and by lm-eval's ``HFLM`` (``hf``), every request compared
+(the same requests, |Δ log-likelihood|, is_greedy), every item's chosen answer (argmax of the
+log-likelihoods for acc, of the length-normalized ones for acc_norm) and every aggregate (acc, acc_norm per
+task and group). Criteria: in float32 every item chooses the same answer except near-ties (the two best
+scores of HFLM or ours within 1e-4), which are counted and listed; in bfloat16 (or float16) at least 99.5%
+of the items choose the same answer and every aggregate is within one standard error (HFLM's). Exits 1
+when a criterion fails.
+
+    python tools/check_tasks.py --backends --limit 200 --dtype float32
+    python tools/check_tasks.py --backends --limit 200 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -111,7 +123,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     p.add_argument("--data", default=None, help="data path (as eval.path); default: find_dataset's search order")
     p.add_argument("--json", default=None, help="also write the comparison as JSON here")
+    p.add_argument("--backends", action="store_true",
+                   help="compare our loglikelihood backend with HFLM on our tasks (instead of ours vs built-in)")
     args = p.parse_args(argv)
+    if args.backends:
+        return backends_main(args)
 
     import torch
 
@@ -138,7 +154,7 @@ def main(argv=None) -> int:
         return 2
     print(f"model {source.name} ({source.origin}), {args.dtype}, loaded in {time.perf_counter() - t0:.1f} s; "
           f"batch {args.bs}, {args.threads} thread(s); limit {limit}", flush=True)
-    lm = make_lm(adapter, args.bs)
+    lm = make_lm(adapter, args.bs, "hf")
     manager = reference.task_manager(tasks)
 
     rows, report = [], {}
@@ -179,6 +195,147 @@ def main(argv=None) -> int:
     print(f"\nsubset: the first {limit} items of each task (MMLU: {limit} over the 57 subjects); "
           f"acc ± stderr over those items, model {source.name} in {args.dtype}" if limit else
           "\nall items of each task")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": source.describe(), "dtype": args.dtype, "limit": limit, "tasks": report}, f,
+                      indent=1, default=str)
+    return 0 if all(r["ok"] for r in report.values()) else 1
+
+
+# ------------------------------------------------------------------------------------- --backends
+NEAR_TIE = 1e-4
+SAME_ANSWER_SHARE = 0.995   # bfloat16 / float16: at least this share of items choose the same answer
+
+
+def _choice(scores) -> tuple[int, float]:
+    """(argmax, gap between the two best) of one item's scores."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    gap = scores[order[0]] - scores[order[1]] if len(scores) > 1 else float("inf")
+    return order[0], gap
+
+
+def compare_backends(task_set, res_ours: dict, res_hf: dict, exact: bool) -> dict:
+    """Request-, item- and aggregate-level comparison of one task set scored by the two backends."""
+    problems, ties = [], []
+    items = requests = same_requests = same_greedy = 0
+    disagree = {"acc": 0, "acc_norm": 0}
+    max_ll = 0.0
+    for t in sorted(task_set.tasks):
+        task = task_set.tasks[t]
+        a = sorted(res_ours["samples"][t], key=lambda s: s["doc_id"])
+        b = sorted(res_hf["samples"][t], key=lambda s: s["doc_id"])
+        if [s["doc_id"] for s in a] != [s["doc_id"] for s in b]:
+            problems.append(f"{t}: different documents evaluated")
+            continue
+        for x, y in zip(a, b):
+            items += 1
+            ra, rb = [tuple(r) for r in x["arguments"]], [tuple(r) for r in y["arguments"]]
+            requests += len(ra)
+            same_requests += ra == rb
+            lla = [float(r[0]) for r in x["filtered_resps"]]
+            llb = [float(r[0]) for r in y["filtered_resps"]]
+            same_greedy += sum(bool(p[1]) == bool(q[1]) for p, q in zip(x["filtered_resps"], y["filtered_resps"]))
+            max_ll = max([max_ll] + [abs(p - q) for p, q in zip(lla, llb)])
+            lengths = [float(len(c)) for c in task.doc_to_choice(x["doc"])]
+            for metric in ("acc", "acc_norm"):
+                if metric not in x:
+                    continue
+                sa = lla if metric == "acc" else [v / n for v, n in zip(lla, lengths)]
+                sb = llb if metric == "acc" else [v / n for v, n in zip(llb, lengths)]
+                (ca, gap_a), (cb, gap_b) = _choice(sa), _choice(sb)
+                if ca != cb:
+                    disagree[metric] += 1
+                    tie = min(gap_a, gap_b) < NEAR_TIE
+                    entry = f"{t} doc {x['doc_id']} {metric}: ours {ca} vs HFLM {cb} (gaps {gap_a:.2e} / {gap_b:.2e})"
+                    (ties if tie else problems).append(entry if tie or not exact else entry + ": not a near-tie")
+    aggregates = within = 0
+    for name, entry in res_hf["results"].items():
+        mine = res_ours["results"].get(name, {})
+        for metric in ("acc", "acc_norm"):
+            v, se, w = entry.get(f"{metric},none"), entry.get(f"{metric}_stderr,none"), mine.get(f"{metric},none")
+            if not isinstance(v, float) or not isinstance(w, float):
+                continue
+            aggregates += 1
+            se = se if isinstance(se, float) else 0.0
+            if abs(w - v) <= se + 1e-12:
+                within += 1
+            elif len(problems) < 12:
+                problems.append(f"{name} {metric}: ours {w:.4f} vs HFLM {v:.4f} ± {se:.4f}")
+    same_answers = items - max(disagree.values())
+    if exact:
+        ok = not [p for p in problems if "not a near-tie" in p or "different documents" in p]
+        ok = ok and same_requests == items
+    else:
+        ok = same_requests == items and items > 0 and same_answers >= SAME_ANSWER_SHARE * items \
+            and within == aggregates
+    return {"items": items, "requests": requests, "same_requests": same_requests, "same_greedy": same_greedy,
+            "max_abs_loglik_diff": max_ll, "disagree_acc": disagree["acc"], "disagree_acc_norm": disagree["acc_norm"],
+            "near_ties": ties, "aggregates": aggregates, "aggregates_within_stderr": within,
+            "problems": problems, "ok": bool(ok and items > 0)}
+
+
+def backends_main(args) -> int:
+    import torch
+
+    from llmc.data.sources import find_dataset
+    from llmc.errors import UserError
+    from llmc.models.loading import load_model, resolve_model_source
+    from llmc_slm.harness import make_lm
+    from llmc_slm.tasks import load_task_data, lmeval
+
+    names = tuple(TASKS)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in names]
+    if unknown:
+        print(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(names)}", file=sys.stderr)
+        return 2
+    limit = args.limit or None
+    torch.set_num_threads(args.threads)
+    try:
+        data = {t: load_task_data(t, find_dataset(t, args.data, key="--data"), key="--data") for t in tasks}
+        source = resolve_model_source(args.model)
+        adapter = load_model(source, dtype=getattr(torch, args.dtype))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    exact = args.dtype == "float32"
+    lms = {"slmquant": make_lm(adapter, 1, "slmquant"), "hf": make_lm(adapter, args.bs, "hf")}
+    print(f"model {source.name}, {args.dtype}, {args.threads} thread(s), limit {limit}; ours: "
+          f"{lms['slmquant'].backend_name}, HFLM batch {args.bs}", flush=True)
+    rows, report = [], {}
+    for name in tasks:
+        res, secs, sets = {}, {}, {}
+        for backend, lm in lms.items():
+            task_set = lmeval.build_task_set(name, data[name])
+            sel = lmeval.selection(task_set, limit)
+            if "samples" in sel:
+                lmeval.prune(task_set, set(sel["samples"]))
+            t = time.perf_counter()
+            res[backend] = lmeval.run(lm, task_set.task_dict(), log_samples=True, **sel)
+            secs[backend] = time.perf_counter() - t
+            sets[backend] = task_set
+        cmp = compare_backends(sets["slmquant"], res["slmquant"], res["hf"], exact)
+        ours, ref = lmeval.summarize(sets["slmquant"], res["slmquant"]), lmeval.summarize(sets["hf"], res["hf"])
+        cmp.update({"task": name, "seconds": secs, "ours": ours, "hf": ref})
+        report[name] = cmp
+        n = cmp["items"]
+        rows.append([name, n, cmp["requests"], f"{cmp['same_requests']}/{n}", f"{cmp['max_abs_loglik_diff']:.1e}",
+                     f"{cmp['same_greedy']}/{cmp['requests']}", f"{cmp['disagree_acc']}/{cmp['disagree_acc_norm']}",
+                     len(cmp["near_ties"]), f"{cmp['aggregates_within_stderr']}/{cmp['aggregates']}",
+                     f"{_pm(ours, 'acc')} | {_pm(ref, 'acc')}", f"{secs['slmquant']:.0f}", f"{secs['hf']:.0f}",
+                     "OK" if cmp["ok"] else "FAIL"])
+        print(f"{name}: {rows[-1][-1]} ({n} items, {secs['slmquant']:.0f} s ours, {secs['hf']:.0f} s HFLM)", flush=True)
+        for line in cmp["near_ties"]:
+            print(f"  near-tie: {line}", flush=True)
+        for problem in cmp["problems"]:
+            print(f"  {problem}", flush=True)
+    from tabulate import tabulate
+    print()
+    print(tabulate(rows, headers=["task", "items", "requests", "same requests", "max|Δ loglik|", "same greedy",
+                                  "answers differ acc/acc_norm", "near-ties", "aggregates within 1 se",
+                                  "acc ours | HFLM", "s ours", "s HFLM", "result"]))
+    print(f"\ncriteria ({args.dtype}): " + ("every chosen answer the same except near-ties (< 1e-4)" if exact else
+          f">= {SAME_ANSWER_SHARE:.1%} of items choose the same answer, every aggregate within one stderr"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": source.describe(), "dtype": args.dtype, "limit": limit, "tasks": report}, f,

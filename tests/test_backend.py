@@ -1,0 +1,206 @@
+"""The slmquant loglikelihood backend (llmc_slm.backend) against lm-eval's HFLM, request by request.
+
+A tiny random Llama with the embedded SmolLM2 tokenizer, float32: every log-likelihood within 1e-4 of
+HFLM's and every is_greedy the same, for shared contexts, contexts of different lengths, single- and
+multi-token continuations, a context ending with a space and an empty context; the same through the
+whole-sequence fallback (a per-tensor dynamic activation quantizer); and a HarnessTask run on PIQA with
+eval.backend slmquant and hf giving the same per-item accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from llmc.errors import UserError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from llmc.models.loading import local_dir, resolve_model_source
+    try:
+        return AutoTokenizer.from_pretrained(local_dir(resolve_model_source("smollm2-135m-instruct")))
+    except UserError as e:
+        pytest.skip(f"embedded tokenizer unavailable: {e}")
+
+
+def tiny_model(tok, dtype=torch.float32, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).to(dtype).eval()
+    return model
+
+
+def requests(pairs):
+    from lm_eval.api.instance import Instance
+    return [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+
+
+PAIRS = [
+    # a multiple-choice item: one context, choices of 1 and several tokens
+    ("Question: What is the capital of France?\nAnswer:", " Paris"),
+    ("Question: What is the capital of France?\nAnswer:", " London"),
+    ("Question: What is the capital of France?\nAnswer:", " the city of lights on the Seine"),
+    ("Question: What is the capital of France?\nAnswer:", " Paris"),          # a duplicate request
+    # another context, of a different length
+    ("The cat sat on the", " mat"),
+    ("The cat sat on the", " hat and then went to sleep for a long while"),
+    # a context ending with a space (moved onto the continuation by HFLM's _encode_pair)
+    ("Goal: boil water. Solution: ", "use a kettle"),
+    ("Goal: boil water. Solution: ", "use a fridge"),
+    # single-token continuations only (MMLU letters)
+    ("A. one\nB. two\nC. three\nD. four\nAnswer:", " A"),
+    ("A. one\nB. two\nC. three\nD. four\nAnswer:", " B"),
+    ("A. one\nB. two\nC. three\nD. four\nAnswer:", " C"),
+    ("A. one\nB. two\nC. three\nD. four\nAnswer:", " D"),
+    # an empty context (the prefix token)
+    ("", "Hello world"),
+    # a long context
+    (" ".join(["word"] * 300) + ".", " The end"),
+]
+
+
+def hf_scores(model, tok, pairs, bs=1):
+    from llmc_slm.harness import make_lm
+    return make_lm(types.SimpleNamespace(model=model, tokenizer=tok), bs, backend="hf").loglikelihood(
+        requests(pairs), disable_tqdm=True)
+
+
+def assert_same(ours, ref, tol=1e-4):
+    assert len(ours) == len(ref)
+    for (a, ga), (b, gb) in zip(ours, ref):
+        assert abs(a - b) < tol, (a, b)
+        assert ga == gb
+
+
+def greedy_pairs(model, tok, context="The cat sat on the", steps=3):
+    """(context, the model's greedy continuation of 1 and of ``steps`` tokens), kept where the text
+    re-encodes to the same tokens: requests whose is_greedy is True."""
+    ids = tok.encode(context)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    n = len(tok.encode(context))
+    out = []
+    for k in (1, steps):
+        cont = tok.decode(ids[n:n + k])
+        if tok.encode(context + cont)[n:] == ids[n:n + k]:
+            out.append((context, cont))
+    return out
+
+
+@pytest.mark.parametrize("batch_size,max_batch_tokens,row_tokens", [(8, 2048, 256), (2, 64, 1), (1, 1, 1),
+                                                                     (4, 4096, 4096)])
+def test_packed_equals_hflm_float32(tokenizer, batch_size, max_batch_tokens, row_tokens):
+    from llmc_slm.backend import PrefixSharingLM
+    model = tiny_model(tokenizer)
+    pairs = PAIRS + greedy_pairs(model, tokenizer)
+    lm = PrefixSharingLM(model, tokenizer, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                         row_tokens=row_tokens)
+    assert lm.whole_reason is None and lm.backend_name == "slmquant"
+    ours = lm.loglikelihood(requests(pairs), disable_tqdm=True)
+    ref = hf_scores(model, tokenizer, pairs, bs=4)
+    assert_same(ours, ref)
+    assert any(g for _, g in ref)      # the greedy flag is exercised both ways
+    assert not all(g for _, g in ref)
+
+
+def test_tokenization_is_hflms(tokenizer):
+    from lm_eval.models.huggingface import HFLM
+
+    from llmc_slm.backend import PrefixSharingLM
+    model = tiny_model(tokenizer)
+    ours = PrefixSharingLM(model, tokenizer)
+    ref = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=1)
+    for ctx, cont in PAIRS:
+        if ctx:
+            assert ours._encode_pair(ctx, cont) == ref._encode_pair(ctx, cont)
+    assert ours.prefix_token_id == ref.prefix_token_id and ours.max_length == ref.max_length
+
+
+def test_eager_attention_too(tokenizer):
+    from llmc_slm.backend import PrefixSharingLM
+    model = tiny_model(tokenizer)
+    model.set_attn_implementation("eager")
+    ours = PrefixSharingLM(model, tokenizer).loglikelihood(requests(PAIRS), disable_tqdm=True)
+    assert_same(ours, hf_scores(model, tokenizer, PAIRS))
+
+
+def _fake_quant(model, granularity, static=False):
+    from llmc.quant.fake_linear import replace_linears
+    from llmc.quant.quantizer import Quantizer
+    aq = Quantizer(bit=8, symmetric=True, granularity=granularity, static=static)
+    names = [n for n, m in model.model.named_modules() if isinstance(m, torch.nn.Linear)]
+    replace_linears(model.model, {n: (Quantizer(bit=8, granularity="per_channel"), aq) for n in names})
+    return model
+
+
+def test_per_token_fake_quant_is_packed(tokenizer):
+    from llmc_slm.backend import PrefixSharingLM
+    model = _fake_quant(tiny_model(tokenizer), "per_token")
+    lm = PrefixSharingLM(model, tokenizer, batch_size=4)
+    assert lm.whole_reason is None
+    assert_same(lm.loglikelihood(requests(PAIRS), disable_tqdm=True), hf_scores(model, tokenizer, PAIRS))
+
+
+def test_per_tensor_dynamic_falls_back_to_whole_sequences(tokenizer):
+    from llmc_slm.backend import PrefixSharingLM, sequence_dependent_quantizers
+    model = _fake_quant(tiny_model(tokenizer), "per_tensor")
+    assert sequence_dependent_quantizers(model)
+    lm = PrefixSharingLM(model, tokenizer)
+    assert lm.backend_name == "slmquant (whole sequences: per-tensor dynamic activations)"
+    # HFLM at batch size 1: no padding enters the per-tensor ranges either
+    assert_same(lm.loglikelihood(requests(PAIRS), disable_tqdm=True), hf_scores(model, tokenizer, PAIRS, bs=1))
+    # packing would have changed the numbers: the fallback is needed
+    forced = PrefixSharingLM(model, tokenizer, whole_sequences=False).loglikelihood(requests(PAIRS),
+                                                                                      disable_tqdm=True)
+    ref = hf_scores(model, tokenizer, PAIRS, bs=1)
+    assert max(abs(a - b) for (a, _), (b, _) in zip(forced, ref)) > 1e-4
+
+
+def test_static_per_tensor_is_packed(tokenizer):
+    from llmc_slm.backend import whole_sequence_reason
+    model = _fake_quant(tiny_model(tokenizer), "per_token")
+    assert whole_sequence_reason(model) is None
+    for m in model.modules():
+        if hasattr(m, "act_quantizer") and m.act_quantizer is not None:
+            m.act_quantizer.granularity, m.act_quantizer.static = "per_tensor", True
+    assert whole_sequence_reason(model) is None
+
+
+def test_harness_task_same_items_with_both_backends(tokenizer):
+    from llmc.config import Config
+    from llmc.data.sources import find_dataset
+    from llmc_slm.harness import HarnessTask, make_lm
+    from llmc_slm.tasks import lmeval
+    try:
+        find_dataset("piqa")
+    except UserError:
+        pytest.skip("no piqa data found")
+    adapter = types.SimpleNamespace(model=tiny_model(tokenizer), tokenizer=tokenizer)
+    outs, items = {}, {}
+    for backend in ("slmquant", "hf"):
+        cfg = Config()
+        cfg.eval.limit, cfg.eval.bs, cfg.eval.backend = 8, 4, backend
+        task = HarnessTask("piqa", cfg)
+        outs[backend] = task.run(adapter)
+        assert outs[backend]["backend"] == backend
+        # per item: the harness's logged samples
+        res = lmeval.run(make_lm(adapter, 4, backend), lmeval.build_task_set("piqa", task.data).task_dict(),
+                         limit=8, log_samples=True)
+        items[backend] = [(s["doc_id"], s["acc"], s["acc_norm"]) for s in res["samples"]["piqa"]]
+    a, b = outs["slmquant"], outs["hf"]
+    assert a["n"] == b["n"] == 8
+    assert a["acc"] == b["acc"] and a["acc_norm"] == b["acc_norm"]
+    assert items["slmquant"] == items["hf"] and len(items["hf"]) == 8
