@@ -28,6 +28,7 @@ LAYERS = [
     ["llmc.pipeline"],
     ["llmc.__main__"],
     ["llmc_slm.scoring", "llmc_slm.paired", "llmc_slm.zoo"],
+    ["llmc_slm.backend"],
     ["llmc_slm.harness", "llmc_slm.tracks"],
     ["llmc_slm.reports", "llmc_slm.sweep"],
     ["llmc_slm.extension"],
