@@ -101,7 +101,8 @@ def gguf_cache_dir(sha256: str) -> Path:
     return cache_root() / "gguf" / sha256[:16]
 
 
-MANIFEST = "slmquant_files.json"
+MANIFEST = "slmquant_files.json"         # the entry's files: size and sha256, written with the entry
+SOURCE_MARKER = "slmquant_source.json"   # the GGUF it came from (path, size, mtime): the fast path's key
 
 
 def cache_entry_damage(directory: Path) -> Optional[str]:
@@ -120,6 +121,8 @@ def cache_entry_damage(directory: Path) -> Optional[str]:
     except (OSError, ValueError):
         return f"unreadable {MANIFEST}"
     for name, info in files.items():
+        if name == SOURCE_MARKER:   # rewritten on every full check (entries adopted before it was left out)
+            continue
         f = directory / name
         if not f.is_file():
             return f"{name} is missing"
@@ -148,7 +151,7 @@ def safetensors_damage(path: Path) -> Optional[str]:
 
 def write_manifest(directory: Path) -> None:
     files = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
-             for f in sorted(directory.iterdir()) if f.is_file() and f.name != MANIFEST}
+             for f in sorted(directory.iterdir()) if f.is_file() and f.name not in (MANIFEST, SOURCE_MARKER)}
     (directory / MANIFEST).write_text(json.dumps(files, indent=1))
 
 
@@ -180,7 +183,7 @@ def materialize_gguf(gguf_path: str | Path, expected_sha256: Optional[str] = Non
     if expected_sha256:
         # A verified cache entry is trusted without re-hashing the (large) file every time.
         cached = gguf_cache_dir(expected_sha256)
-        marker = cached / "slmquant_source.json"
+        marker = cached / SOURCE_MARKER
         if marker.is_file():
             info = json.loads(marker.read_text())
             if info.get("file") == str(gguf_path) and info.get("size") == gguf_path.stat().st_size \
@@ -205,7 +208,7 @@ def materialize_gguf(gguf_path: str | Path, expected_sha256: Optional[str] = Non
         with atomic_dir(out) as tmp:
             dequantize_gguf(gguf_path, tmp)
             write_manifest(tmp)
-    marker = out / "slmquant_source.json"
+    marker = out / SOURCE_MARKER
     marker.write_text(json.dumps({"file": str(gguf_path), "sha256": digest, "size": gguf_path.stat().st_size,
                                   "mtime": gguf_path.stat().st_mtime}))
     return out, digest
