@@ -22,14 +22,8 @@ from llmc.errors import UserError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from llmc.models.loading import local_dir, resolve_model_source
-    try:
-        return AutoTokenizer.from_pretrained(local_dir(resolve_model_source("smollm2-135m-instruct")))
-    except UserError as e:
-        pytest.skip(f"embedded tokenizer unavailable: {e}")
+def tokenizer(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 def tiny_model(tok, dtype=torch.float32, seed=0):

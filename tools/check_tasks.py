@@ -49,6 +49,18 @@ from llmc_slm.tasks import TASKS  # noqa: E402  (light: no torch, no lm-eval)
 ALL = tuple(name for name, spec in TASKS.items() if spec.builtin)  # the tasks that reproduce a built-in one
 
 
+
+def aligned_samples(res_a: dict, res_b: dict, task: str, problems: list) -> list:
+    """The two runs' logged samples of ``task`` paired by document; none (and a problem noted) when the two
+    evaluated different documents."""
+    a = sorted(res_a["samples"][task], key=lambda s: s["doc_id"])
+    b = sorted(res_b["samples"][task], key=lambda s: s["doc_id"])
+    if [s["doc_id"] for s in a] != [s["doc_id"] for s in b]:
+        problems.append(f"{task}: different documents evaluated")
+        return []
+    return list(zip(a, b))
+
+
 def _same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
@@ -65,12 +77,7 @@ def compare(ours, ref, res_ours: dict, res_ref: dict) -> dict:
     items = requests = same_requests = same_metrics = 0
     max_ll = 0.0
     for t in sorted(set(ours.tasks) & set(ref.tasks)):
-        a = sorted(res_ours["samples"][t], key=lambda s: s["doc_id"])
-        b = sorted(res_ref["samples"][t], key=lambda s: s["doc_id"])
-        if [s["doc_id"] for s in a] != [s["doc_id"] for s in b]:
-            problems.append(f"{t}: different documents evaluated")
-            continue
-        for x, y in zip(a, b):
+        for x, y in aligned_samples(res_ours, res_ref, t, problems):
             items += 1
             ra, rb = [tuple(r) for r in x["arguments"]], [tuple(r) for r in y["arguments"]]
             requests += len(ra)
@@ -222,12 +229,7 @@ def compare_backends(task_set, res_ours: dict, res_hf: dict, exact: bool) -> dic
     max_ll = 0.0
     for t in sorted(task_set.tasks):
         task = task_set.tasks[t]
-        a = sorted(res_ours["samples"][t], key=lambda s: s["doc_id"])
-        b = sorted(res_hf["samples"][t], key=lambda s: s["doc_id"])
-        if [s["doc_id"] for s in a] != [s["doc_id"] for s in b]:
-            problems.append(f"{t}: different documents evaluated")
-            continue
-        for x, y in zip(a, b):
+        for x, y in aligned_samples(res_ours, res_hf, t, problems):
             items += 1
             ra, rb = [tuple(r) for r in x["arguments"]], [tuple(r) for r in y["arguments"]]
             requests += len(ra)
