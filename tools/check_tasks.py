@@ -61,6 +61,16 @@ def aligned_samples(res_a: dict, res_b: dict, task: str, problems: list) -> list
     return list(zip(a, b))
 
 
+def requested_tasks(spec: str, known: tuple) -> list | None:
+    """``--tasks a,b`` as a list, or None after one line on stderr naming the unknown ones."""
+    tasks = [t.strip() for t in spec.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        print(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(known)}", file=sys.stderr)
+        return None
+    return tasks
+
+
 def _same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
@@ -144,10 +154,8 @@ def main(argv=None) -> int:
     from llmc_slm.harness import make_lm
     from llmc_slm.tasks import load_task_data, lmeval, reference
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in ALL]
-    if unknown:
-        print(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(ALL)}", file=sys.stderr)
+    tasks = requested_tasks(args.tasks, ALL)
+    if tasks is None:
         return 2
     limit = args.limit or None
     torch.set_num_threads(args.threads)
@@ -285,11 +293,8 @@ def backends_main(args) -> int:
     from llmc_slm.harness import make_lm
     from llmc_slm.tasks import load_task_data, lmeval
 
-    names = tuple(TASKS)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in names]
-    if unknown:
-        print(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(names)}", file=sys.stderr)
+    tasks = requested_tasks(args.tasks, tuple(TASKS))
+    if tasks is None:
         return 2
     limit = args.limit or None
     torch.set_num_threads(args.threads)
