@@ -116,13 +116,18 @@ class MethodInfo(Section):
     @classmethod
     def from_config(cls, quant: Any) -> Optional["MethodInfo"]:
         """What a record written before ``method`` was recorded ran, from its resolved ``config.quant``:
-        RTN was that code's one method without calibration, and OmniQuant with ``keep_best: true`` (its
-        default then) is the variant now labelled "OmniQuant+KB"."""
+        RTN was that code's one method without calibration, OmniQuant with ``keep_best: true`` (its
+        default then) is the variant now labelled "OmniQuant+KB", and SpinQuant with ``learn_rotations:
+        false`` the one labelled "SpinQuant w/o learning"."""
         if not isinstance(quant, dict):
             return None
         name = str(quant.get("method") or "?")
         special = quant.get("special") if isinstance(quant.get("special"), dict) else {}
-        label = "OmniQuant+KB" if name == "OmniQuant" and special.get("keep_best") is True else name
+        label = name
+        if name == "OmniQuant" and special.get("keep_best") is True:
+            label = "OmniQuant+KB"
+        elif name == "SpinQuant" and special.get("learn_rotations") is False:
+            label = "SpinQuant w/o learning"
         return cls(name=name, label=label, calibrated=name != "RTN", extra={"from_config": True})
 
 

@@ -20,6 +20,7 @@ from llmc.quant.fake_linear import FakeQuantLinear
 from llmc.quant.kvcache import enable_kv_quant
 from llmc.quant.transforms import OnlineHadamard
 from llmc.registry import ALGO_REGISTRY, METHODS
+from llmc.results import RunResult
 from llmc.pipeline import quantize_model, quantize_stages
 from test_algorithms import calib_ids, logits, make_cfg, rel_diff
 
@@ -341,6 +342,16 @@ def test_special_validation_and_calibration_need():
     assert METHODS["SpinQuant"].calibrates(make_cfg("SpinQuant"))
     assert not METHODS["SpinQuant"].calibrates(make_cfg("SpinQuant", "--quant.special.learn_rotations", "false",
                                                  "--quant.special.weight_algo", "rtn"))
+
+
+def test_unlearned_rotations_are_a_named_variant():
+    """Random Hadamard rotations without learning are not the published method: their rows say so."""
+    assert METHODS["SpinQuant"].label_for(make_cfg("SpinQuant")) == "SpinQuant"
+    unlearned = make_cfg("SpinQuant", "--quant.special.learn_rotations", "false")
+    assert METHODS["SpinQuant"].label_for(unlearned) == "SpinQuant w/o learning"
+    old = RunResult.from_dict({"schema_version": 1, "status": "complete",
+                               "config": {"quant": {"method": "SpinQuant", "special": {"learn_rotations": False}}}})
+    assert old.method.label == "SpinQuant w/o learning"     # a record written before labels existed
 
 
 # ------------------------------------------------------------------------------ packed, tied head

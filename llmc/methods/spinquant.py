@@ -59,5 +59,15 @@ def validate(cfg) -> None:
         raise ConfigError("quant.special.momentum: must be in [0, 1)")
 
 
-SPEC = register_method(MethodSpec("SpinQuant", SpinQuantSpecial, validate=validate,
+UNLEARNED_LABEL = "SpinQuant w/o learning"
+
+
+def label(cfg) -> str:
+    """Rotations that are not learned (``learn_rotations: false``: the random Hadamard R1 / R2 SpinQuant
+    starts from, the paper's ablation and QuaRot's rotations) are not the published method: their rows are
+    "SpinQuant w/o learning"."""
+    return "SpinQuant" if cfg.quant.special.learn_rotations else UNLEARNED_LABEL
+
+
+SPEC = register_method(MethodSpec("SpinQuant", SpinQuantSpecial, validate=validate, label=label,
                                   requires_calibration=requires_calibration), "llmc.algos.spinquant:SpinQuant")
