@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llmc_slm.reports import claims, collect, compare, published, render, tables
+from llmc_slm.reports import calibration, claims, collect, compare, published, render, tables
 from llmc_slm.scoring import slmq_perf
 from llmc_slm.tasks import TABLE_METRIC
 
@@ -479,10 +479,9 @@ def test_compare_published_and_make_plots_cli(synthetic, tmp_path, capsys):
     assert len(list((tmp_path / "p").glob("*.pdf"))) == 2
 
 
-@pytest.mark.skipif(not (ROOT / "results" / "smollm").is_dir(), reason="no real results folder")
-def test_clis_on_the_real_results_folder(tmp_path, capsys):
-    real = ROOT / "results" / "smollm"
-    assert make_tables.main([str(real), "--out", str(tmp_path / "t")]) == 0
+def test_clis_on_the_committed_reference_results(tmp_path, capsys):
+    real = ROOT / "results" / "reference"
+    assert make_tables.main([str(real), "--out", str(tmp_path / "t"), "--calibration"]) == 0
     assert compare_published.main([str(real)]) == 0
     assert "Table 1" in capsys.readouterr().out
 
@@ -520,3 +519,72 @@ def test_omniquant_and_its_keep_best_variant_are_separate_rows(tmp_path):
     assert {("OmniQuant", "W4A8"), ("OmniQuant+KB", "W4A8"), ("OmniQuant+KB", "W8A8")} <= rows
     methods = [r[0] for r in t1.rows if r[1] == "W4A8"]
     assert methods.index("OmniQuant") < methods.index("OmniQuant+KB")
+
+
+# ------------------------------------------------------------------------------ calibration tables
+def _omni(keep_best: bool, blocks: list, ppl: float) -> dict:
+    d = result(method="OmniQuant", w=4, values={"wikitext2": ppl}, windows=100)
+    d["config"]["quant"]["special"] = {"keep_best": keep_best}
+    d["method"] = {"name": "OmniQuant", "label": "OmniQuant+KB" if keep_best else "OmniQuant", "calibrated": True}
+    d["blocks"] = blocks
+    return d
+
+
+def _spin(learned: bool, seed: int, ppl: float, windows: int = 100) -> dict:
+    d = result(method="SpinQuant", w=4, values={"wikitext2": ppl}, windows=windows)
+    d["config"]["quant"]["special"] = {"learn_rotations": learned, "rotation_seed": seed}
+    d["config"]["base"] = {"seed": 42}
+    d["task_id"] = f"{'learned' if learned else 'random'}_s{seed}"
+    return d
+
+
+def test_block_losses_table_shows_where_the_official_procedure_and_keep_best_part(tmp_path):
+    d = tmp_path / "r"
+    official = [{"loss_init": 0.1, "loss_final": 0.05}, {"loss_init": 60.0, "loss_final": 72.0},
+                {"loss_init": 72.5, "loss_final": float("nan"), "diverged": True, "chosen": "end of training"}]
+    kept = [{"loss_init": 0.1, "loss_final": 0.05}, {"loss_init": 60.0, "loss_final": 60.0, "chosen": "init"}]
+    write(d, "omni.json", _omni(False, official, 30.5))
+    write(d, "omni_kb.json", _omni(True, kept, 28.25))
+    write(d, "fp16.json", result(values={"wikitext2": 21.9}, windows=100))
+    runs = collect.collect(d).runs
+    t = calibration.block_losses_table(runs)
+    assert t.header == ["Block", "OmniQuant W4A8", "OmniQuant+KB W4A8"]
+    assert t.rows[0] == ["0", "0.1 → 0.05", "0.1 → 0.05"]
+    assert t.rows[1] == ["1", "60 → 72▲", "60 → 60"]
+    assert t.rows[2] == ["2", "72.5 → nan✗", "—"]
+    notes = " ".join(t.notes)
+    assert "OmniQuant W4A8: 1 of 3 blocks ended above their start (1), 1 diverged (2); WikiText-2 perplexity 30.500" in notes
+    assert "OmniQuant+KB W4A8: 0 of 2 blocks ended above their start; WikiText-2 perplexity 28.250" in notes
+    run = next(r for r in runs if r.method == "OmniQuant")
+    assert any("kept the parameters reached (blocks 2)" in n for n in run.notes)
+    assert not any("restored" in n for n in run.notes)
+    assert calibration.block_losses_table([r for r in runs if r.is_float]) is None
+
+
+def test_seed_spread_pairs_learned_and_random_rotations_seed_by_seed(tmp_path):
+    d = tmp_path / "r"
+    for s, (rnd, lrn) in enumerate([(30.0, 29.0), (31.0, 29.5), (32.0, 32.5)]):
+        write(d, f"random_s{s}.json", _spin(False, s, rnd))
+        write(d, f"learned_s{s}.json", _spin(True, s, lrn))
+    write(d, "other_windows.json", _spin(True, 3, 10.0, windows=20))   # another evaluation set: not grouped
+    runs = collect.collect(d).runs
+    assert {r.method for r in runs} == {"SpinQuant", "SpinQuant w/o learning"}   # label read from the config
+    t = calibration.seed_spread_table(runs)
+    assert t.header == ["Model", "Method", "Bits", "seed 0", "seed 1", "seed 2", "mean ± sd", "range"]
+    rows = {r[1]: r for r in t.rows}
+    assert rows["SpinQuant w/o learning"][3:] == ["30.000", "31.000", "32.000", "31.000 ± 1.000", "2.000"]
+    assert rows["SpinQuant"][3:6] == ["29.000", "29.500", "32.500"]
+    paired = [n for n in t.notes if "seed by seed" in n]
+    assert len(paired) == 1
+    assert "SpinQuant − SpinQuant w/o learning, seed by seed (0, 1, 2): -1.000, -1.500, +0.500" in paired[0]
+    assert "SpinQuant lower on 2 of 3 seeds" in paired[0]
+
+
+def test_make_tables_calibration_option(tmp_path):
+    d = tmp_path / "r"
+    write(d, "omni.json", _omni(False, [{"loss_init": 1.0, "loss_final": 2.0}], 30.0))
+    write(d, "a.json", _spin(False, 0, 30.0))
+    write(d, "b.json", _spin(False, 1, 31.0))
+    assert make_tables.main([str(d), "--calibration", "--format", "markdown", "--out", str(tmp_path / "t")]) == 0
+    assert "| 0 | 1 → 2▲ |" in (tmp_path / "t" / "calibration_blocks.md").read_text()
+    assert "31.000" in (tmp_path / "t" / "calibration_seeds.md").read_text()

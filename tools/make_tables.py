@@ -5,6 +5,7 @@
     python tools/make_tables.py results/smollm --format latex --out /tmp/tables --stderr
     python tools/make_tables.py results/ --position real_quant  # the integer-deployed evaluations
     python tools/make_tables.py results/ --paired               # + paired changes against the float model
+    python tools/make_tables.py results/ --calibration          # + block-wise losses, spread over seeds
 
 Table 1: SmolLM models, Table 2: any other model (one per model), Table 3: inference (W8A8), Table 4:
 quantization cost (W8A8); W4A8 versions of 3 and 4 are added (labelled extra) when such runs exist.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from llmc_slm.reports.calibration import calibration_tables  # noqa: E402
 from llmc_slm.reports.cli import run_reporting  # noqa: E402
 from llmc_slm.reports.collect import POSITIONS, collect  # noqa: E402
 from llmc_slm.reports.render import RENDERERS, to_markdown  # noqa: E402
@@ -36,6 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("--paired", action="store_true",
                    help="add Table 1/2 (paired): change against the float baseline on the same items, paired "
                         "standard errors, flips, WikiText-2 KLD, SLMQ_perf bootstrap interval")
+    p.add_argument("--calibration", action="store_true",
+                   help="add the calibration tables: block-wise training losses (OmniQuant) and the WikiText-2 "
+                        "spread over seeds of settings run with several seeds")
     p.add_argument("--position", choices=POSITIONS, default="fake_quant",
                    help="evaluation position of the quantized runs (default: fake_quant)")
     args = p.parse_args(argv)
@@ -45,6 +50,8 @@ def main(argv=None) -> int:
 def _write_tables(args) -> int:
     coll = collect(args.results_dir, args.position)
     tables = all_tables(coll, with_stderr=args.stderr, paired=args.paired)
+    if args.calibration:
+        tables += calibration_tables(coll.runs)
     out = Path(args.out) if args.out else Path(args.results_dir) / "tables"
     formats = list(RENDERERS) if args.format == "all" else [args.format]
     out.mkdir(parents=True, exist_ok=True)

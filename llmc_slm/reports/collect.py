@@ -56,7 +56,7 @@ ACC_DATASETS = tuple(COLUMN_TASKS)   # the paper's column order
 DATASETS = ACC_DATASETS + ("wikitext2",)
 LABELS = {**{col: TASKS[names[0]].label for col, names in COLUMN_TASKS.items()}, "wikitext2": "Wiki ppl"}
 POSITIONS = ("pretrain", "transformed", "fake_quant", "real_quant")
-METHOD_ORDER = ("RTN", "SmoothQuant", "GPTQ", "OmniQuant", "OmniQuant+KB", "SpinQuant")
+METHOD_ORDER = ("RTN", "SmoothQuant", "GPTQ", "OmniQuant", "OmniQuant+KB", "SpinQuant w/o learning", "SpinQuant")
 PAPER_METHODS = ("SmoothQuant", "OmniQuant", "SpinQuant")
 SKIP_NAMES = {"sweep.json"}
 MB = 2 ** 20
@@ -282,8 +282,14 @@ def read_run(result: RunResult, position: str = "fake_quant", root: Optional[Pat
     if divergence:
         run.notes.append(f"divergence: {_short(divergence)}")
     if diverged:
-        run.notes.append(f"{len(diverged)} block(s) diverged during training and were restored "
-                         f"(blocks {', '.join(map(str, diverged))})")
+        reset = [i for i in diverged if result.blocks[i].get("chosen") in ("reset", None)]
+        kept = [i for i in diverged if i not in reset]
+        if reset:   # keep-best (and records before the official procedure): back to the initial state
+            run.notes.append(f"{len(reset)} block(s) diverged during training and were restored "
+                             f"(blocks {', '.join(map(str, reset))})")
+        if kept:    # the official procedure: the block keeps what training reached
+            run.notes.append(f"{len(kept)} block(s) hit a non-finite loss and kept the parameters reached "
+                             f"(blocks {', '.join(map(str, kept))})")
     return run
 
 
