@@ -22,11 +22,21 @@ whole vocabulary at every position):
   continuation's last token is only predicted, never an input), position ids restarting at
   ``len(context)`` for each continuation, and a 4-D additive attention mask that is block-causal: the
   context is causal, continuation j sees the whole context and its own earlier tokens only. Every token
-  the scores need is computed once and nothing else is. Short groups share a row (first fit, longest
-  first, up to ``row_tokens`` or the longest group; each group its own block of the mask, its positions
-  from 0), rows go several to a forward (at most ``batch_size`` rows and ``max_batch_tokens`` padded
-  tokens, right-padded), through the decoder only (``model.get_decoder()``), and the output head and the
-  log-softmax run only on the hidden states that predict a continuation token.
+  the scores need is computed once and nothing else is.
+* **shared prefixes across items** (``share_prefixes``, on by default): the contexts of different items
+  often begin alike (the same instruction, a task's "Question:", HellaSwag's activity label, a few-shot
+  block). Groups are sorted by context and adjacent ones with a common prefix are joined (up to the row
+  size) into one token tree, a radix tree over their contexts laid out depth first: a node's tokens see
+  every span on their path from the root and their own earlier tokens, position ids are the depth in the
+  tree, and each group's continuations hang below the node where its context ends. Measured with
+  SmolLM2's tokenizer on 96 items, the tokens computed drop by 1.07x on HellaSwag and ARC-Easy, 1.06x on
+  ARC-Challenge and PIQA and 1.17x on cloze MMLU (1.07x to 1.26x on 1,000 items, where more items share a
+  prefix). Scores are unchanged: each token is computed over the same tokens at the same positions.
+* rows: short units share a row (first fit, longest first, up to ``row_tokens`` or the longest group;
+  each unit its own block of the mask, its positions from 0), rows go several to a forward (at most
+  ``batch_size`` rows and ``max_batch_tokens`` padded tokens, right-padded), through the decoder only
+  (``model.get_decoder()``), and the output head and the log-softmax run only on the hidden states that
+  predict a continuation token.
 * Packing against the alternative, KV-cache reuse (contexts batched once with a cache, the cache repeated
   per continuation, continuations batched, the head only where needed; the issue's 60-line sketch measured
   it at 1.3x HFLM on HellaSwag and 2.3x on ARC-Easy). Measured here on the same 24 items (96 requests),
@@ -72,6 +82,7 @@ log = logging.getLogger(__name__)
 NAME = "slmquant"
 PER_TENSOR_REASON = "per-tensor dynamic activations"
 MASKABLE_ATTENTION = ("sdpa", "eager", "llmc_kvquant")   # take a 4-D additive float mask as it is
+MAX_UNIT_GROUPS = 64   # items sharing one token tree (bounds its depth)
 
 
 def sequence_dependent_quantizers(model: torch.nn.Module) -> list[str]:
@@ -107,8 +118,72 @@ class _Group:
     owners: list[list[int]] = field(default_factory=list)
 
     @property
-    def length(self) -> int:   # tokens of the packed sequence
-        return len(self.ctx) + sum(len(c) - 1 for c in self.conts)
+    def cont_tokens(self) -> int:   # continuation tokens that are inputs (a last token is only predicted)
+        return sum(len(c) - 1 for c in self.conts)
+
+
+@dataclass
+class _Node:
+    """A node of a token tree (a radix tree over contexts): ``tokens`` follow the parent's; ``ends`` are the
+    groups whose context ends with this node's last token."""
+    tokens: list[int]
+    ends: list[_Group] = field(default_factory=list)
+    children: list["_Node"] = field(default_factory=list)
+
+
+def _common_prefix(a, b) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _tree(groups: list[_Group], start: int = 0) -> _Node:
+    """The radix tree of the groups' contexts below ``start`` (all share ``ctx[:start]``; sorted by ctx)."""
+    first = groups[0].ctx
+    shared = min(_common_prefix(first[start:], g.ctx[start:]) for g in groups)
+    end = start + shared
+    node = _Node(list(first[start:end]), [g for g in groups if len(g.ctx) == end])
+    assert node.tokens, "a unit's contexts share a first token"
+    rest = [g for g in groups if len(g.ctx) > end]
+    i = 0
+    while i < len(rest):   # sorted: the groups going on with the same token are adjacent
+        j = i
+        while j < len(rest) and rest[j].ctx[end] == rest[i].ctx[end]:
+            j += 1
+        node.children.append(_tree(rest[i:j], end))
+        i = j
+    return node
+
+
+@dataclass
+class _Unit:
+    """Groups whose contexts share a prefix, packed as one token tree (each shared token computed once),
+    or a single group. ``length``: the tokens it takes in a row."""
+    groups: list[_Group]
+    length: int
+
+    def tree(self) -> _Node:
+        return _tree(self.groups)
+
+
+def _units(groups: list[_Group], cap: int, share: bool) -> list[_Unit]:
+    """Groups in context order, adjacent ones with a common prefix joined into one unit of at most ``cap``
+    tokens (in sorted order a context shares the most with its predecessor, so adding it costs
+    ``len(ctx) - common prefix`` new context tokens). Without ``share`` every group is its own unit."""
+    units: list[_Unit] = []
+    prev = None
+    for g in sorted(groups, key=lambda g: g.ctx):
+        shared = _common_prefix(prev.ctx, g.ctx) if (share and prev is not None) else 0
+        cost = len(g.ctx) - shared + g.cont_tokens
+        if shared and units[-1].length + cost <= cap and len(units[-1].groups) < MAX_UNIT_GROUPS:
+            units[-1].groups.append(g)
+            units[-1].length += cost
+        else:
+            units.append(_Unit([g], len(g.ctx) + g.cont_tokens))
+        prev = g
+    return units
 
 
 @register_model(NAME)
@@ -132,13 +207,15 @@ class PrefixSharingLM(TemplateLM):
 
     def __init__(self, pretrained, tokenizer, batch_size: int = 8, max_batch_tokens: int = 2048,
                  row_tokens: int = 256, whole_sequences: bool | None = None, max_length: int | None = None,
-                 add_bos_token: bool | None = None, softmax_dtype: torch.dtype | str | None = None):
+                 add_bos_token: bool | None = None, softmax_dtype: torch.dtype | str | None = None,
+                 share_prefixes: bool = True):
         super().__init__()
         self.model = pretrained
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
         self.max_batch_tokens = max(1, int(max_batch_tokens))
         self.row_tokens = max(1, int(row_tokens))
+        self.share_prefixes = bool(share_prefixes)
         self.softmax_dtype = getattr(torch, softmax_dtype) if isinstance(softmax_dtype, str) else softmax_dtype
         self.add_bos_token = add_bos_token
         self._max_length = max_length
@@ -209,30 +286,31 @@ class PrefixSharingLM(TemplateLM):
                         out[i] = result
         return out
 
-    def _rows(self, groups: list[_Group]) -> list[list[_Group]]:
-        """Groups placed in rows (first fit, longest first) of at most ``max(row_tokens, longest group)``
-        tokens: short items share a row (each in its own block of the mask), so little is padding."""
-        cap = max([self.row_tokens] + [g.length for g in groups])
-        rows: list[list[_Group]] = []
+    def _rows(self, groups: list[_Group]) -> list[list[_Unit]]:
+        """Groups joined into units (``_units``: contexts sharing a prefix, when ``share_prefixes``), placed in
+        rows (first fit, longest first) of at most ``max(row_tokens, longest group)`` tokens: short items
+        share a row (each unit its own block of the mask), so little is padding."""
+        cap = max([self.row_tokens] + [len(g.ctx) + g.cont_tokens for g in groups])
+        rows: list[list[_Unit]] = []
         room: list[int] = []
-        for g in sorted(groups, key=lambda g: -g.length):
+        for u in sorted(_units(groups, cap, self.share_prefixes), key=lambda u: -u.length):
             for r, free in enumerate(room):
-                if g.length <= free:
-                    rows[r].append(g)
-                    room[r] -= g.length
+                if u.length <= free:
+                    rows[r].append(u)
+                    room[r] -= u.length
                     break
             else:
-                rows.append([g])
-                room.append(cap - g.length)
+                rows.append([u])
+                room.append(cap - u.length)
         return rows
 
     def _batches(self, groups: list[_Group]):
         """Rows (``_rows``) in forwards of at most ``batch_size`` rows and ``max_batch_tokens`` padded
         tokens, longest rows first."""
-        rows = sorted(self._rows(groups), key=lambda r: -sum(g.length for g in r))
-        batch: list[list[_Group]] = []
+        rows = sorted(self._rows(groups), key=lambda r: -sum(u.length for u in r))
+        batch: list[list[_Unit]] = []
         for row in rows:
-            longest = sum(g.length for g in batch[0]) if batch else sum(g.length for g in row)
+            longest = sum(u.length for u in batch[0]) if batch else sum(u.length for u in row)
             if batch and (len(batch) >= self.batch_size or longest * (len(batch) + 1) > self.max_batch_tokens):
                 yield batch
                 batch = []
@@ -244,10 +322,15 @@ class PrefixSharingLM(TemplateLM):
         head = self.model.get_output_embeddings()
         return head(hidden)
 
-    def _score_packed(self, batch: list[list[_Group]]):
-        """One forward over rows of packed groups; returns (owners per continuation, results)."""
+    def _score_packed(self, batch: list[list[_Unit]]):
+        """One forward over rows of packed units; returns (owners per continuation, results).
+
+        A unit is laid out depth first: each node of its token tree, then the continuations of the groups
+        ending there, then its children. A token sees its ancestors' tokens (every span on its path) and
+        the earlier tokens of its own span; its position id is its depth in the tree, so every token is
+        computed as in its own unpacked sequence."""
         device = self.device
-        length = max(sum(g.length for g in row) for row in batch)
+        length = max(sum(u.length for u in row) for row in batch)
         nb = len(batch)
         pad = self.tokenizer.pad_token_id
         pad = self.eot_token_id if pad is None else pad
@@ -255,28 +338,40 @@ class PrefixSharingLM(TemplateLM):
         pos = torch.zeros((nb, length), dtype=torch.long)
         allowed = torch.zeros((nb, length, length), dtype=torch.bool)
         rows_b, rows_t, targets, spans, owners = [], [], [], [], []
-        for b, row in enumerate(batch):
-            off = 0
-            for g in row:
-                c, s0 = len(g.ctx), off        # this group's context is at [s0, s0 + c)
-                ids[b, s0:s0 + c] = torch.tensor(g.ctx)
-                pos[b, s0:s0 + c] = torch.arange(c)
-                allowed[b, s0:s0 + c, s0:s0 + c] = torch.ones(c, c, dtype=torch.bool).tril_()
-                off = s0 + c
+
+        def span(b: int, off: int, tokens: list[int], depth: int, above: list[tuple[int, int]]) -> int:
+            n = len(tokens)
+            ids[b, off:off + n] = torch.tensor(tokens)
+            pos[b, off:off + n] = torch.arange(depth, depth + n)
+            for s0, s1 in above:
+                allowed[b, off:off + n, s0:s1] = True
+            allowed[b, off:off + n, off:off + n] = torch.ones(n, n, dtype=torch.bool).tril_()
+            return off + n
+
+        def place(b: int, node: _Node, off: int, depth: int, above: list[tuple[int, int]]) -> int:
+            start = off
+            off = span(b, off, node.tokens, depth, above)
+            path, depth = above + [(start, off)], depth + len(node.tokens)
+            last = off - 1                       # predicts each continuation's first token
+            for g in node.ends:
                 for cont, own in zip(g.conts, g.owners):
                     n = len(cont) - 1
-                    if n:
-                        ids[b, off:off + n] = torch.tensor(cont[:-1])
-                        pos[b, off:off + n] = torch.arange(c, c + n)
-                        allowed[b, off:off + n, s0:s0 + c] = True
-                        allowed[b, off:off + n, off:off + n] = torch.ones(n, n, dtype=torch.bool).tril_()
-                    start = len(targets)
+                    first = len(targets)
                     rows_b.extend([b] * (n + 1))
-                    rows_t.extend([s0 + c - 1, *range(off, off + n)])
+                    rows_t.extend([last, *range(off, off + n)])
                     targets.extend(cont)
-                    spans.append((start, start + n + 1))
+                    spans.append((first, first + n + 1))
                     owners.append(own)
-                    off += n
+                    if n:
+                        off = span(b, off, cont[:-1], depth, path)
+            for child in node.children:
+                off = place(b, child, off, depth, path)
+            return off
+
+        for b, row in enumerate(batch):
+            off = 0
+            for unit in row:
+                off = place(b, unit.tree(), off, 0, [])
             idx = torch.arange(off, length)      # padding: attends to itself only (never read)
             allowed[b, idx, idx] = True
         dtype = self.model.get_input_embeddings().weight.dtype
@@ -297,8 +392,19 @@ class PrefixSharingLM(TemplateLM):
         """Per-token log-probabilities (in ``softmax_dtype``, as HFLM: None keeps the logits' dtype, and the
         sums are taken in it too) and whether each target is the argmax, on the CPU."""
         tgt = torch.tensor(targets, device=logits.device)
-        logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype).gather(1, tgt.unsqueeze(1)).squeeze(1)
-        return logp.cpu(), (logits.argmax(dim=-1) == tgt).cpu()
+        logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+        picked = logp.gather(1, tgt.unsqueeze(1)).squeeze(1)
+        # HFLM's greedy test, ``argmax(log-softmax) == target`` (argmax: the first maximum, in the softmax
+        # dtype), computed as "the target holds the maximum and no earlier token does": amax is ~10x
+        # faster than argmax over a bf16 vocabulary on the CPU, and only the rare rows where the target
+        # holds the maximum are searched for an earlier tie
+        top = logp.amax(dim=-1)
+        hit = picked == top
+        for r in hit.nonzero().flatten().tolist():
+            t = int(tgt[r])
+            if t and bool((logp[r, :t] == top[r]).any()):
+                hit[r] = False
+        return picked.cpu(), hit.cpu()
 
     def _score_whole(self, ctx: list[int], cont: list[int]):
         """HFLM's computation for one request: the whole (left-truncated) sequence minus its last token,

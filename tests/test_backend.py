@@ -62,6 +62,12 @@ PAIRS = [
     ("", "Hello world"),
     # a long context
     (" ".join(["word"] * 300) + ".", " The end"),
+    # contexts of different items sharing a prefix (one token tree), one a prefix of another
+    ("Question: What is the capital of Italy?\nAnswer:", " Rome"),
+    ("Question: What is the capital of Italy?\nAnswer:", " Milan, in the north"),
+    ("Question: What is the capital of Spain?\nAnswer:", " Madrid"),
+    ("The cat sat on the mat", ", purring"),
+    ("The cat sat on the mat and slept", " well"),
 ]
 
 
@@ -94,20 +100,62 @@ def greedy_pairs(model, tok, context="The cat sat on the", steps=3):
     return out
 
 
-@pytest.mark.parametrize("batch_size,max_batch_tokens,row_tokens", [(8, 2048, 256), (2, 64, 1), (1, 1, 1),
-                                                                     (4, 4096, 4096)])
-def test_packed_equals_hflm_float32(tokenizer, batch_size, max_batch_tokens, row_tokens):
+@pytest.mark.parametrize("batch_size,max_batch_tokens,row_tokens,share", [
+    (8, 2048, 256, True), (2, 64, 1, True), (1, 1, 1, True), (4, 4096, 4096, True), (8, 2048, 256, False)])
+def test_packed_equals_hflm_float32(tokenizer, batch_size, max_batch_tokens, row_tokens, share):
     from llmc_slm.backend import PrefixSharingLM
     model = tiny_model(tokenizer)
     pairs = PAIRS + greedy_pairs(model, tokenizer)
     lm = PrefixSharingLM(model, tokenizer, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                         row_tokens=row_tokens)
+                         row_tokens=row_tokens, share_prefixes=share)
     assert lm.whole_reason is None and lm.backend_name == "slmquant"
     ours = lm.loglikelihood(requests(pairs), disable_tqdm=True)
     ref = hf_scores(model, tokenizer, pairs, bs=4)
     assert_same(ours, ref)
     assert any(g for _, g in ref)      # the greedy flag is exercised both ways
     assert not all(g for _, g in ref)
+
+
+def test_shared_prefixes_are_computed_once(tokenizer):
+    """Contexts sharing a prefix become one token tree: every shared token is laid out once (the packed
+    length is the radix tree's token count plus the continuations' input tokens), a context that is a
+    prefix of another is a node with its own continuations, and the scores do not change."""
+    from llmc_slm.backend import PrefixSharingLM, _Group, _tree, _units
+    ctxs = [[5, 6, 7, 8], [5, 6, 7, 9, 10], [5, 6], [5, 6, 7, 9, 11, 12], [20, 21]]
+    groups = [_Group(c, [[1, 2]], [[i]]) for i, c in enumerate(ctxs)]
+    units = _units(groups, cap=1000, share=True)
+    assert [len(u.groups) for u in units] == [4, 1]
+    tree = units[0].tree()
+    assert tree.tokens == [5, 6] and [g.ctx for g in tree.ends] == [[5, 6]]
+    assert [c.tokens for c in tree.children] == [[7]]
+    assert [c.tokens for c in tree.children[0].children] == [[8], [9]]
+    assert [c.tokens for c in tree.children[0].children[1].children] == [[10], [11, 12]]
+
+    def tree_tokens(node):
+        return len(node.tokens) + sum(tree_tokens(c) for c in node.children)
+    assert units[0].length == tree_tokens(tree) + 4 == 8 + 4   # 4 continuations of one input token each
+    assert [u.length for u in _units(groups, cap=1000, share=False)] == [len(c) + 1 for c in sorted(ctxs)]
+    assert [len(u.groups) for u in _units(groups, cap=9, share=True)] == [3, 1, 1]   # the cap holds
+
+    model = tiny_model(tokenizer)
+    lm = PrefixSharingLM(model, tokenizer)
+    flat = PrefixSharingLM(model, tokenizer, share_prefixes=False)
+    enc = [((c, k), *lm._encode_pair(c, k)) for c, k in PAIRS[-5:]]
+    packed = sum(sum(u.length for u in row) for row in lm._rows(lm_groups(lm, enc)))
+    unshared = sum(sum(u.length for u in row) for row in flat._rows(lm_groups(flat, enc)))
+    assert packed < unshared
+    assert_same(lm._loglikelihood_tokens(enc), flat._loglikelihood_tokens(enc))
+
+
+def lm_groups(lm, enc):
+    """The backend's groups of encoded requests (as ``_loglikelihood_tokens`` builds them)."""
+    from llmc_slm.backend import _Group
+    groups = {}
+    for i, (_, ctx, cont) in enumerate(enc):
+        g = groups.setdefault(tuple(ctx), _Group(list(ctx)))
+        g.conts.append(list(cont))
+        g.owners.append([i])
+    return list(groups.values())
 
 
 def test_tokenization_is_hflms(tokenizer):
@@ -198,3 +246,22 @@ def test_harness_task_same_items_with_both_backends(tokenizer):
     assert a["n"] == b["n"] == 8
     assert a["acc"] == b["acc"] and a["acc_norm"] == b["acc_norm"]
     assert items["slmquant"] == items["hf"] and len(items["hf"]) == 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_flag_is_hflms_argmax_with_ties(tokenizer, dtype):
+    """is_greedy per token is HFLM's ``log_softmax(logits).argmax(-1) == target`` (argmax: the first
+    maximum), ties included: the amax shortcut must not call a target greedy when an earlier token ties."""
+    from llmc_slm.backend import PrefixSharingLM
+    lm = PrefixSharingLM(tiny_model(tokenizer), tokenizer)
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50).to(dtype)
+    logits[1, 7] = logits[1, 30] = 9.0        # a tie: token 7 comes first
+    logits[2, 3] = logits[2, 4] = 9.0
+    logits[3, 0] = 9.0
+    targets = [int(logits[0].argmax()), 30, 3, 0, 11, 7]
+    logits[5, 7] = logits[5, 2] = 9.0         # target 7 ties with the earlier token 2
+    logp, hit = lm._token_scores(logits, targets)
+    ref = torch.log_softmax(logits, dim=-1).argmax(dim=-1) == torch.tensor(targets)
+    assert hit.tolist() == ref.tolist() == [True, False, True, True, False, False]
+    assert torch.equal(logp, torch.log_softmax(logits, dim=-1)[torch.arange(6), torch.tensor(targets)])
