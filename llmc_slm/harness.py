@@ -60,23 +60,25 @@ def _weights_left_as_they_are(model):
 BACKENDS = ("slmquant", "hf")
 
 
-def make_lm(adapter, batch_size: int = 1, backend: str = "hf"):
+def make_lm(adapter, batch_size: int = 1, backend: str = "hf", softmax_dtype: str | None = None):
     """The lm-eval ``LM`` that scores the adapter's model and tokenizer, as they are (dtype and device kept):
     ``slmquant`` (``llmc_slm.backend.PrefixSharingLM``: contexts once, continuations packed, the output
     head only where needed) or ``hf`` (lm-eval's ``HFLM``, the reference). ``batch_size``: HFLM's batch
-    size; for slmquant the most items per forward when above 1 (else its default, bounded by tokens)."""
+    size; for slmquant the most items per forward when above 1 (else its default, bounded by tokens).
+    ``softmax_dtype``: the dtype of the log-softmax and of the sums of log-probabilities, for both backends
+    (HFLM's option of that name); None keeps HFLM's default, the logits' dtype."""
     if backend not in BACKENDS:
         raise ValueError(f"eval.backend: '{backend}' is not one of {', '.join(BACKENDS)}")
     from .tasks.lmeval import quiet_lm_eval
     if backend == "slmquant":
         from .backend import PrefixSharingLM
         kwargs = {"batch_size": int(batch_size)} if int(batch_size) > 1 else {}
-        lm = PrefixSharingLM(adapter.model, adapter.tokenizer, **kwargs)
+        lm = PrefixSharingLM(adapter.model, adapter.tokenizer, softmax_dtype=softmax_dtype, **kwargs)
     else:
         from lm_eval.models.huggingface import HFLM
         with _weights_left_as_they_are(adapter.model), quiet_lm_eval(logging.ERROR):
             lm = HFLM(pretrained=adapter.model, tokenizer=adapter.tokenizer, backend="causal",
-                      batch_size=int(batch_size))
+                      batch_size=int(batch_size), softmax_dtype=softmax_dtype)
         lm.backend_name = "hf"
     if progress_disabled():   # lm-eval passes tqdm's `disable` itself, so TQDM_DISABLE alone is not enough
         for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):

@@ -265,3 +265,36 @@ def test_greedy_flag_is_hflms_argmax_with_ties(tokenizer, dtype):
     ref = torch.log_softmax(logits, dim=-1).argmax(dim=-1) == torch.tensor(targets)
     assert hit.tolist() == ref.tolist() == [True, False, True, True, False, False]
     assert torch.equal(logp, torch.log_softmax(logits, dim=-1)[torch.arange(6), torch.tensor(targets)])
+
+
+def test_check_tasks_backends_cli(tiny_model_dir, tmp_path):
+    """``tools/check_tasks.py --backends`` on a tiny model: float32 passes with every request the same;
+    bfloat16 with ``--fp32-reference`` also counts each backend's answers that differ from float32's."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from llmc.data.sources import find_dataset
+    try:
+        find_dataset("piqa")
+    except UserError:
+        pytest.skip("no piqa data found")
+    tool = Path(__file__).resolve().parents[1] / "tools" / "check_tasks.py"
+    base = [sys.executable, str(tool), "--backends", "--limit", "6", "--tasks", "piqa", "--model", str(tiny_model_dir)]
+    out32 = tmp_path / "fp32.json"
+    proc = subprocess.run(base + ["--dtype", "float32", "--json", str(out32)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    piqa = json.loads(out32.read_text())["tasks"]["piqa"]
+    assert piqa["ok"] and piqa["items"] == piqa["same_requests"] == 6 and piqa["max_abs_loglik_diff"] < 1e-4
+    assert "vs_fp32" not in piqa
+    out16 = tmp_path / "bf16.json"
+    proc = subprocess.run(base + ["--dtype", "bfloat16", "--fp32-reference", "--json", str(out16)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 1), proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out16.read_text())
+    assert report["dtype"] == "bfloat16" and report["softmax_dtype"] is None
+    ref = report["tasks"]["piqa"]["vs_fp32"]
+    assert set(ref) == {"slmquant", "hf"} and all(v["items"] == 6 for v in ref.values())
+    assert "answers differ from float32" in proc.stdout

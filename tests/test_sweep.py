@@ -250,6 +250,19 @@ def test_workers_run_everything_once(fake, monkeypatch):
     assert all(line.split()[1] == threads for line in fake.launch_lines())
 
 
+def stop_and_expect_130(proc, sig) -> str:
+    """Send ``sig`` to a running sweep, wait up to 60 s (killed on a hang) and assert it exited 130, the
+    interrupted status; returns its output."""
+    try:
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    return out
+
+
 def test_interrupted_sweep_resumes(fake):
     fake.control(smooth_w8a8_cpu="sleep:120")
     cmd = [sys.executable, str(ROOT / "tools" / "sweep.py"), "--models", "smollm", "--methods", "rtn", "smooth",
@@ -266,12 +279,10 @@ def test_interrupted_sweep_resumes(fake):
             time.sleep(0.05)
         else:
             pytest.fail("run 3 never started")
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, out
+    except BaseException:
+        proc.kill()
+        raise
+    stop_and_expect_130(proc, signal.SIGTERM)
     assert [status(r.result) for r in runs[:3]] == ["complete", "complete", "interrupted"]
     assert not runs[3].result.exists()
     manifest = json.loads((fake.results / "sweep.json").read_text())

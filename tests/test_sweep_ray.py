@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.
 
 from llmc_slm import sweep as sw  # noqa: E402
 from llmc_slm.executors import ray as ray_executor  # noqa: E402
-from test_sweep import CONFIGS, FAKE_ENGINE  # noqa: E402
+from test_sweep import CONFIGS, FAKE_ENGINE, stop_and_expect_130  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RTN = "quant: {{method: RTN, weight: {{bit: {bits}, granularity: per_channel}}, act: {{bit: 8, granularity: per_token}}}}"
@@ -165,12 +165,10 @@ def test_ctrl_c_stops_the_ray_tasks_and_exits_130(tmp_path, fake, local_ray):
         else:
             proc.kill()
             pytest.fail(f"the slow cell never started: {proc.communicate()[0][-3000:]}")
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, out
+    except BaseException:
+        proc.kill()
+        raise
+    stop_and_expect_130(proc, signal.SIGINT)
     assert json.loads(smooth.read_text())["status"] == "interrupted"
     pid = int(next(line.split()[2] for line in (tmp_path / "launches.txt").read_text().splitlines()
                    if line.startswith("smooth_w8a8_cpu")))
