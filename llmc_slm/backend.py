@@ -32,8 +32,8 @@ whole vocabulary at every position):
   SmolLM2's tokenizer on 96 items, the tokens computed drop by 1.07x on HellaSwag and ARC-Easy, 1.06x on
   ARC-Challenge and PIQA and 1.17x on cloze MMLU (1.07x to 1.26x on 1,000 items, where more items share a
   prefix). Scores are unchanged: each token is computed over the same tokens at the same positions.
-* rows: short units share a row (first fit, longest first, up to ``row_tokens`` or the longest group;
-  each unit its own block of the mask, its positions from 0), rows go several to a forward (at most
+* rows: short units share a row (first fit, longest first, up to ``row_tokens``; a longer unit is a row
+  of its own; each unit its own block of the mask, its positions from 0), rows go several to a forward (at most
   ``batch_size`` rows and ``max_batch_tokens`` padded tokens, right-padded), through the decoder only
   (``model.get_decoder()``), and the output head and the log-softmax run only on the hidden states that
   predict a continuation token.
@@ -168,16 +168,20 @@ class _Unit:
         return _tree(self.groups)
 
 
-def _units(groups: list[_Group], cap: int, share: bool) -> list[_Unit]:
-    """Groups in context order, adjacent ones with a common prefix joined into one unit of at most ``cap``
-    tokens (in sorted order a context shares the most with its predecessor, so adding it costs
-    ``len(ctx) - common prefix`` new context tokens). Without ``share`` every group is its own unit."""
+def _units(groups: list[_Group], row_tokens: int, share: bool) -> list[_Unit]:
+    """Groups in context order, adjacent ones with a common prefix joined into one unit while it stays
+    within ``max(row_tokens, 2 x the prefix shared)`` tokens (in sorted order a context shares the most with
+    its predecessor, so adding it costs ``len(ctx) - common prefix`` new context tokens). The bound keeps
+    the attention a unit computes and masks out (its branches do not see each other) in proportion to the
+    tokens it saves: short prefixes (a task's "Question:") join items up to a row, a long few-shot prefix
+    is shared by as many items as fit in twice its length. Without ``share`` every group is its own unit."""
     units: list[_Unit] = []
     prev = None
     for g in sorted(groups, key=lambda g: g.ctx):
         shared = _common_prefix(prev.ctx, g.ctx) if (share and prev is not None) else 0
         cost = len(g.ctx) - shared + g.cont_tokens
-        if shared and units[-1].length + cost <= cap and len(units[-1].groups) < MAX_UNIT_GROUPS:
+        if (shared and units[-1].length + cost <= max(row_tokens, 2 * shared)
+                and len(units[-1].groups) < MAX_UNIT_GROUPS):
             units[-1].groups.append(g)
             units[-1].length += cost
         else:
@@ -195,7 +199,7 @@ class PrefixSharingLM(TemplateLM):
         tokenizer: its tokenizer.
         batch_size: at most this many rows per forward.
         max_batch_tokens: at most this many padded tokens (rows x longest row) per forward.
-        row_tokens: items shorter than this share a row, up to this many tokens (or the longest item's).
+        row_tokens: units shorter than this share a row of this many tokens; a longer one is a row of its own.
         softmax_dtype: as HFLM's: None (its default) takes the log-softmax, and sums the continuation's
             log-probabilities, in the logits' dtype (bfloat16 for a bf16 model), so that the answers are
             HFLM's; ``torch.float32`` is more accurate in bf16 but rounds differently from HFLM.
@@ -288,12 +292,12 @@ class PrefixSharingLM(TemplateLM):
 
     def _rows(self, groups: list[_Group]) -> list[list[_Unit]]:
         """Groups joined into units (``_units``: contexts sharing a prefix, when ``share_prefixes``), placed in
-        rows (first fit, longest first) of at most ``max(row_tokens, longest group)`` tokens: short items
-        share a row (each unit its own block of the mask), so little is padding."""
-        cap = max([self.row_tokens] + [len(g.ctx) + g.cont_tokens for g in groups])
+        rows of ``row_tokens`` (first fit, longest first; a longer unit is a row of its own): short items
+        share a row (each unit its own block of the mask), so little is padding, and no row is longer than
+        it must be, since a row's attention is computed over all its pairs of tokens, masked or not."""
         rows: list[list[_Unit]] = []
         room: list[int] = []
-        for u in sorted(_units(groups, cap, self.share_prefixes), key=lambda u: -u.length):
+        for u in sorted(_units(groups, self.row_tokens, self.share_prefixes), key=lambda u: -u.length):
             for r, free in enumerate(room):
                 if u.length <= free:
                     rows[r].append(u)
@@ -301,7 +305,7 @@ class PrefixSharingLM(TemplateLM):
                     break
             else:
                 rows.append([u])
-                room.append(cap - u.length)
+                room.append(self.row_tokens - u.length)
         return rows
 
     def _batches(self, groups: list[_Group]):

@@ -123,7 +123,7 @@ def test_shared_prefixes_are_computed_once(tokenizer):
     from llmc_slm.backend import PrefixSharingLM, _Group, _tree, _units
     ctxs = [[5, 6, 7, 8], [5, 6, 7, 9, 10], [5, 6], [5, 6, 7, 9, 11, 12], [20, 21]]
     groups = [_Group(c, [[1, 2]], [[i]]) for i, c in enumerate(ctxs)]
-    units = _units(groups, cap=1000, share=True)
+    units = _units(groups, 1000, share=True)
     assert [len(u.groups) for u in units] == [4, 1]
     tree = units[0].tree()
     assert tree.tokens == [5, 6] and [g.ctx for g in tree.ends] == [[5, 6]]
@@ -134,8 +134,13 @@ def test_shared_prefixes_are_computed_once(tokenizer):
     def tree_tokens(node):
         return len(node.tokens) + sum(tree_tokens(c) for c in node.children)
     assert units[0].length == tree_tokens(tree) + 4 == 8 + 4   # 4 continuations of one input token each
-    assert [u.length for u in _units(groups, cap=1000, share=False)] == [len(c) + 1 for c in sorted(ctxs)]
-    assert [len(u.groups) for u in _units(groups, cap=9, share=True)] == [3, 1, 1]   # the cap holds
+    assert [u.length for u in _units(groups, 1000, share=False)] == [len(c) + 1 for c in sorted(ctxs)]
+    assert [len(u.groups) for u in _units(groups, 9, share=True)] == [3, 1, 1]   # a row's worth
+    # a long shared prefix (a few-shot block) is shared beyond a row, up to twice its length; a short one not
+    long = [_Group(list(range(100, 110)) + [k], [[1, 2]], [[k]]) for k in range(3)]
+    short = [_Group([100, k], [[1, 2]], [[k]]) for k in range(3)]
+    assert [len(u.groups) for u in _units(long, 4, share=True)] == [3]
+    assert [len(u.groups) for u in _units(short, 4, share=True)] == [1, 1, 1]
 
     model = tiny_model(tokenizer)
     lm = PrefixSharingLM(model, tokenizer)
