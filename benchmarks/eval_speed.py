@@ -59,6 +59,22 @@ def fake_quant(model):
     return q
 
 
+def markdown(report: dict) -> str:
+    """The results of a run (its ``--out`` JSON) as a markdown table, with the settings it ran under."""
+    head = (f"{report['dtype']}, {report['threads']} threads, {report['items']} items per task, "
+            f"{report['rounds']} rounds (median), HFLM batch {report['hf_bs']}, torch {report['torch']}, "
+            f"{report['machine']}")
+    lines = [head, "", "| model | variant | task | items | HFLM items/s | ours items/s | ratio (rounds) | "
+             "CPU-time ratio | goal | same acc |", "|---|---|---|---:|---:|---:|---|---:|---|---|"]
+    for r in report["runs"]:
+        goal = "" if r["goal"] is None else f">= {r['goal']}x {'met' if r['ratio'] >= r['goal'] else 'NOT met'}"
+        rounds = ", ".join(f"{x:.2f}" for x in r["ratios"])
+        lines.append(f"| {r['model']} | {r['variant']} | {r['task']} | {r['n']} | {r['items_per_s']['hf']:.2f} | "
+                     f"{r['items_per_s']['slmquant']:.2f} | {r['ratio']:.2f}x ({rounds}) | {r['cpu_ratio']:.2f}x | "
+                     f"{goal} | {r['same_acc']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
@@ -72,7 +88,12 @@ def main(argv=None) -> int:
     p.add_argument("--bs", type=int, default=0, help="ours: items per forward (0: its default)")
     p.add_argument("--data", default=None, help="data path (as eval.path)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="print the markdown table of an earlier run's --out file (nothing is measured)")
     args = p.parse_args(argv)
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())))
+        return 0
 
     import torch
 

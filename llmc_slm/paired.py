@@ -27,13 +27,16 @@ from .scoring import PERPLEXITY_DATASETS
 
 @dataclass(frozen=True)
 class PairedDelta:
-    """mean(b - a) over n paired items, its standard error, and the flips (None without choices)."""
+    """mean(b - a) over n paired items, its standard error, the flips (None without choices), and the
+    standard error the same difference would have were the two samples independent (``unpaired_stderr``:
+    what comparing two separately reported accuracies gives)."""
     n: int
     mean_a: float
     mean_b: float
     delta: float
     stderr: Optional[float]
     flips: Optional[float] = None
+    unpaired_stderr: Optional[float] = None
 
     def interval(self, z: float = 1.96) -> Optional[tuple[float, float]]:
         """The normal-approximation interval delta ± z SE (95% by default)."""
@@ -44,7 +47,8 @@ class PairedDelta:
     def scaled(self, k: float) -> "PairedDelta":
         """The same in other units (k = 100: accuracies in percent points)."""
         return PairedDelta(self.n, self.mean_a * k, self.mean_b * k, self.delta * k,
-                           None if self.stderr is None else self.stderr * k, self.flips)
+                           None if self.stderr is None else self.stderr * k, self.flips,
+                           None if self.unpaired_stderr is None else self.unpaired_stderr * k)
 
 
 def paired_delta(a: Sequence[float], b: Sequence[float], pred_a: Optional[Sequence] = None,
@@ -57,7 +61,7 @@ def paired_delta(a: Sequence[float], b: Sequence[float], pred_a: Optional[Sequen
     d = b - a
     se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None
     return PairedDelta(int(d.size), float(a.mean()), float(b.mean()), float(d.mean()), se,
-                       None if pred_a is None or pred_b is None else flips(pred_a, pred_b))
+                       None if pred_a is None or pred_b is None else flips(pred_a, pred_b), unpaired_stderr(a, b))
 
 
 def unpaired_stderr(a: Sequence[float], b: Sequence[float]) -> Optional[float]:

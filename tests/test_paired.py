@@ -327,7 +327,11 @@ def test_reports_pair_runs_on_the_same_items(tmp_path):
     assert ci is not None and ci["low"] <= run.perf <= ci["high"] and ci["perf"] == pytest.approx(run.perf)
     t = tables.paired_table(coll, "smollm2-135m", "table1_paired", 1)
     text = " ".join(" ".join(row) for row in t.rows)
-    assert f"{p.delta:+.2f} ± {p.stderr:.2f} (4.0%)†" in text and "KLD 0.0123" in text and "top-1 97.0%" in text
+    # beside the paired error, the error of the same difference from two independent samples
+    assert p.unpaired_stderr == pytest.approx(math.hypot(run.values["arc_easy"].stderr,
+                                                         run.baseline["arc_easy"].stderr), rel=1e-3)
+    assert f"{p.delta:+.2f} ± {p.stderr:.2f} [unpaired ± {p.unpaired_stderr:.2f}] (4.0%)†" in text
+    assert "KLD 0.0123" in text and "top-1 97.0%" in text
     assert f"[{ci['low']:.2f}, {ci['high']:.2f}]" in text
     names = [t.name for t in tables.all_tables(coll, paired=True)]
     assert "table1_paired" in names and "table1_paired" not in [t.name for t in tables.all_tables(coll)]

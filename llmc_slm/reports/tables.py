@@ -238,7 +238,10 @@ def _paired_cell(run: Run, ds: str) -> str:
             return DASH
         return ("unpaired " if ds != "wikitext2" else "") + (
             f"{v.value - b.value:+.2f}" if ds != "wikitext2" else f"{math.log(v.value / b.value):+.4f}")
-    se = f" ± {p.stderr:.{4 if ds == 'wikitext2' else 2}f}" if p.stderr is not None else ""
+    digits = 4 if ds == "wikitext2" else 2
+    se = f" ± {p.stderr:.{digits}f}" if p.stderr is not None else ""
+    if p.unpaired_stderr is not None:
+        se += f" [unpaired ± {p.unpaired_stderr:.{digits}f}]"
     if ds == "wikitext2":
         text = f"{p.delta:+.4f}{se}"
         vs = (run.values.get(ds).vs_float or {}) if run.values.get(ds) else {}
@@ -272,11 +275,13 @@ def paired_table(coll: Collection, model: str, name: str, number: int) -> Table:
         t.add([r.label, r.bits] + cells + [perf], source=r.rel, new_group=r.bits != last_bits)
         last_bits = r.bits
     t.notes.append("Accuracies: mean(quantized - float) over the same items, in points, ± paired standard error "
-                   "sd(b - a)/sqrt(n); in parentheses the flips, the share of items whose chosen answer differs "
+                   "sd(b - a)/sqrt(n); in brackets the standard error of the same difference were the two runs "
+                   "independent samples, sqrt(SE_a^2 + SE_b^2); in parentheses the flips, the share of items whose "
+                   "chosen answer differs "
                    "from the float model's (Dutta et al. 2024). 'unpaired': no per-item outcomes on the same "
                    "items for both runs (the plain difference, no paired error).")
     t.notes.append("Wiki: mean over windows of the per-token log-perplexity difference (quantized - float) ± paired "
-                   "SE over windows; KLD: mean KL(p_float || p_quant) per predicted token, top-1: share of tokens "
+                   "SE over windows [and unpaired]; KLD: mean KL(p_float || p_quant) per predicted token, top-1: share of tokens "
                    "whose most likely next token is the float model's (eval.paired, computed in the run).")
     t.notes.append("SLMQ_perf [95% CI]: 2.5 and 97.5 percentiles of a paired bootstrap over items (items resampled "
                    "jointly for both runs, per dataset; 1000 replicates, seed 0), where every dataset is paired.")
