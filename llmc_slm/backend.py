@@ -25,13 +25,15 @@ whole vocabulary at every position):
   the scores need is computed once and nothing else is.
 * **shared prefixes across items** (``share_prefixes``, on by default): the contexts of different items
   often begin alike (the same instruction, a task's "Question:", HellaSwag's activity label, a few-shot
-  block). Groups are sorted by context and adjacent ones with a common prefix are joined (up to the row
-  size) into one token tree, a radix tree over their contexts laid out depth first: a node's tokens see
+  block). Groups are sorted by context and adjacent ones with a common prefix are joined (``_units``: up
+  to a row, or twice the prefix shared when that is longer) into one token tree, a radix tree over their contexts laid out depth first: a node's tokens see
   every span on their path from the root and their own earlier tokens, position ids are the depth in the
   tree, and each group's continuations hang below the node where its context ends. Measured with
   SmolLM2's tokenizer on 96 items, the tokens computed drop by 1.07x on HellaSwag and ARC-Easy, 1.06x on
   ARC-Challenge and PIQA and 1.17x on cloze MMLU (1.07x to 1.26x on 1,000 items, where more items share a
-  prefix). Scores are unchanged: each token is computed over the same tokens at the same positions.
+  prefix), with units as long as the longest item; the bound gives part of it back where prefixes are
+  short (1,000 cloze-MMLU items: 81,411 tokens instead of 76,133) for a third of the attention. Scores
+  are unchanged: each token is computed over the same tokens at the same positions.
 * rows: short units share a row (first fit, longest first, up to ``row_tokens``; a longer unit is a row
   of its own; each unit its own block of the mask, its positions from 0), rows go several to a forward (at most
   ``batch_size`` rows and ``max_batch_tokens`` padded tokens, right-padded), through the decoder only
