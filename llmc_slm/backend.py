@@ -72,6 +72,7 @@ compares every request of the six tasks.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -135,11 +136,8 @@ class _Node:
 
 
 def _common_prefix(a, b) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    """The length of the common prefix of two token lists."""
+    return len(os.path.commonprefix([a, b]))
 
 
 def _tree(groups: list[_Group], start: int = 0) -> _Node:
