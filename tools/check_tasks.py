@@ -34,7 +34,8 @@ when a criterion fails.
 copy of the model and counts, for each backend in the low-precision dtype, the items whose chosen answer
 differs from the float32 one (informative; the verdict is still ours against HFLM). In bfloat16 the hidden
 states depend on the shapes a computation runs in (batch, padding, attention kernel) and the sums of
-log-probabilities are rounded to a step of 0.25-0.5, so two correct computations disagree on items whose
+log-probabilities are rounded to bfloat16 (a step of 1/16 near -10, of 0.5 near -100), so two correct
+computations disagree on items whose
 best answers are close; this shows whether ours strays from the float32 answers more than HFLM does.
 """
 
@@ -366,7 +367,7 @@ def backends_main(args) -> int:
     print(tabulate(rows, headers=["task", "items", "requests", "same requests", "max|Δ loglik|", "same greedy",
                                   "answers differ acc/acc_norm", "near-ties", "aggregates within 1 se",
                                   "acc ours | HFLM", "s ours", "s HFLM"]
-                   + ([f"answers differ from float32 acc/acc_norm: ours | HFLM"] if reference else [])
+                   + (["answers differ from float32 acc/acc_norm: ours | HFLM"] if reference else [])
                    + ["result"]))
     print(f"\ncriteria ({args.dtype}): " + ("every chosen answer the same except near-ties (< 1e-4)" if exact else
           f">= {SAME_ANSWER_SHARE:.1%} of items choose the same answer, every aggregate within one stderr"))
