@@ -35,8 +35,8 @@ copy of the model and counts, for each backend in the low-precision dtype, the i
 differs from the float32 one (informative; the verdict is still ours against HFLM). In bfloat16 the hidden
 states depend on the shapes a computation runs in (batch, padding, attention kernel) and the sums of
 log-probabilities are rounded to bfloat16 (a step of 1/16 near -10, of 0.5 near -100), so two correct
-computations disagree on items whose
-best answers are close; this shows whether ours strays from the float32 answers more than HFLM does.
+computations disagree on items whose best answers are close; this shows whether ours strays from the
+float32 answers more than HFLM does.
 """
 
 from __future__ import annotations
