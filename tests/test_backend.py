@@ -100,15 +100,17 @@ def greedy_pairs(model, tok, context="The cat sat on the", steps=3):
     return out
 
 
+@pytest.mark.parametrize("segments", [True, False], ids=["segments", "rows"])
 @pytest.mark.parametrize("batch_size,max_batch_tokens,row_tokens,share", [
     (8, 2048, 256, True), (2, 64, 1, True), (1, 1, 1, True), (4, 4096, 4096, True), (8, 2048, 256, False)])
-def test_packed_equals_hflm_float32(tokenizer, batch_size, max_batch_tokens, row_tokens, share):
+def test_packed_equals_hflm_float32(tokenizer, batch_size, max_batch_tokens, row_tokens, share, segments):
     from llmc_slm.backend import PrefixSharingLM
     model = tiny_model(tokenizer)
     pairs = PAIRS + greedy_pairs(model, tokenizer)
     lm = PrefixSharingLM(model, tokenizer, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                         row_tokens=row_tokens, share_prefixes=share)
+                         row_tokens=row_tokens, share_prefixes=share, segments=segments)
     assert lm.whole_reason is None and lm.backend_name == "slmquant"
+    assert lm._segmented() is segments
     ours = lm.loglikelihood(requests(pairs), disable_tqdm=True)
     ref = hf_scores(model, tokenizer, pairs, bs=4)
     assert_same(ours, ref)
@@ -146,8 +148,8 @@ def test_shared_prefixes_are_computed_once(tokenizer):
     lm = PrefixSharingLM(model, tokenizer)
     flat = PrefixSharingLM(model, tokenizer, share_prefixes=False)
     enc = [((c, k), *lm._encode_pair(c, k)) for c, k in PAIRS[-5:]]
-    packed = sum(sum(u.length for u in row) for row in lm._rows(lm_groups(lm, enc)))
-    unshared = sum(sum(u.length for u in row) for row in flat._rows(lm_groups(flat, enc)))
+    packed = sum(sum(u.length for u in row) for row in lm._rows(lm_groups(lm, enc), 256))
+    unshared = sum(sum(u.length for u in row) for row in flat._rows(lm_groups(flat, enc), 256))
     assert packed < unshared
     assert_same(lm._loglikelihood_tokens(enc), flat._loglikelihood_tokens(enc))
 
@@ -180,7 +182,9 @@ def test_eager_attention_too(tokenizer):
     from llmc_slm.backend import PrefixSharingLM
     model = tiny_model(tokenizer)
     model.set_attn_implementation("eager")
-    ours = PrefixSharingLM(model, tokenizer).loglikelihood(requests(PAIRS), disable_tqdm=True)
+    lm = PrefixSharingLM(model, tokenizer)
+    assert not lm._segmented()           # eager is not in the attention registry: padded rows under one mask
+    ours = lm.loglikelihood(requests(PAIRS), disable_tqdm=True)
     assert_same(ours, hf_scores(model, tokenizer, PAIRS))
 
 
@@ -303,3 +307,25 @@ def test_check_tasks_backends_cli(tiny_model_dir, tmp_path):
     ref = report["tasks"]["piqa"]["vs_fp32"]
     assert set(ref) == {"slmquant", "hf"} and all(v["items"] == 6 for v in ref.values())
     assert "answers differ from float32" in proc.stdout
+
+
+def test_kv_quant_attention_is_segmented_too(tokenizer):
+    """A model on the ``llmc_kvquant`` attention (per-token K/V fake-quant, an online Hadamard on Q and K)
+    is scored per segment, with HFLM's numbers, and keeps its attention implementation afterwards."""
+    import llmc.quant.kvcache  # noqa: F401  (registers llmc_kvquant)
+    from llmc.quant.quantizer import Quantizer
+    from llmc_slm.backend import PrefixSharingLM
+    model = tiny_model(tokenizer)
+    for layer in model.model.layers:
+        layer.self_attn.k_quantizer = Quantizer(bit=4, symmetric=False, granularity="per_token")
+        layer.self_attn.v_quantizer = Quantizer(bit=4, symmetric=False, granularity="per_token")
+        layer.self_attn.query_key_transform = lambda x: torch.flip(x, dims=(-1,))
+    model.set_attn_implementation("llmc_kvquant")
+    lm = PrefixSharingLM(model, tokenizer)
+    assert lm.whole_reason is None and lm._segmented()
+    ours = lm.loglikelihood(requests(PAIRS), disable_tqdm=True)
+    assert model.config._attn_implementation == "llmc_kvquant"
+    ref = hf_scores(model, tokenizer, PAIRS)
+    assert_same(ours, ref)
+    plain = hf_scores(tiny_model(tokenizer), tokenizer, PAIRS)       # the quantizers do change the numbers
+    assert max(abs(a - b) for (a, _), (b, _) in zip(ref, plain)) > 1e-3
