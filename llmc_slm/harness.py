@@ -14,9 +14,9 @@ evenly (``llmc_slm.tasks.lmeval.selection``: 100 -> 2 items for 43 subjects, 1 f
 ``tools/check_tasks.py`` uses. The result records ``subset_mode``, ``subset_seed``, ``items_digest`` and,
 for a subset, ``item_ids`` (doc indices; MMLU ``subject:index``). ``eval.num_fewshot`` is lm-eval's
 ``num_fewshot`` (0 by default, the protocol). ``eval.bs`` is HFLM's batch size (for ``slmquant``: the most
-items per forward when above 1). ``eval.backend`` picks the loglikelihood backend (``make_lm``): ``hf``
-(lm-eval's HFLM, the reference and the default) or ``slmquant`` (``llmc_slm.backend``: the same requests
-and answers, each shared context computed once).
+items per forward when above 1). ``eval.backend`` picks the loglikelihood backend (``make_lm``): ``slmquant``
+(``llmc_slm.backend``, the default: the same requests and answers as HFLM, each shared token computed
+once) or ``hf`` (lm-eval's HFLM, the reference).
 
 Result of ``run``: the metrics of the task's output type with their standard errors (multiple choice:
 ``acc``, ``acc_stderr``, ``acc_norm``, ``acc_norm_stderr``, None where the task has no acc_norm: MMLU
@@ -60,7 +60,7 @@ def _weights_left_as_they_are(model):
 BACKENDS = ("slmquant", "hf")
 
 
-def make_lm(adapter, batch_size: int = 1, backend: str = "hf", softmax_dtype: str | None = None):
+def make_lm(adapter, batch_size: int = 1, backend: str = "slmquant", softmax_dtype: str | None = None):
     """The lm-eval ``LM`` that scores the adapter's model and tokenizer, as they are (dtype and device kept):
     ``slmquant`` (``llmc_slm.backend.PrefixSharingLM``: contexts once, continuations packed, the output
     head only where needed) or ``hf`` (lm-eval's ``HFLM``, the reference). ``batch_size``: HFLM's batch

@@ -269,7 +269,7 @@ def test_requests_identical_to_the_builtin_task(tiny, tmp_path):
     loc = location(name)
     ours = lmeval.build_task_set(name, load_task_data(name, loc))
     ref = reference.builtin_task_set(name, loc, workdir=tmp_path)
-    lm = make_lm(tiny, 4)
+    lm = make_lm(tiny, 4, "hf")
     a = lmeval.run(lm, ours.task_dict(), limit=4, log_samples=True)
     b = lmeval.run(lm, ref.task_dict(), limit=4, log_samples=True)
     sa, sb = a["samples"][name], b["samples"][name]
