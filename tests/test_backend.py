@@ -277,8 +277,8 @@ def test_greedy_flag_is_hflms_argmax_with_ties(tokenizer, dtype):
 
 
 def test_check_tasks_backends_cli(tiny_model_dir, tmp_path):
-    """``tools/check_tasks.py --backends`` on a tiny model: float32 passes with every request the same;
-    bfloat16 with ``--fp32-reference`` also counts each backend's answers that differ from float32's."""
+    """``tools/check_tasks.py --backends`` on a tiny model: float32 passes with every request the same, and
+    HFLM at another batch size (``--hf-control-bs``) gives its own answers again; bfloat16 with ``--fp32-reference`` also counts each backend's answers that differ from float32's."""
     import json
     import subprocess
     import sys
@@ -292,12 +292,17 @@ def test_check_tasks_backends_cli(tiny_model_dir, tmp_path):
     tool = Path(__file__).resolve().parents[1] / "tools" / "check_tasks.py"
     base = [sys.executable, str(tool), "--backends", "--limit", "6", "--tasks", "piqa", "--model", str(tiny_model_dir)]
     out32 = tmp_path / "fp32.json"
-    proc = subprocess.run(base + ["--dtype", "float32", "--json", str(out32)], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(base + ["--dtype", "float32", "--hf-control-bs", "1", "--json", str(out32)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    piqa = json.loads(out32.read_text())["tasks"]["piqa"]
+    report = json.loads(out32.read_text())
+    piqa = report["tasks"]["piqa"]
     assert piqa["ok"] and piqa["items"] == piqa["same_requests"] == 6 and piqa["max_abs_loglik_diff"] < 1e-4
     assert "vs_fp32" not in piqa
+    # HFLM against itself at another batch size: the same answers in float32
+    assert report["hf_control_batch_size"] == 1 and "HFLM batch 16 vs 1" in proc.stdout
+    control = piqa["hf_control"]
+    assert control["items"] == 6 and control["max_abs_loglik_diff"] < 1e-4 and control["disagree_acc"] == 0
     out16 = tmp_path / "bf16.json"
     proc = subprocess.run(base + ["--dtype", "bfloat16", "--fp32-reference", "--json", str(out16)],
                           capture_output=True, text=True, timeout=600)

@@ -27,7 +27,7 @@ LAYERS = [
     ["llmc.algos", "llmc.export", "llmc.deploy", "llmc.evaluators"],
     ["llmc.pipeline"],
     ["llmc.__main__"],
-    ["llmc_slm.scoring", "llmc_slm.paired", "llmc_slm.zoo"],
+    ["llmc_slm.scoring", "llmc_slm.paired", "llmc_slm.zoo", "llmc_slm.segmented_attention"],
     ["llmc_slm.backend"],
     ["llmc_slm.harness", "llmc_slm.tracks"],
     ["llmc_slm.executors"],             # where a sweep's runs run (local processes, Ray); only llmc.errors below

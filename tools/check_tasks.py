@@ -37,6 +37,11 @@ states depend on the shapes a computation runs in (batch, padding, attention ker
 log-probabilities are rounded to bfloat16 (a step of 1/16 near -10, of 0.5 near -100), so two correct
 computations disagree on items whose best answers are close; this shows whether ours strays from the
 float32 answers more than HFLM does.
+
+``--hf-control-bs N`` also scores the items with HFLM at batch size N and counts the items whose chosen
+answer differs between HFLM at ``--bs`` and HFLM at N: the same code on the same model, only the padding and
+the kernels' shapes changed. That count is the floor any other computation meets in that dtype (in float32
+it is 0 up to near-ties).
 """
 
 from __future__ import annotations
@@ -150,6 +155,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the comparison as JSON here")
     p.add_argument("--fp32-reference", action="store_true",
                    help="--backends: also score with HFLM in float32 and count each backend's answers that differ")
+    p.add_argument("--hf-control-bs", type=int, default=0, metavar="N",
+                   help="--backends: also score with HFLM at batch size N and count its answers that differ from "
+                        "HFLM's at --bs (HFLM against itself)")
     p.add_argument("--softmax-dtype", default=None, choices=("float32",),
                    help="--backends: log-softmax and sums in this dtype in both backends (HFLM's softmax_dtype)")
     p.add_argument("--backends", action="store_true",
@@ -323,6 +331,9 @@ def backends_main(args) -> int:
     reference = args.fp32_reference and args.dtype != "float32"
     if reference:
         lms["hf_fp32"] = make_lm(load_model(source, dtype=torch.float32), args.bs, "hf", sd)
+    control = args.hf_control_bs > 0
+    if control:
+        lms["hf_control"] = make_lm(adapter, args.hf_control_bs, "hf", sd)
     print(f"model {source.name}, {args.dtype}, log-softmax in {sd or 'the logits dtype'}, {args.threads} thread(s), "
           f"limit {limit}; ours: "
           f"{lms['slmquant'].backend_name}, HFLM batch {args.bs}", flush=True)
@@ -347,6 +358,10 @@ def backends_main(args) -> int:
                 ref32 = compare_backends(sets[backend], res[backend], res["hf_fp32"], False)
                 cmp["vs_fp32"][backend] = {k: ref32[k] for k in ("items", "max_abs_loglik_diff", "disagree_acc",
                                                                  "disagree_acc_norm")}
+        if control:
+            self_cmp = compare_backends(sets["hf"], res["hf_control"], res["hf"], exact)
+            cmp["hf_control"] = {"batch_size": args.hf_control_bs, **{
+                k: self_cmp[k] for k in ("items", "max_abs_loglik_diff", "disagree_acc", "disagree_acc_norm")}}
         report[name] = cmp
         n = cmp["items"]
         rows.append([name, n, cmp["requests"], f"{cmp['same_requests']}/{n}", f"{cmp['max_abs_loglik_diff']:.1e}",
@@ -357,6 +372,8 @@ def backends_main(args) -> int:
         if reference:
             rows[-1][-1:-1] = [" | ".join(f"{v['disagree_acc']}/{v['disagree_acc_norm']}"
                                           for v in (cmp["vs_fp32"]["slmquant"], cmp["vs_fp32"]["hf"]))]
+        if control:
+            rows[-1][-1:-1] = [f"{cmp['hf_control']['disagree_acc']}/{cmp['hf_control']['disagree_acc_norm']}"]
         print(f"{name}: {rows[-1][-1]} ({n} items, {secs['slmquant']:.0f} s ours, {secs['hf']:.0f} s HFLM)", flush=True)
         for line in cmp["near_ties"]:
             print(f"  near-tie: {line}", flush=True)
@@ -368,13 +385,15 @@ def backends_main(args) -> int:
                                   "answers differ acc/acc_norm", "near-ties", "aggregates within 1 se",
                                   "acc ours | HFLM", "s ours", "s HFLM"]
                    + (["answers differ from float32 acc/acc_norm: ours | HFLM"] if reference else [])
+                   + ([f"HFLM batch {args.bs} vs {args.hf_control_bs}: answers differ"] if control else [])
                    + ["result"]))
     print(f"\ncriteria ({args.dtype}): " + ("every chosen answer the same except near-ties (< 1e-4)" if exact else
           f">= {SAME_ANSWER_SHARE:.1%} of items choose the same answer, every aggregate within one stderr"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": source.describe(), "dtype": args.dtype, "softmax_dtype": sd, "limit": limit,
-                       "hf_batch_size": args.bs, "threads": args.threads, "tasks": report}, f, indent=1, default=str)
+                       "hf_batch_size": args.bs,
+                       "hf_control_batch_size": args.hf_control_bs or None, "threads": args.threads, "tasks": report}, f, indent=1, default=str)
     return 0 if all(r["ok"] for r in report.values()) else 1
 
 
