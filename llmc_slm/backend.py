@@ -376,7 +376,7 @@ class PrefixSharingLM(TemplateLM):
         return out
 
     def _segmented(self) -> bool:
-        """Whether this forward puts a batch's units in one row with attention per unit
+        """Whether the forwards put a batch's units in one row with attention per unit
         (``llmc_slm.segmented_attention``) rather than in padded rows under one mask."""
         if self.segments is not None:
             return self.segments and can_segment(self.model)
