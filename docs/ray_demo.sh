@@ -16,7 +16,7 @@ run() { echo; echo "\$ $*"; "$@"; echo "[exit status $?]"; }
 run nice -n 10 $RAY start --head --node-ip-address 127.0.0.1 --port 6390 --num-cpus 1 --temp-dir $D/tmp \
     --include-dashboard=false --disable-usage-stats --node-manager-port 6391 --object-manager-port 6392 \
     --dashboard-agent-listen-port 6393 --dashboard-agent-grpc-port 6394 --metrics-export-port 6395 \
-    --runtime-env-agent-port 6396 --ray-client-server-port 6397 --min-worker-port 16000 --max-worker-port 16099
+    --runtime-env-agent-port 6396 --min-worker-port 16000 --max-worker-port 16099
 run nice -n 10 $RAY start --address 127.0.0.1:6390 --node-ip-address 127.0.0.1 --num-cpus 1 \
     --resources '{"second_node": 1}' --disable-usage-stats --node-manager-port 6401 --object-manager-port 6402 \
     --dashboard-agent-listen-port 6403 --dashboard-agent-grpc-port 6404 --metrics-export-port 6405 \
