@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # CPU wheel 2.13.0 here; on a CUDA machine set TORCH="torch" (or a CUDA build) before the first run.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test clean-venv
+.PHONY: setup demo test llamacpp clean-venv
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# llama.cpp's Python binding (Track 2 in llama.cpp: benchmarks/edge_runtimes.py, tests/test_llamacpp.py). PyPI has
+# no wheel: this compiles llama.cpp for this CPU (GGML_NATIVE), about 12.5 min on 2 free cores (README).
+LLAMACPP_CMAKE ?= -DGGML_NATIVE=ON
+llamacpp: setup
+	CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(BIN)/python -m pip install -q -e ".[llamacpp]"
 
 clean-venv:
 	rm -rf $(VENV)

