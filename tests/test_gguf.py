@@ -12,7 +12,6 @@ gguf = pytest.importorskip("gguf")
 
 from conftest import tiny_adapter  # noqa: E402
 from llmc.config import load_config  # noqa: E402
-from llmc.data.calib import CalibData  # noqa: E402
 from llmc.errors import UserError  # noqa: E402
 from llmc.export.gguf import (GGUF_FILE, SIDECAR, GGUFExporter, grid_refusal, pack_blocks, permute_rows,  # noqa: E402
                               read_gguf_weights, refusal, unpermute_rows, write_float_gguf, write_gguf)
@@ -66,7 +65,7 @@ def _quantized(family, overrides, **model):
     adapter = tiny_adapter(family, **model)
     cfg = load_config(None, ["--quant.method", "RTN", "--quant.act.bit", "8", "--quant.act.granularity", "per_token",
                              "--save.real_embed_bit", "null", *overrides])
-    quantize_model(adapter, cfg, CalibData(torch.randint(0, 256, (2, 16)), {}))
+    quantize_model(adapter, cfg, None)                 # RTN: no calibration
     return adapter, cfg
 
 
@@ -161,13 +160,13 @@ def test_online_hadamard_is_refused_at_export(tmp_path):
 
 
 def test_spinquant_r4_is_refused_before_the_model_loads(tmp_path):
-    cfg = load_config(None, ["--quant.method", "SpinQuant", "--quant.weight.bit", "4", "--save.formats", "[gguf]",
-                             "--save.save_path", str(tmp_path)])
+    spin = ["--quant.method", "SpinQuant", "--quant.weight.bit", "4", "--calib.name", "wikitext2",
+            "--save.formats", "[gguf]", "--save.save_path", str(tmp_path)]
+    cfg = load_config(None, spin)
     assert "R4" in refusal(cfg)
     with pytest.raises(UserError, match=r"save.formats \(gguf\): SpinQuant R4"):
         check_writable(cfg)
-    cfg = load_config(None, ["--quant.method", "SpinQuant", "--quant.weight.bit", "4", "--quant.special.r4", "false",
-                             "--save.formats", "[gguf]", "--save.save_path", str(tmp_path)])
+    cfg = load_config(None, spin + ["--quant.special.r4", "false"])
     assert refusal(cfg) is None
     check_writable(cfg)
 

@@ -11,7 +11,6 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not ins
 
 from conftest import tiny_adapter  # noqa: E402
 from llmc.config import load_config  # noqa: E402
-from llmc.data.calib import CalibData  # noqa: E402
 from llmc.export.gguf import write_float_gguf, write_gguf  # noqa: E402
 from llmc.pipeline import quantize_model  # noqa: E402
 from llmc_slm.tracks.runtimes import CONTRACT_KEYS, measure_in_child  # noqa: E402
@@ -51,7 +50,7 @@ def test_float_gguf_computes_the_torch_logits(tmp_path, family):
 def test_quantized_gguf_computes_the_fake_quant_logits(tmp_path, overrides, extra_bufts):
     adapter = tiny_adapter("llama", max_position_embeddings=128)
     cfg = load_config(None, ["--quant.method", "RTN", *overrides])     # weights only: no activation grid
-    quantize_model(adapter, cfg, CalibData(torch.randint(0, 256, (2, 16)), {}))
+    quantize_model(adapter, cfg, None)                 # RTN: no calibration
     write_gguf(adapter.model, tmp_path / "q.gguf", embed_type="F32", float_type="F32")
     got, ref = _logits(tmp_path / "q.gguf", IDS, extra_bufts), _torch_logits(adapter.model, IDS)
     # llama.cpp quantizes the activations to 8 bits per block of 32 for these dot products: close, not equal
