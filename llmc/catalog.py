@@ -19,7 +19,8 @@ _loaded = False
 
 BUILTIN_EVALUATORS = {"wikitext2": "llmc.evaluators:WikiText2Perplexity"}
 BUILTIN_EXPORTERS = {"hf": "llmc.export.hf:HFExporter", "packed": "llmc.export.packed:PackedExporter",
-                     "gguf": "llmc.export.gguf:GGUFExporter"}
+                     "gguf": "llmc.export.gguf:GGUFExporter",
+                     "executorch": "llmc.export.executorch:ExecuTorchExporter"}
 
 
 def load() -> None:

@@ -62,4 +62,4 @@ def test_an_unknown_format_is_one_line_before_the_model_loads(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1
     assert err[0].startswith("error: save.formats: no exporter named 'toy' (available: ")
-    assert {"gguf", "hf", "packed"} <= set(err[0].split("(available: ")[1].split(")")[0].split(", "))
+    assert {"executorch", "gguf", "hf", "packed"} <= set(err[0].split("(available: ")[1].split(")")[0].split(", "))
