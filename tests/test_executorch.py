@@ -2,12 +2,15 @@
 (``llmc_slm.tracks.runtimes.executorch``) on tiny random Llama models.
 
 Tolerances. The program computes what the fake-quant model computes except for the activations: XNNPACK
-quantizes each token asymmetrically (min/max range, zero point) while our protocol here is symmetric
-(absmax). Both are int8 roundings of the same input, so the program's logits differ from the fake-quant
-model's by about one activation rounding error per linear: on these tiny models (hidden 64, 2 layers) the
-largest logit difference measured 1-3% of the largest logit and the top-1 token agreed on >= 90% of
-positions; the tests allow 8% and 80%. Against the same graph run eagerly (torchao's asymmetric
-per-token rounding, XNNPACK's own grid) the difference is float rounding and rare ties: <= 1e-3 relative.
+quantizes each token asymmetrically (min/max range, zero point) while the protocol here is symmetric
+(absmax), so the two differ by about one int8 activation rounding per linear (a step of at most
+2 max|x| / 255 per element), plus, for asymmetric weights, the zero-point term computed on the float input.
+The bounds (8% of the largest logit, 80% top-1 agreement on 24 positions of a 2-layer model) are set
+well above that; the program against the same graph run eagerly (torchao's asymmetric per-token rounding,
+XNNPACK's own grid) differs only by float rounding and rare rounding ties (bound 1e-3; 1e-2 for
+per-group int4, whose scales XNNPACK rounds to bfloat16). Single linears
+lowered alone measured 1.7e-7 (8da8w), 1.4e-7 (8da4w per channel) and 2.1e-3 (8da4w per group: XNNPACK
+stores blockwise scales in bfloat16) against eager; the whole tiny float model 3.2e-7.
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ def test_program_logits_match_the_fake_quant_model(lowered):
         eager = model(input_ids=ids).logits
     got = et.run_program(pte, ids)
     scale = ref.abs().max()
-    assert ((got - eager).abs().max() / scale).item() < 1e-3, name          # the same graph, run by XNNPACK
+    same_graph = 1e-2 if "group" in name else 1e-3    # blockwise int4 scales are bfloat16 in XNNPACK
+    assert ((got - eager).abs().max() / scale).item() < same_graph, name    # the same graph, run by XNNPACK
     assert ((got - ref).abs().max() / scale).item() < 0.08, name            # asymmetric vs symmetric rounding
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean().item() >= 0.8, name
 
