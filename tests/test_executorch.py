@@ -99,7 +99,8 @@ def test_the_kv_cache_decodes_like_a_full_pass(lowered):
 
 @pytest.mark.parametrize("overrides, reason", [
     (["--quant.act", "null"], "weight-only"),
-    (["--quant.act.static", "true", "--quant.act.granularity", "per_tensor"], "static activation ranges"),
+    (["--quant.act.static", "true", "--quant.act.granularity", "per_tensor", "--calib.n_samples", "4",
+      "--calib.seq_len", "16"], "static activation ranges"),
     (["--quant.act.bit", "4"], "int8 only"),
     (["--quant.weight.bit", "3"], "int8 or int4"),
     (["--quant.weight.bit", "8", "--quant.weight.granularity", "per_group", "--quant.weight.group_size", "32"],
