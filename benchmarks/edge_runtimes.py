@@ -45,9 +45,11 @@ RUNTIME_NAMES = ("torch", "llamacpp", "executorch")
 VARIANTS = {"w8a8": 8, "w4a8": 4}
 
 
-def quant_cfg(bits: int, work: Path, formats: list[str]):
+def quant_cfg(bits: int, work: Path, formats: list[str], context: int = 256):
+    """RTN W{bits}A8 (symmetric per-channel weights, per-token activations); ``context``: the longest sequence
+    a program serves (``eval.seq_len``: the ExecuTorch program's ``max_seq_len``, its KV cache's length)."""
     from llmc.config import load_config
-    return load_config(None, ["--quant.method", "RTN", "--quant.weight.bit", str(bits), "--quant.weight.symmetric",
+    return load_config(None, ["--eval.seq_len", str(context), "--quant.method", "RTN", "--quant.weight.bit", str(bits), "--quant.weight.symmetric",
                               "true", "--quant.weight.granularity", "per_channel", "--quant.act.bit", "8",
                               "--quant.act.symmetric", "true", "--quant.act.granularity", "per_token",
                               "--save.save_path", str(work), "--save.formats", json.dumps(formats)])
@@ -66,9 +68,29 @@ def _registry_export(name: str, adapter, cfg):
         return None, f"the {name} export failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
-def prepare(name: str, work: Path, runtimes, seq_len: int) -> tuple[dict, object, dict, object]:
+def context_length(seq_len: int, decode_tokens: int, ppl_seq_len: int = 0) -> int:
+    """The context every runtime is given: llama.cpp's ``n_ctx`` for prefill + decode (rounded up to 256, as
+    ``llmc_slm.tracks.runtimes.llamacpp`` does), or the perplexity window if longer. The ExecuTorch program's
+    KV cache has this length, so that both attend over caches of the same size."""
+    return max(256, -(-(seq_len + decode_tokens + 1) // 256) * 256, ppl_seq_len)
+
+
+def _executorch_float(adapter, out: Path, context: int):
+    """(path, None) of the float32 ExecuTorch program of ``adapter``'s model (the runtime's baseline), or
+    (None, why not)."""
+    import copy
+    try:
+        from llmc.export.executorch import write_program
+        model = copy.deepcopy(adapter.model).float().eval()
+        info = {"source": "float32 model", "quant": None, "conversions": []}
+        return write_program(model, None, out, max_seq_len=context, info=info, tokenizer=adapter.tokenizer), None
+    except Exception as e:  # noqa: BLE001 - a missing runtime is a skip, not a crash
+        return None, f"the float ExecuTorch program failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+def prepare(name: str, work: Path, runtimes, seq_len: int, context: int) -> tuple[dict, object, dict, object]:
     """Export every artifact of one model: {(runtime, variant): path or {'skipped': reason}}, the prefill ids,
-    their source and the model source."""
+    their source and the model source; ``context``: :func:`context_length`."""
     import torch
     from llmc.export.gguf import write_float_gguf
     from llmc.models.loading import load_model, resolve_model_source
@@ -93,14 +115,14 @@ def prepare(name: str, work: Path, runtimes, seq_len: int) -> tuple[dict, object
             write_float_gguf(adapter.model, path, source=source, rtn=peer, name=f"{name} llama.cpp {peer}")
             out[("llamacpp", f"peer_{peer.lower()}")] = path
     if "executorch" in runtimes:
-        path, why = _registry_export("executorch", adapter, _float_cfg(base / "et_float"))
+        path, why = _executorch_float(adapter, base / "et_float", context)
         out[("executorch", "float")] = path or {"skipped": why}
     print(f"  {name}: float artifacts ({time.perf_counter() - t:.1f} s)", flush=True)
     del adapter
     for variant, bits in VARIANTS.items():
         t = time.perf_counter()
         adapter = load_model(source, dtype=torch.bfloat16, seed=42)
-        cfg = quant_cfg(bits, base / variant, [])
+        cfg = quant_cfg(bits, base / variant, [], context)
         quantize_model(adapter, cfg)
         if "torch" in runtimes:
             out[("torch", variant)] = base / variant / "packed"
@@ -113,11 +135,6 @@ def prepare(name: str, work: Path, runtimes, seq_len: int) -> tuple[dict, object
         print(f"  {name} {variant}: artifacts ({time.perf_counter() - t:.1f} s)", flush=True)
         del adapter
     return out, ids, info, source
-
-
-def _float_cfg(work: Path):
-    from llmc.config import load_config
-    return load_config(None, ["--save.save_path", str(work)])
 
 
 def _torch_row(profile: dict) -> dict:
@@ -262,7 +279,9 @@ def main(argv=None) -> int:
         work = Path(args.work or tmp)
         for name in args.models:
             print(f"{name}: exporting", flush=True)
-            artifacts, ids, info, source = prepare(name, work, args.runtimes, args.seq_len)
+            context = context_length(args.seq_len, args.decode_tokens, args.ppl_seq_len if args.ppl_windows else 0)
+            report["protocol"]["context"] = context
+            artifacts, ids, info, source = prepare(name, work, args.runtimes, args.seq_len, context)
             windows = ppl_windows_of(source, args.ppl_windows, args.ppl_seq_len) if args.ppl_windows else None
             print(f"{name}: measuring ({args.threads} thread(s))", flush=True)
             rows = measure_all(artifacts, ids, args.threads, args, windows)

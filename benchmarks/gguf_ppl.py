@@ -53,72 +53,85 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from benchmarks.edge_runtimes import ppl_windows_of
     from llmc import catalog
-    from llmc.models.loading import resolve_model_source
+    from llmc.models.loading import _load_tokenizer, local_dir, resolve_model_source
     from llmc_slm.tracks.loading import fixed_input_ids
     from llmc_slm.tracks.runtimes import measure_in_child
     catalog.load()
     folder = Path(args.folder)
     runs = runs_with_gguf(folder)
-    seq_len = next((ppl_of(d, "fake_quant")[2] for _, d, _ in runs if ppl_of(d, "fake_quant")[2]), 512)
-    n = next((ppl_of(d, "fake_quant")[1] for _, d, _ in runs if ppl_of(d, "fake_quant")[1]), 16)
-    source = resolve_model_source(args.model)
-    windows = ppl_windows_of(source, n, seq_len)
-    from llmc.models.loading import _load_tokenizer, local_dir
-    ids, _ = fixed_input_ids(_load_tokenizer(source, local_dir(source), "fast"), 128)
+    inputs: dict = {}
+
+    def inputs_of(model: str, n: int, seq_len: int, data_path=None):
+        """(windows, prefill ids) of a run: its model's tokenizer, its eval.seq_len / limit / path."""
+        key = (model, n, seq_len, data_path)
+        if key not in inputs:
+            source = resolve_model_source(model)
+            ids, _ = fixed_input_ids(_load_tokenizer(source, local_dir(source), "fast"), 128)
+            inputs[key] = (ppl_windows_of(source, n, seq_len, data_path), ids)
+        return inputs[key]
+
     options = {"warmup": 2, "runs": 5, "decode_runs": 1}
     if args.extra_bufts:
         options["extra_bufts"] = args.extra_bufts == "on"
     rows = []
 
-    def run(label, path, fake=None, float_ppl=None, note=""):
+    def run(label, path, windows, ids, fake=None, float_ppl=None, note=""):
         row = measure_in_child("llamacpp", path, threads=args.threads, prefill_ids=ids, decode_tokens=16,
                                ppl_windows=windows, options=options)
-        row.update(label=label, fake_quant_ppl=fake, torch_float_ppl=float_ppl, note=note)
+        row.update(label=label, fake_quant_ppl=fake, torch_float_ppl=float_ppl, note=note, windows=len(windows),
+                   seq_len=len(windows[0]))
         if fake and row.get("wikitext2_ppl"):
             row["gap_vs_fake_quant"] = row["wikitext2_ppl"] / fake - 1
         rows.append(row)
         print(f"{label}: llama.cpp ppl {row.get('wikitext2_ppl')} fake-quant {fake} "
               f"{row.get('skipped', '')}", flush=True)
 
-    float_ppl = None
+    peer_inputs, float_ppl = None, None
     for f, data, g in runs:
-        fake, _, _ = ppl_of(data, "fake_quant")
-        float_ppl = float_ppl or ppl_of(data, "pretrain")[0]
+        fake, n, seq_len = ppl_of(data, "fake_quant")
         label = f.stem
         if not g.is_file():
             rows.append({"label": label, "fake_quant_ppl": fake, "skipped": "no GGUF export (refused or not asked)",
                          "status": data.get("status"), "error": (data.get("error") or {})})
             print(f"{label}: no GGUF", flush=True)
             continue
-        run(label, g, fake, ppl_of(data, "pretrain")[0])
+        cfg = data.get("config", {})
+        model = cfg.get("model", {}).get("path") or args.model
+        windows, ids = inputs_of(model, n or 16, seq_len or 512, cfg.get("eval", {}).get("path"))
+        run(label, g, windows, ids, fake, ppl_of(data, "pretrain")[0])
+        if model == args.model and peer_inputs is None:     # the peers use this run's windows and float figure
+            peer_inputs, float_ppl = (windows, ids), ppl_of(data, "pretrain")[0]
     if args.peers:
         import torch
         from llmc.export.gguf import write_float_gguf
         from llmc.models.loading import load_model
+        source = resolve_model_source(args.model)
+        windows, ids = peer_inputs or inputs_of(args.model, 16, 512)
         adapter = load_model(source, dtype=torch.float32)
         peers = folder / "peers"
         for label, kw in (("float F16", {"dtype": "F16", "embed_type": "F16"}),
                           ("llama.cpp Q8_0 (RTN)", {"rtn": "Q8_0"}), ("llama.cpp Q4_0 (RTN)", {"rtn": "Q4_0"})):
             path = peers / (label.split()[1].lower() + ".gguf")
             write_float_gguf(adapter.model, path, source=source, name=label, **kw)
-            run(label, path, None, float_ppl, "float model" if "F16" in label else "llama.cpp's own RTN, embeddings Q8_0")
+            run(label, path, windows, ids, None, float_ppl,
+                "float model" if "F16" in label else "llama.cpp's own RTN, embeddings Q8_0")
         del adapter
     print()
-    print(f"WikiText-2, first {n} windows of {seq_len} tokens; {args.threads} thread(s)")
-    print("| model | fake-quant ppl (torch) | llama.cpp ppl | gap | size MiB | prefill tok/s | decode tok/s |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"WikiText-2, each run's own windows (the first eval.limit of eval.seq_len tokens); {args.threads} thread(s)")
+    print("| model | windows | fake-quant ppl (torch) | llama.cpp ppl | gap | size MiB | prefill tok/s | decode tok/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r.get("skipped"):
-            print(f"| {r['label']} | {r.get('fake_quant_ppl') or '-'} | skipped: {r['skipped']} | | | | |")
+            print(f"| {r['label']} | | {r.get('fake_quant_ppl') or '-'} | skipped: {r['skipped']} | | | | |")
             continue
         fake = r.get("fake_quant_ppl")
         gap = r.get("gap_vs_fake_quant")
-        print(f"| {r['label']} | {f'{fake:.3f}' if fake else '-'} | {r['wikitext2_ppl']:.3f} | "
+        print(f"| {r['label']} | {r['windows']} x {r['seq_len']} | {f'{fake:.3f}' if fake else '-'} | {r['wikitext2_ppl']:.3f} | "
               f"{f'{gap:+.2%}' if gap is not None else '-'} | {r['stored_bytes'] / 2**20:.1f} | "
               f"{r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"windows": n, "seq_len": seq_len, "threads": args.threads,
-                                               "torch_float_ppl": float_ppl, "rows": rows}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "torch_float_ppl": float_ppl, "rows": rows},
+                                              indent=2, default=str))
     return 0
 
 

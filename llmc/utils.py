@@ -94,6 +94,15 @@ def atomic_dir(final: str | Path):
         raise
 
 
+def package_version(name: str):
+    """The installed version of the distribution ``name`` (``importlib.metadata``), None when absent."""
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:

@@ -25,7 +25,7 @@ from llmc.config import load_config  # noqa: E402
 from llmc.data.calib import CalibData  # noqa: E402
 from llmc.errors import UserError  # noqa: E402
 from llmc.export import executorch as et  # noqa: E402
-from llmc.pipeline import quantize_model  # noqa: E402
+from llmc.pipeline import check_writable, quantize_model  # noqa: E402
 from llmc.quant.transforms import OnlineHadamard  # noqa: E402
 
 MAX_SEQ = 32
@@ -108,11 +108,12 @@ def test_the_kv_cache_decodes_like_a_full_pass(lowered):
     (["--quant.weight.granularity", "per_group", "--quant.weight.group_size", "48"], "multiple of 32"),
     (["--quant.kvcache.bit", "8"], "KV cache"),
 ])
-def test_what_xnnpack_cannot_run_is_refused_in_one_line(overrides, reason):
+def test_what_xnnpack_cannot_run_is_refused_in_one_line_before_the_model_loads(overrides, reason, tmp_path):
     cfg = load_config(None, ["--quant.method", "RTN", "--quant.weight.bit", "4", "--quant.act.bit", "8",
-                             "--quant.act.granularity", "per_token", *overrides])
+                             "--quant.act.granularity", "per_token", "--save.formats", "[executorch]",
+                             "--save.save_path", str(tmp_path), *overrides])
     with pytest.raises(UserError) as e:
-        et._check(cfg.quant)
+        check_writable(cfg)      # the run's check before any work (llmc.pipeline)
     msg = str(e.value)
     assert "\n" not in msg and reason in msg and msg.startswith("save.formats (executorch)")
 
@@ -130,20 +131,26 @@ def test_exportable_hadamard_is_the_online_hadamard():
 
 def test_runtime_child_returns_every_contract_key(tmp_path):
     from conftest import tiny_hf_model
+    from llmc_slm.tracks.runtimes import CONTRACT_KEYS, measure_in_child
     from llmc_slm.tracks.runtimes import executorch as rt
     model = tiny_hf_model("llama")
     out = et.write_program(model, None, tmp_path / "fp32", max_seq_len=MAX_SEQ, info={"quant": None})
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(0, 256, (1, 16), generator=g)
     windows = torch.randint(0, 256, (2, MAX_SEQ), generator=g)
-    result = rt.profile(out, threads=1, prefill_ids=ids, decode_tokens=4, ppl_windows=windows,
-                        extra_args=["--runs", "3", "--warmup", "1", "--decode-runs", "1"], timeout=600)
-    for key in ("runtime", "artifact", "stored_bytes", "idle_rss_bytes", "peak_rss_bytes", "peak_above_idle_bytes",
-                "prefill_tokens_per_s", "decode_tokens_per_s", "wikitext2_ppl", "ppl_windows", "threads"):
+    result = measure_in_child("executorch", out, threads=1, prefill_ids=ids, decode_tokens=4,
+                              ppl_windows=windows.tolist(), options={"runs": 3, "warmup": 1, "decode_runs": 1},
+                              timeout=600)
+    assert "skipped" not in result, result.get("skipped")
+    for key in CONTRACT_KEYS:
         assert key in result, key
     assert result["runtime"] == "executorch" and result["threads"] == 1 and result["ppl_windows"] == 2
     assert result["stored_bytes"] == (out / "model.pte").stat().st_size
     assert result["peak_above_idle_bytes"] > 0 and result["prefill_tokens_per_s"] > 0
+    assert result["peak_process_bytes"] >= result["peak_rss_bytes"]      # loading is outside the inference peak
     from llmc.eval.perplexity import perplexity
     expected = perplexity(model, windows, progress=False)["ppl"]
     assert abs(result["wikitext2_ppl"] - expected) / expected < 1e-4
+    # a measurement longer than the program's cache is refused before loading, naming the limit
+    with pytest.raises(ValueError, match=f"max_seq_len is {MAX_SEQ}"):
+        rt.measure(out, threads=1, prefill_ids=ids, decode_tokens=MAX_SEQ, runs=1, warmup=0, decode_runs=1)

@@ -55,7 +55,10 @@ def test_q8_0_of_gguf_py_reads_back_through_our_layout():
     np.testing.assert_array_equal(pack_blocks(codes, d, None, "Q8_0"), theirs.reshape(2, -1))
 
 
-def test_qk_permutation_is_its_own_inverse_pair():
+def test_qk_permutation_goes_from_rotate_half_to_interleaved_and_back():
+    # one head of dim 4: Hugging Face rotates the pairs (0, 2) and (1, 3); llama.cpp wants them adjacent
+    np.testing.assert_array_equal(permute_rows(np.arange(4), 1), [0, 2, 1, 3])
+    np.testing.assert_array_equal(permute_rows(np.arange(8), 2), [0, 2, 1, 3, 4, 6, 5, 7])
     x = np.arange(4 * 16 * 3).reshape(4 * 16, 3)
     assert not np.array_equal(permute_rows(x, 4), x)
     np.testing.assert_array_equal(unpermute_rows(permute_rows(x, 4), 4), x)
@@ -77,11 +80,12 @@ W4_ASYM_G64 = ["--quant.weight.bit", "4", "--quant.weight.symmetric", "false",
                "--quant.weight.granularity", "per_group", "--quant.weight.group_size", "64"]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family, model", [("llama", {}), ("qwen2", {}), ("llama", {"attention_bias": True})],
+                         ids=["llama", "qwen2", "llama-biases"])
 @pytest.mark.parametrize("overrides, qtype", [(W8, "Q8_0"), (W4_SYM, "Q4_0"), (W4_ASYM_G32, "Q4_1"),
                                               (W4_ASYM_G64, "Q4_1")])
-def test_read_back_equals_the_fake_quant_weights(tmp_path, family, overrides, qtype):
-    adapter, cfg = _quantized(family, overrides)
+def test_read_back_equals_the_fake_quant_weights(tmp_path, family, model, overrides, qtype):
+    adapter, cfg = _quantized(family, overrides, **model)
     report = write_gguf(adapter.model, tmp_path / GGUF_FILE, embed_type="F32", float_type="F32")
     weights = read_gguf_weights(tmp_path / GGUF_FILE)
     config = adapter.model.config
@@ -115,8 +119,8 @@ def test_read_back_equals_the_fake_quant_weights(tmp_path, family, overrides, qt
     assert checked == 7 * len(adapter.blocks)
     assert report["arch"] == {"llama": "llama", "qwen2": "qwen2"}[family]
     assert report["scale_fp16_max_rel_rounding"] < 2 ** -10
-    if family == "qwen2":
-        assert "blk.0.attn_q.bias" in weights      # Qwen2's q/k/v biases travel, in F32
+    if family == "qwen2" or model.get("attention_bias"):
+        assert "blk.0.attn_q.bias" in weights      # q/k/v biases travel, in F32 (Llama's permuted as its weights)
     emb, kind = weights["token_embd.weight"]
     assert kind == "F32"
     np.testing.assert_array_equal(emb, adapter.model.get_input_embeddings().weight.detach().numpy())

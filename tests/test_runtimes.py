@@ -11,11 +11,16 @@ from llmc_slm.tracks import runtimes
 from llmc_slm.tracks.memory import Footprint, peak_above_idle
 
 
-def test_the_table_lists_both_runtimes_as_module_function():
+def test_every_runtime_resolves_to_a_measure_function_with_the_contract_signature():
+    import importlib.util
+    import inspect
     assert set(runtimes.RUNTIMES) >= {"llamacpp", "executorch"}
-    for ref in runtimes.RUNTIMES.values():
-        module, _, func = ref.partition(":")
-        assert module.startswith("llmc_slm.tracks.runtimes.") and func == "measure"
+    for name, ref in runtimes.RUNTIMES.items():
+        module = ref.partition(":")[0]
+        assert importlib.util.find_spec(module) is not None, ref
+        if runtimes.availability(name) is None:       # its package is installed: import it and read the signature
+            params = inspect.signature(runtimes.resolve(name)).parameters
+            assert {"threads", "prefill_ids", "decode_tokens", "ppl_windows"} <= set(params), (name, list(params))
 
 
 def test_a_missing_module_or_package_is_a_reason(monkeypatch):

@@ -52,10 +52,11 @@ weights and groups that are not a multiple of 32 (XNNPACK's blockwise format is 
 KV cache (the program's cache is float32), and online transforms other than the Hadamard.
 
 The program. The model (float32, quantized linears swapped as above, every other module as the method left
-it) is wrapped with transformers' static KV cache (``transformers/integrations/executorch.py``,
-``TorchExportableModuleWithStaticCache``, the wrapper optimum-executorch exports with), exported with
-``torch.export`` with a dynamic sequence length ``1..max_seq_len`` (one method serves prefill, decode and
-perplexity windows; the cache persists between calls), and lowered with
+it) runs in :class:`_Decoder`: its own modules in a decoder loop over a static float32 KV cache held as
+buffers (the pattern of ExecuTorch's ``examples/models/llama``; transformers' exportable static-cache
+wrapper fails to lower with torch 2.13 / executorch 1.5.1), exported with ``torch.export`` with a dynamic
+sequence length ``1..max_seq_len`` (one method serves prefill, decode and perplexity windows; the cache
+persists between calls), and lowered with
 ``executorch.exir.to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`` (the flow of
 ``executorch/examples/xnnpack/aot_compiler.py``). ``forward(input_ids [1, T] int64, cache_position [T]
 int64) -> logits [1, T, vocab]``; the cache positions say where the T tokens go, so a window starting at
@@ -80,6 +81,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..registry import register_exporter
+from ..utils import package_version
 from . import Exporter
 
 log = logging.getLogger(__name__)
@@ -424,7 +426,7 @@ def write_program(model: nn.Module, reference: Optional[nn.Module], out: Path, *
     t0 = time.perf_counter()
     pte = lower(model, max_seq_len)
     info = {**info, "max_seq_len": max_seq_len, "bytes": len(pte), "lower_seconds": time.perf_counter() - t0,
-            "executorch": _version("executorch"), "torchao": _version("torchao"), "torch": torch.__version__}
+            "executorch": package_version("executorch"), "torchao": package_version("torchao"), "torch": torch.__version__}
     if reference is not None:
         ids = _check_ids(tokenizer, reference.config.vocab_size, min(64, max_seq_len))
         info["check_vs_fake_quant"] = compare_logits(pte, reference.float().eval(), ids)
@@ -436,19 +438,19 @@ def write_program(model: nn.Module, reference: Optional[nn.Module], out: Path, *
     return out
 
 
-def _version(pkg: str) -> Optional[str]:
-    from importlib import metadata
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
 
 @register_exporter("executorch")
 class ExecuTorchExporter(Exporter):
     """``save.formats: [executorch]``: ``<stem>_executorch_fake_quant/model.pte`` + ``executorch.json``."""
     name = "executorch"
     stages = ("fake_quant",)
+
+    def refusal(self, cfg) -> Optional[str]:
+        """Known before the model loads: the ``executorch`` package, and :func:`refusal` of the config."""
+        from importlib.util import find_spec
+        if find_spec("executorch") is None:
+            return "the executorch package is not installed (pip install -e '.[dev]')"
+        return refusal(cfg.quant)
 
     def export(self, adapter, quantized, cfg, stage: str) -> Path:
         _check(cfg.quant)

@@ -24,7 +24,7 @@ Our grids map onto them exactly, up to the fp16 rounding of the scale (and of ``
 * symmetric (signed codes ``c``, ``w = s c``): 2..4 bits -> ``Q4_0`` (``q = c + 8``, ``d = fp16(s)``);
   5 bits -> ``Q5_0`` (``q = c + 16``); 6..8 bits -> ``Q8_0`` (``qs = c``);
 * asymmetric (unsigned codes ``q``, zero ``z``, ``w = s (q - z)``): 2..4 bits -> ``Q4_1`` and 5 bits ->
-  ``Q5_1``, with ``d = fp16(s)`` and ``m = fp16(-s z)`` (the one inexact term: ``|m| <= 15 s``, rounded to
+  ``Q5_1``, with ``d = fp16(s)`` and ``m = fp16(-s z)`` (the one inexact term: ``|m| <= (2^b - 1) s``, rounded to
   fp16, about 1e-3 of a weight's range at worst);
 * per_channel and per_tensor scales are repeated in every block of the row; per_group scales need a
   ``group_size`` that is a multiple of 32 (each block lies inside one group).
@@ -299,6 +299,8 @@ def _add_tokenizer(writer, source, vocab_size: int) -> dict:
         return {"tokenizer": "no_vocab: llama.cpp takes token ids only (no GGUF tokenizer to copy)"}
     reader = gguf.GGUFReader(str(path))
     fields = {k: f for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+    if "tokenizer.ggml.tokens" not in fields:
+        raise UserError(f"save.formats (gguf): {path} has no tokenizer.ggml.tokens: not a tokenizer to copy")
     n_tokens = len(fields["tokenizer.ggml.tokens"].data)
     if n_tokens > vocab_size:
         raise UserError(f"save.formats (gguf): the tokenizer of {path.name} has {n_tokens} tokens, more than the "
@@ -450,14 +452,16 @@ def write_gguf(model, out_file: Path, *, source=None, name: str = "slmquant", em
 
     out_file = Path(out_file)
     writer = gguf.GGUFWriter(str(out_file), arch.name)
-    _add_hparams(writer, config, arch, name, file_type)
-    tok = _add_tokenizer(writer, source, int(config.vocab_size))
-    for gname, arr, raw in tensors:
-        writer.add_tensor(gname, np.ascontiguousarray(arr), raw_dtype=raw)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    try:
+        _add_hparams(writer, config, arch, name, file_type)
+        tok = _add_tokenizer(writer, source, int(config.vocab_size))
+        for gname, arr, raw in tensors:
+            writer.add_tensor(gname, np.ascontiguousarray(arr), raw_dtype=raw)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
     return {"file": out_file.name, "bytes": out_file.stat().st_size, "arch": arch.name, "tensor_types": counts,
             "types": types, "scale_fp16_max_rel_rounding": rounding, **tok}
 
@@ -482,7 +486,7 @@ class GGUFExporter(Exporter):
         embed = "Q8_0" if cfg.save.real_embed_bit == 8 else "F16"
         with atomic_dir(out) as tmp:
             report = write_gguf(adapter.model, tmp / GGUF_FILE, source=getattr(adapter, "source", None),
-                                name=f"{getattr(adapter.source, 'name', 'model')} {cfg.quant.method}",
+                                name=f"{getattr(getattr(adapter, 'source', None), 'name', 'model')} {cfg.quant.method}",
                                 embed_type=embed)
             report.update(sidecar_notes(cfg))
             (tmp / SIDECAR).write_text(json.dumps(report, indent=2, default=str))

@@ -1,7 +1,8 @@
 """Resident memory of a measuring child, torch-free: its idle footprint and its peak above it.
 
-Every Track 2 child (the torch one in :mod:`llmc_slm.tracks.inference`, each edge runtime in
-:mod:`llmc_slm.tracks.runtimes`) runs in a fresh process and reports the same four figures:
+Every edge runtime's child (:mod:`llmc_slm.tracks.runtimes`) runs in a fresh process and reports these four
+figures (the torch child, :mod:`llmc_slm.tracks.inference`, measures the same way with
+``llmc.profiling.PeakMemory`` and reports the first three under its own names):
 
 * ``idle_rss_bytes``: the process's resident set after its imports (Python, the runtime's library, and
   whatever the runtime builds before it sees weights), ``gc`` and ``malloc_trim``, before the model loads;
@@ -24,66 +25,20 @@ Use::
         ... prefill, decode ...
     probe.as_dict()
 
-This module imports nothing but the standard library, so that a runtime's child does not pay torch's
-~0.3 GB just to measure itself.
+This module imports nothing but the standard library and :mod:`llmc.rss` (torch-free), so that a runtime's
+child does not pay torch's ~0.3 GB just to measure itself.
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
-import os
-import re
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Optional
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+from llmc.rss import peak_rss_bytes, release_free_memory, reset_peak_rss, rss_bytes  # noqa: F401 (re-exported)
+
 MEMORY_KIND = "cpu_peak_rss"
 SAMPLED_KIND = "cpu_rss_sampled"
-
-
-def rss_bytes() -> int:
-    """The process's resident set now (``/proc/self/statm``; ``ru_maxrss`` where /proc is absent)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _status_bytes(field: str) -> Optional[int]:
-    try:
-        m = re.search(rf"^{field}:\s+(\d+)\s+kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(m.group(1)) * 1024 if m else None
-
-
-def peak_rss_bytes() -> Optional[int]:
-    """The peak resident set since the process started or since :func:`reset_peak_rss` (``VmHWM``)."""
-    return _status_bytes("VmHWM")
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter of this process; False where impossible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return peak_rss_bytes() is not None
-
-
-def release_free_memory() -> None:
-    """``gc``, then hand freed heap memory back to the OS (glibc ``malloc_trim``): RSS is then what is live."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class Footprint:

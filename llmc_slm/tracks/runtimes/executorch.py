@@ -1,21 +1,23 @@
 """Track 2 inside ExecuTorch: an ExecuTorch program (``.pte``, ``llmc.export.executorch``) measured in a fresh
 process with ``executorch.runtime`` (XNNPACK delegate).
 
-    python -m llmc_slm.tracks.runtimes.executorch --artifact DIR_OR_PTE --ids-file IDS [--ppl-file WINDOWS]
-                                                  [--threads 1] [--decode-tokens 32] --out result.json
+    python -m llmc_slm.tracks.runtimes --runtime executorch --artifact DIR_OR_PTE --ids-file IDS \
+        [--ppl-file WINDOWS] [--threads 1] [--decode-tokens 32] [--options '{"runs": 10}'] --out result.json
 
-From Python, :func:`profile` runs that child (``llmc_slm.tracks.child.run_module``: one process per
-measurement, so its peak resident memory is this runtime's own) and returns :func:`measure`'s dict:
+From Python, ``llmc_slm.tracks.runtimes.measure_in_child("executorch", ...)`` runs it in a fresh process
+(one per measurement, so its peak resident memory is this runtime's own) and returns :func:`measure`'s dict:
 
 * ``stored_bytes``: bytes of the ``.pte`` file (integer weights, their scales, float embeddings/lm_head,
   the delegate's graph);
-* ``idle_rss_bytes``: resident memory after importing torch and ``executorch.runtime`` and starting the
-  runtime, before the program loads; ``peak_rss_bytes``: the process's peak (``VmHWM``, reset after the
-  idle reading) over loading, prefill and decode; ``peak_above_idle_bytes`` the difference. The peak of the
-  perplexity windows (up to ``max_seq_len`` tokens: the planned activation arena of the longest shape) is
-  reported apart, ``peak_rss_with_ppl_bytes``;
+* memory (:class:`llmc_slm.tracks.memory.Footprint`, as the llama.cpp child): ``idle_rss_bytes`` after
+  importing torch and ``executorch.runtime`` and starting the runtime, before the program loads;
+  ``peak_rss_bytes`` the peak during prefill and decode (reset after loading); ``peak_above_idle_bytes`` the
+  difference; ``peak_process_bytes`` the whole process's, loading included. The peak of the perplexity
+  windows (up to ``max_seq_len`` tokens: the planned activation arena of the longest shape) is reported
+  apart, ``peak_rss_with_ppl_bytes``;
 * ``prefill_tokens_per_s``: batch 1 x ``len(prefill_ids)`` (the protocol's 128 WikiText-2 tokens), all
-  positions' logits, ``warmup`` (10) untimed then ``runs`` (100) timed calls at cache positions 0..T-1;
+  positions' logits (the program has one method for prefill, decode and perplexity, so unlike llama.cpp's
+  last-position prefill it computes the head at every position: ``prefill_logits`` says so), ``warmup`` (10) untimed then ``runs`` (100) timed calls at cache positions 0..T-1;
 * ``decode_tokens_per_s``: after a prefill, ``decode_tokens`` greedy steps of one token each through the
   program's KV cache, one untimed then ``decode_runs`` (3) timed runs, only the steps timed;
 * ``wikitext2_ppl``: each window ([L] ids, L <= the program's ``max_seq_len``) run as one call at positions
@@ -28,45 +30,13 @@ uses) and ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` in the child.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
-import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 RUNTIME = "executorch"
-
-
-# ---------------------------------------------------------------- memory (private; the shared helper at merge)
-def _status_kb(field: str) -> Optional[int]:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _release() -> None:
-    import ctypes
-    import gc
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 # ------------------------------------------------------------------------------------------ measure
@@ -91,56 +61,64 @@ def measure(artifact, *, threads: int, prefill_ids, decode_tokens: int, ppl_wind
     import torch
     torch.set_num_threads(threads)
     from executorch.extension.pybindings import portable_lib
+
+    from llmc.utils import package_version
     from executorch.runtime import Runtime
+
+    from ..memory import Footprint
     portable_lib._unsafe_reset_threadpool(threads)
     runtime = Runtime.get()
     pte = _program_path(artifact)
-    _release()
-    idle = _status_kb("VmRSS")
-    _reset_peak()
+    ids = torch.as_tensor(prefill_ids, dtype=torch.long).reshape(1, -1)
+    seq = ids.shape[1]
+    longest = max([seq + decode_tokens] + [len(w) for w in (ppl_windows if ppl_windows is not None else [])])
+    max_seq_len = _max_seq_len(pte)
+    if max_seq_len is not None and longest > max_seq_len:
+        raise ValueError(f"{pte}: its max_seq_len is {max_seq_len}, but this measurement needs {longest} positions "
+                         f"(prefill {seq} + decode {decode_tokens}, or a perplexity window): export it longer")
+    probe = Footprint()
+    probe.idle()
 
     t0 = time.perf_counter()
     method = runtime.load_program(pte).load_method("forward")
     load_s = time.perf_counter() - t0
-    ids = torch.as_tensor(prefill_ids, dtype=torch.long).reshape(1, -1)
-    seq = ids.shape[1]
     pos = torch.arange(seq, dtype=torch.long)
 
-    for _ in range(warmup):
-        method.execute((ids, pos))
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        logits = method.execute((ids, pos))[0]
-    prefill_s = time.perf_counter() - t0
-
-    decode_s, steps = 0.0, 0
-    for r in range(decode_runs + 1):
-        logits = method.execute((ids, pos))[0]
-        nxt = logits[:, -1].argmax(-1).reshape(1, 1)
+    with probe.inference():
+        for _ in range(warmup):
+            method.execute((ids, pos))
         t0 = time.perf_counter()
-        for i in range(decode_tokens):
-            logits = method.execute((nxt, torch.tensor([seq + i], dtype=torch.long)))[0]
+        for _ in range(runs):
+            logits = method.execute((ids, pos))[0]
+        prefill_s = time.perf_counter() - t0
+
+        decode_s, steps = 0.0, 0
+        for r in range(decode_runs + 1):
+            logits = method.execute((ids, pos))[0]
             nxt = logits[:, -1].argmax(-1).reshape(1, 1)
-        if r:
-            decode_s += time.perf_counter() - t0
-            steps += decode_tokens
-    peak = _status_kb("VmHWM")
+            t0 = time.perf_counter()
+            for i in range(decode_tokens):
+                logits = method.execute((nxt, torch.tensor([seq + i], dtype=torch.long)))[0]
+                nxt = logits[:, -1].argmax(-1).reshape(1, 1)
+            if r:
+                decode_s += time.perf_counter() - t0
+                steps += decode_tokens
+    mem = probe.as_dict()
 
     result = {
         "runtime": RUNTIME, "artifact": str(pte.resolve()), "stored_bytes": pte.stat().st_size,
-        "idle_rss_bytes": idle, "peak_rss_bytes": peak,
-        "peak_above_idle_bytes": (peak - idle) if peak is not None and idle is not None else None,
-        "prefill_tokens_per_s": seq * runs / prefill_s,
+        **mem,
+        "prefill_tokens_per_s": seq * runs / prefill_s, "prefill_logits": "every position",
         "decode_tokens_per_s": (steps / decode_s) if decode_s else None,
         "wikitext2_ppl": None, "ppl_windows": 0, "threads": threads,
         "prefill": {"tokens": seq, "warmup": warmup, "runs": runs, "seconds": prefill_s},
         "decode": {"tokens": decode_tokens, "runs": decode_runs, "seconds": decode_s},
-        "load_seconds": load_s, "max_seq_len": _max_seq_len(pte),
-        "memory_kind": "process peak RSS (VmHWM) from loading on, minus the RSS after imports",
+        "load_seconds": load_s, "max_seq_len": max_seq_len, "executorch": package_version("executorch"),
     }
     if ppl_windows is not None:
+        from ..memory import peak_rss_bytes
         result.update(_perplexity(method, torch.as_tensor(ppl_windows, dtype=torch.long)))
-        result["peak_rss_with_ppl_bytes"] = _status_kb("VmHWM")
+        result["peak_rss_with_ppl_bytes"] = peak_rss_bytes()
     return result
 
 
@@ -162,66 +140,3 @@ def _perplexity(method, windows) -> dict:
     return {"wikitext2_ppl": math.exp(mean) if mean < 700 else float("inf"), "ppl_windows": int(windows.shape[0]),
             "ppl_window_len": int(windows.shape[1]), "ppl_nll": mean, "ppl_window_nll": per_window,
             "ppl_seconds": time.perf_counter() - t0}
-
-
-# ------------------------------------------------------------------------------------------ the child
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m llmc_slm.tracks.runtimes.executorch",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--artifact", required=True, help="a .pte file or the exporter's folder")
-    p.add_argument("--ids-file", required=True, help="JSON {input_ids: [[...]]}: the prefill input")
-    p.add_argument("--ppl-file", help="JSON {windows: [[...], ...]}: perplexity windows")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--decode-tokens", type=int, default=32)
-    p.add_argument("--runs", type=int, default=100)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--decode-runs", type=int, default=3)
-    p.add_argument("--out", help="write the result JSON here (default: print it)")
-    return p
-
-
-def main(argv=None) -> int:
-    from llmc_slm.tracks.child import emit_json, read_ids_file
-    args = _parser().parse_args(argv)
-    ids, source = read_ids_file(args.ids_file)
-    windows = json.loads(Path(args.ppl_file).read_text())["windows"] if args.ppl_file else None
-    result = measure(args.artifact, threads=args.threads, prefill_ids=ids, decode_tokens=args.decode_tokens,
-                     ppl_windows=windows, warmup=args.warmup, runs=args.runs, decode_runs=args.decode_runs)
-    result["input"] = source
-    result["environment"] = {"python": sys.version.split()[0], "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                             "executorch": _version("executorch")}
-    emit_json(result, args.out)
-    return 0
-
-
-def _version(pkg: str) -> Optional[str]:
-    from importlib import metadata
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def profile(artifact, *, threads: int, prefill_ids, decode_tokens: int = 32, ppl_windows=None,
-            input_source: str = "given by the caller", timeout: Optional[float] = 3600, nice: int = 0,
-            extra_args: Sequence = ()) -> dict:
-    """:func:`measure` in a fresh ``python -m llmc_slm.tracks.runtimes.executorch`` process."""
-    import tempfile
-
-    import torch
-
-    from llmc_slm.tracks.child import run_module
-    args = ["--artifact", artifact, "--threads", threads, "--decode-tokens", decode_tokens, *extra_args]
-    with tempfile.TemporaryDirectory(prefix="slmq_et_") as tmp:
-        if ppl_windows is not None:
-            ppl_file = Path(tmp) / "windows.json"
-            ppl_file.write_text(json.dumps({"windows": torch.as_tensor(ppl_windows).tolist()}))
-            args += ["--ppl-file", ppl_file]
-        ids = torch.as_tensor(prefill_ids).reshape(1, -1)
-        return run_module("llmc_slm.tracks.runtimes.executorch", args, threads=threads, input_ids=ids,
-                          input_source=input_source, timeout=timeout, nice=nice,
-                          what=f"ExecuTorch child on {artifact}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@
 * prefill: the 128 prompt tokens decoded from an empty cache in one batch (``Llama.eval``; the cache is
   cleared before each run), logits of the last position only; ``warmup`` untimed runs, then ``runs``;
 * decode: greedy, one token at a time with the KV cache, ``decode_tokens`` steps after an untimed prefill,
-  ``decode_runs`` runs (the first untimed); the argmax is taken from ``llama_get_logits_ith(ctx, -1)``;
+  then ``decode_runs`` timed runs; the argmax is taken from ``llama_get_logits_ith(ctx, -1)``;
 * perplexity: a second context with ``logits_all=True`` and ``n_ctx`` = the window, each window decoded
   from an empty cache in one batch; the NLL of every token but the first is computed here from the logits
   llama.cpp returns (log-softmax in float64), summed over windows: ``exp(total NLL / predicted tokens)``,
