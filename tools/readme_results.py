@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from llmc_slm.reports.cli import run_reporting  # noqa: E402
 from llmc_slm.reports.collect import ReportError, collect  # noqa: E402
+from llmc_slm.reports.edge import edge_tables  # noqa: E402
 from llmc_slm.reports.evaluations import evaluation_table  # noqa: E402
 from llmc_slm.reports.render import to_markdown  # noqa: E402
 from llmc_slm.reports.tables import all_tables  # noqa: E402
@@ -31,11 +32,14 @@ END = "<!-- END GENERATED -->"
 
 @dataclass(frozen=True)
 class Block:
-    """One committed folder in the README: an introduction, then the named tables (``table1``,
-    ``table1_paired``, ... as ``all_tables`` names them; ``evaluations``: ``evaluation_table``)."""
+    """One committed folder in the README: an introduction, then the named tables. ``kind`` ``runs``: a
+    folder of results files (``table1``, ``table1_paired``, ... as ``all_tables`` names them;
+    ``evaluations``: ``evaluation_table``); ``edge``: the edge-runtime JSON files (``edge_runtimes``,
+    ``edge_perplexity``: ``llmc_slm.reports.edge``)."""
     folder: str
     intro: str
     tables: tuple[str, ...]
+    kind: str = "runs"
 
 
 BLOCKS = (
@@ -56,14 +60,18 @@ BLOCKS = (
 
 
 def render_block(block: Block, root: Path = ROOT) -> str:
-    coll = collect(str(root / block.folder), "fake_quant")
-    tables = {t.name: t for t in all_tables(coll, with_stderr=True, paired=True)}
-    tables["evaluations"] = evaluation_table(coll)
+    if block.kind == "edge":
+        tables, what = edge_tables(root / block.folder), "edge-runtime measurements"
+    else:
+        coll = collect(str(root / block.folder), "fake_quant")
+        tables = {t.name: t for t in all_tables(coll, with_stderr=True, paired=True)}
+        tables["evaluations"] = evaluation_table(coll)
+        what = f"{len(coll.runs)} runs"
     missing = [n for n in block.tables if n not in tables]
     if missing:
         raise ReportError(f"{block.folder}: no table {', '.join(missing)}")
     body = "\n".join("#" + to_markdown(tables[n]) for n in block.tables)   # "### title" one level down
-    return f"From `{block.folder}` ({len(coll.runs)} runs). {block.intro}\n\n{body}"
+    return f"From `{block.folder}` ({what}). {block.intro}\n\n{body}"
 
 
 def render(blocks=BLOCKS, root: Path = ROOT) -> str:
