@@ -122,7 +122,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r.get("skipped"):
-            print(f"| {r['label']} | | {r.get('fake_quant_ppl') or '-'} | skipped: {r['skipped']} | | | | |")
+            fake = r.get("fake_quant_ppl")
+            print(f"| {r['label']} | | {f'{fake:.3f}' if fake else '-'} | skipped: {r['skipped']} | | | | |")
             continue
         fake = r.get("fake_quant_ppl")
         gap = r.get("gap_vs_fake_quant")
