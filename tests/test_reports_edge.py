@@ -53,6 +53,7 @@ def test_perplexity_table_puts_each_runtime_beside_the_fake_quant_figure(tmp_pat
     assert "| spin_w4a8_cpu | llama.cpp | — | 40.000 | skipped: no GGUF export (refused or not asked) |" in md
     assert "| float F16 | llama.cpp | 16 x 512 | 36.600 | 36.600 | +0.00% |" in md
     assert "| spin_w4a8 | ExecuTorch | 16 x 512 | 40.000 | 41.000 | +2.50% | 90.0 |" in md
+    assert "Prefill" not in md.split("\n\n")[1]         # speeds are the benchmark's, run alone
     assert "| fp32 | ExecuTorch | 16 x 512 | 36.600 | 36.600 | +0.00% |" in md     # against the float torch figure
 
 

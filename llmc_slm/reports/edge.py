@@ -7,7 +7,7 @@
 * :func:`perplexity_table` (``benchmarks/gguf_ppl.py --json`` and ``tools/executorch_measure.py``): each
   quantized run deployed in a runtime, its WikiText-2 perplexity there beside the run's own fake-quant
   figure in torch on the same windows, and the runtime's float model and llama.cpp's own quantization as
-  peers.
+  peers (perplexity and size: these runs may share the CPU, so their speeds are left to the benchmark).
 """
 
 from __future__ import annotations
@@ -76,21 +76,19 @@ def runtime_table(report: dict, name: str = "edge_runtimes") -> Table:
 def _ppl_row(t: Table, run: str, runtime: str, r: dict, fake, note: str = "") -> None:
     ppl = r.get("wikitext2_ppl")
     if r.get("skipped"):
-        t.add([run, runtime, "—", "—" if fake is None else f"{fake:.3f}", f"skipped: {r['skipped']}", "—", "—", "—",
-               "—"], note=note)
+        t.add([run, runtime, "—", "—" if fake is None else f"{fake:.3f}", f"skipped: {r['skipped']}", "—", "—"],
+              note=note)
         return
     gap = "—" if not (ppl and fake) else f"{100 * (ppl / fake - 1):+.2f}%"
     windows = r.get("ppl_windows") or r.get("windows")
     length = r.get("ppl_window_len") or r.get("seq_len")
     t.add([run, runtime, f"{windows} x {length}" if windows else "—", "—" if fake is None else f"{fake:.3f}",
-           "—" if ppl is None else f"{ppl:.3f}", gap, _mib(r.get("stored_bytes")), _rate(r.get("prefill_tokens_per_s")),
-           _rate(r.get("decode_tokens_per_s"))], note=note)
+           "—" if ppl is None else f"{ppl:.3f}", gap, _mib(r.get("stored_bytes"))], note=note)
 
 
 def perplexity_table(llamacpp: dict | None, executorch: dict | None, name: str = "edge_perplexity") -> Table:
     t = Table(name, "Deployed perplexity: each run in the runtime against its fake-quant figure in torch",
-              ["Run", "Runtime", "Windows", "Fake-quant ppl (torch)", "Runtime ppl", "Gap", "Size MiB",
-               "Prefill tok/s", "Decode tok/s"], left=2)
+              ["Run", "Runtime", "Windows", "Fake-quant ppl (torch)", "Runtime ppl", "Gap", "Size MiB"], left=2)
     if llamacpp:
         for r in llamacpp.get("rows", []):
             fake = r.get("fake_quant_ppl")
@@ -116,7 +114,7 @@ def perplexity_table(llamacpp: dict | None, executorch: dict | None, name: str =
         proto = executorch.get("protocol", {})
         t.notes.append(f"ExecuTorch (XNNPACK): {proto.get('threads', '—')} thread(s); fp32 is the float32 program, "
                        "compared with the float model in torch.")
-    t.notes.append("Gap: runtime / torch - 1. The runtimes quantize activations themselves (llama.cpp per block of "
+    t.notes.append("Speeds are the edge benchmark's (run alone), not these runs'. Gap: runtime / torch - 1. The runtimes quantize activations themselves (llama.cpp per block of "
                    "32, XNNPACK asymmetrically per token), the torch protocol symmetrically per token.")
     return t
 
