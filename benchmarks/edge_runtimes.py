@@ -88,9 +88,33 @@ def _executorch_float(adapter, out: Path, context: int):
         return None, f"the float ExecuTorch program failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
+class Artifacts:
+    """The artifacts of one model under ``base`` and ``artifacts.json`` listing those made (written after
+    each, atomically), so that a rerun with the same ``--work`` folder and context reuses them (the
+    ExecuTorch lowerings take minutes each) and makes only what is missing."""
+
+    def __init__(self, base: Path, context: int):
+        self.base, self.context = base, context
+        self.path = base / "artifacts.json"
+        data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.made = data.get("made", {}) if data.get("context") == context else {}
+
+    def have(self, runtime: str, variant: str):
+        entry = self.made.get(f"{runtime}/{variant}")
+        return Path(entry) if entry and Path(entry).exists() else None
+
+    def record(self, runtime: str, variant: str, path) -> None:
+        from llmc.utils import atomic_write_json
+        if isinstance(path, Path):
+            self.made[f"{runtime}/{variant}"] = str(path)
+            self.base.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path, {"context": self.context, "made": self.made})
+
+
 def prepare(name: str, work: Path, runtimes, seq_len: int, context: int) -> tuple[dict, object, dict, object]:
     """Export every artifact of one model: {(runtime, variant): path or {'skipped': reason}}, the prefill ids,
-    their source and the model source; ``context``: :func:`context_length`."""
+    their source and the model source; ``context``: :func:`context_length`. Artifacts already made in
+    ``work`` for the same context are reused (:class:`Artifacts`)."""
     import torch
     from llmc.export.gguf import write_float_gguf
     from llmc.models.loading import load_model, resolve_model_source
@@ -100,38 +124,58 @@ def prepare(name: str, work: Path, runtimes, seq_len: int, context: int) -> tupl
     from llmc_slm.tracks.loading import fixed_input_ids
 
     source = resolve_model_source(name)
+    base = work / name
+    made = Artifacts(base, context)
     out: dict = {}
     adapter = load_model(source, dtype=torch.bfloat16, seed=42)
     ids, info = fixed_input_ids(adapter.tokenizer, seq_len, vocab_size=adapter.model.config.vocab_size)
-    base = work / name
     t = time.perf_counter()
+
+    def make(runtime: str, variant: str, build) -> None:
+        path = made.have(runtime, variant)
+        if path is None:
+            path, why = build()
+            made.record(runtime, variant, path)
+        else:
+            why = None
+        out[(runtime, variant)] = path or {"skipped": why}
+
+    def written(path: Path, write):
+        write()
+        return path, None
+
     if "torch" in runtimes:
-        out[("torch", "float")] = save_baseline_checkpoint(adapter.model, adapter.tokenizer, base / "torch_bf16")
+        make("torch", "float", lambda: (save_baseline_checkpoint(adapter.model, adapter.tokenizer,
+                                                                 base / "torch_bf16"), None))
     if "llamacpp" in runtimes:
-        out[("llamacpp", "float")] = base / "f16.gguf"
-        write_float_gguf(adapter.model, base / "f16.gguf", source=source, dtype="F16", name=f"{name} F16")
+        make("llamacpp", "float", lambda: written(base / "f16.gguf", lambda: write_float_gguf(
+            adapter.model, base / "f16.gguf", source=source, dtype="F16", name=f"{name} F16")))
         for peer in ("Q8_0", "Q4_0"):
             path = base / f"peer_{peer.lower()}.gguf"
-            write_float_gguf(adapter.model, path, source=source, rtn=peer, name=f"{name} llama.cpp {peer}")
-            out[("llamacpp", f"peer_{peer.lower()}")] = path
+            make("llamacpp", f"peer_{peer.lower()}", lambda path=path, peer=peer: written(path, lambda: write_float_gguf(
+                adapter.model, path, source=source, rtn=peer, name=f"{name} llama.cpp {peer}")))
     if "executorch" in runtimes:
-        path, why = _executorch_float(adapter, base / "et_float", context)
-        out[("executorch", "float")] = path or {"skipped": why}
+        make("executorch", "float", lambda: _executorch_float(adapter, base / "et_float", context))
     print(f"  {name}: float artifacts ({time.perf_counter() - t:.1f} s)", flush=True)
     del adapter
     for variant, bits in VARIANTS.items():
         t = time.perf_counter()
+        wanted = [r for r in ("torch", "llamacpp", "executorch") if r in runtimes]
+        if all(made.have(r, variant) for r in wanted):
+            for r in wanted:
+                out[(r, variant)] = made.have(r, variant)
+            print(f"  {name} {variant}: artifacts reused from {base}", flush=True)
+            continue
         adapter = load_model(source, dtype=torch.bfloat16, seed=42)
         cfg = quant_cfg(bits, base / variant, [], context)
         quantize_model(adapter, cfg)
         if "torch" in runtimes:
-            out[("torch", variant)] = base / variant / "packed"
-            save_packed_model(adapter, cfg, base / variant / "packed")
+            make("torch", variant, lambda: written(base / variant / "packed", lambda: save_packed_model(
+                adapter, cfg, base / variant / "packed")))
         for runtime in ("llamacpp", "executorch"):
             if runtime in runtimes:
                 exporter = {"llamacpp": "gguf", "executorch": "executorch"}[runtime]
-                path, why = _registry_export(exporter, adapter, cfg)
-                out[(runtime, variant)] = path or {"skipped": why}
+                make(runtime, variant, lambda exporter=exporter: _registry_export(exporter, adapter, cfg))
         print(f"  {name} {variant}: artifacts ({time.perf_counter() - t:.1f} s)", flush=True)
         del adapter
     return out, ids, info, source
@@ -261,9 +305,14 @@ def main(argv=None) -> int:
     p.add_argument("--ppl-windows", type=int, default=0, help="WikiText-2 windows to score in each runtime (0: none)")
     p.add_argument("--ppl-seq-len", type=int, default=512)
     p.add_argument("--extra-bufts", choices=("on", "off"), help="llama.cpp's use_extra_bufts (default: library's)")
-    p.add_argument("--work", help="folder for the artifacts (default: a temporary one)")
+    p.add_argument("--work", help="folder for the artifacts (default: a temporary one); a rerun with the same folder "
+                                  "reuses the artifacts it made")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="make the artifacts in --work and stop (the lowerings need no quiet machine; the measurement does)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
+    if args.prepare_only and not args.work:
+        p.error("--prepare-only needs --work (the folder the measurement will reuse)")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
     torch.set_num_threads(args.threads)
@@ -282,6 +331,8 @@ def main(argv=None) -> int:
             context = context_length(args.seq_len, args.decode_tokens, args.ppl_seq_len if args.ppl_windows else 0)
             report["protocol"]["context"] = context
             artifacts, ids, info, source = prepare(name, work, args.runtimes, args.seq_len, context)
+            if args.prepare_only:
+                continue
             windows = ppl_windows_of(source, args.ppl_windows, args.ppl_seq_len) if args.ppl_windows else None
             print(f"{name}: measuring ({args.threads} thread(s))", flush=True)
             rows = measure_all(artifacts, ids, args.threads, args, windows)

@@ -80,3 +80,20 @@ def test_track2_section_and_table3_show_the_peak_above_idle():
     old = {k: v for k, v in comp.items() if k != "peak_above_idle_bytes"}
     assert _profile(old)["peak_above_idle_mb"] is None
     assert "peak_above_idle" not in infer_scores(base, old)
+
+
+def test_edge_benchmark_gives_both_runtimes_one_context_and_reuses_what_it_made(tmp_path):
+    from benchmarks.edge_runtimes import Artifacts, context_length
+    assert context_length(128, 32) == 256                   # llama.cpp's n_ctx for prefill + decode
+    assert context_length(250, 32) == 512
+    assert context_length(128, 32, ppl_seq_len=1024) == 1024
+    made = Artifacts(tmp_path / "m", 256)
+    program = tmp_path / "m" / "et_float"
+    program.mkdir(parents=True)
+    made.record("executorch", "float", program)
+    made.record("executorch", "w8a8", None)                 # a skip is not recorded: it is tried again
+    assert Artifacts(tmp_path / "m", 256).have("executorch", "float") == program
+    assert Artifacts(tmp_path / "m", 256).have("executorch", "w8a8") is None
+    assert Artifacts(tmp_path / "m", 512).have("executorch", "float") is None      # another cache length
+    program.rmdir()
+    assert Artifacts(tmp_path / "m", 256).have("executorch", "float") is None      # gone from disk
