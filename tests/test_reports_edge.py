@@ -57,6 +57,19 @@ def test_perplexity_table_puts_each_runtime_beside_the_fake_quant_figure(tmp_pat
     assert "| fp32 | ExecuTorch | 16 x 512 | 36.600 | 36.600 | +0.00% |" in md     # against the float torch figure
 
 
+def test_reports_of_several_invocations_are_merged_and_must_agree(tmp_path):
+    first, second = _edge_report(), _edge_report()
+    second["models"] = {"other": second["models"].pop("tiny")}
+    (tmp_path / "edge_a.json").write_text(json.dumps(first))
+    (tmp_path / "edge_b.json").write_text(json.dumps(second))
+    md = to_markdown(edge_tables(tmp_path)["edge_runtimes"])
+    assert "| tiny | llamacpp | w4a8 |" in md and "| other | llamacpp | w4a8 |" in md
+    second["threads"] = 2
+    (tmp_path / "edge_b.json").write_text(json.dumps(second))
+    with pytest.raises(ReportError, match="edge_b.json: its threads differs"):
+        edge_tables(tmp_path)
+
+
 def test_a_broken_file_is_a_one_line_report_error(tmp_path):
     (tmp_path / "edge.json").write_text("{not json")
     with pytest.raises(ReportError, match="edge.json: not JSON"):

@@ -18,7 +18,7 @@ from pathlib import Path
 from .collect import ReportError
 from .render import Table
 
-EDGE_FILE = "edge.json"                  # benchmarks/edge_runtimes.py --json
+EDGE_FILES = "edge*.json"                # benchmarks/edge_runtimes.py --json (one file per invocation)
 LLAMACPP_PPL_FILE = "llamacpp_ppl.json"  # benchmarks/gguf_ppl.py --json
 EXECUTORCH_PPL_FILE = "executorch_ppl.json"   # tools/executorch_measure.py --out
 
@@ -119,13 +119,30 @@ def perplexity_table(llamacpp: dict | None, executorch: dict | None, name: str =
     return t
 
 
+def merged_reports(paths: list[Path]) -> dict:
+    """Several edge-benchmark reports (e.g. one model or one set of runtimes each) as one: the models of all,
+    in file order; threads and protocol must agree."""
+    merged: dict = {}
+    for path in paths:
+        report = _read(path)
+        if not merged:
+            merged = {**report, "models": dict(report.get("models", {}))}
+            continue
+        for key in ("threads", "protocol"):
+            if report.get(key) != merged.get(key):
+                raise ReportError(f"{path}: its {key} differs from {paths[0].name}'s; measure them alike")
+        merged["models"].update(report.get("models", {}))
+    return merged
+
+
 def edge_tables(folder: Path) -> dict[str, Table]:
-    """The tables the files present in ``folder`` give (``runtime_table`` needs ``edge.json``;
+    """The tables the files present in ``folder`` give (``runtime_table`` needs an ``edge*.json``;
     ``perplexity_table`` either perplexity file)."""
     folder = Path(folder)
     out = {}
-    if (folder / EDGE_FILE).is_file():
-        out["edge_runtimes"] = runtime_table(_read(folder / EDGE_FILE))
+    edge_files = sorted(folder.glob(EDGE_FILES))
+    if edge_files:
+        out["edge_runtimes"] = runtime_table(merged_reports(edge_files))
     llamacpp = _read(folder / LLAMACPP_PPL_FILE) if (folder / LLAMACPP_PPL_FILE).is_file() else None
     executorch = _read(folder / EXECUTORCH_PPL_FILE) if (folder / EXECUTORCH_PPL_FILE).is_file() else None
     if llamacpp or executorch:
