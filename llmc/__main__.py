@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from .library_logs import quiet_import_noise
+    quiet_import_noise()
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
     # a terminated run unwinds like Ctrl-C, so its results file records the interruption

@@ -225,7 +225,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from llmc.errors import UserError
+    from llmc.library_logs import quiet_import_noise
     args = _parser().parse_args(argv)
+    quiet_import_noise()
     try:
         emit_json(run_child(args), args.out)
     except UserError as e:          # a damaged or foreign checkpoint, missing data: one line
