@@ -56,6 +56,12 @@ BLOCKS = (
           "The float model on every item of each dataset (float32, one dataset per run, `eval.backend "
           "slmquant`).",
           ("evaluations",)),
+    Block("results/reference/issue19_edge",
+          "SmolLM2-135M-Instruct runs deployed in llama.cpp (GGUF) and ExecuTorch (XNNPACK): WikiText-2 "
+          "perplexity in each runtime beside the run's fake-quant figure on the same 16 windows of 512 tokens "
+          "(the folder's README explains the llama.cpp gap); then each architecture's size, memory and speed in "
+          "each runtime as ratios to that runtime's float model (`benchmarks/edge_runtimes.py`).",
+          ("edge_perplexity", "edge_runtimes"), kind="edge"),
 )
 
 
