@@ -154,3 +154,30 @@ def test_runtime_child_returns_every_contract_key(tmp_path):
     # a measurement longer than the program's cache is refused before loading, naming the limit
     with pytest.raises(ValueError, match=f"max_seq_len is {MAX_SEQ}"):
         rt.measure(out, threads=1, prefill_ids=ids, decode_tokens=MAX_SEQ, runs=1, warmup=0, decode_runs=1)
+
+
+def test_a_packed_spinquant_model_with_a_rotated_tied_head_lowers_to_logits(tmp_path):
+    """SmolLM2 ties its embeddings; SpinQuant's R1 unties them (``lm_head = E M``) and the packed checkpoint
+    re-ties them with ``h -> h M^T`` before the head. The program folds ``M`` into the head and returns
+    logits that match the packed checkpoint's fake-quant model (with the hook, executorch 1.5.1 returned
+    the hidden state: ``[1, T, hidden]``)."""
+    from test_spinquant import SHAPE, spin_cfg
+    from llmc.quant.packed import load_packed_model, save_packed_model
+    adapter = tiny_adapter("llama", tie_word_embeddings=True, **SHAPE)
+    with torch.no_grad():   # a non-trivial final norm, so that M is not the identity
+        adapter.model.model.norm.weight.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(7))
+    cfg = spin_cfg("--quant.special.learn_rotations", "false", "--quant.special.weight_algo", "rtn",
+                   "--quant.weight.bit", "4", "--quant.act.granularity", "per_token")
+    from llmc.pipeline import quantize_model
+    algo = quantize_model(adapter, cfg, None).algorithm
+    save_packed_model(adapter, algo.cfg, tmp_path / "p")
+    assert hasattr(load_packed_model(tmp_path / "p").lm_head, "slmquant_tied_input_transform")
+    out = et.export_packed(tmp_path / "p", tmp_path / "pte", max_seq_len=MAX_SEQ)
+    check = __import__("json").loads((out / et.INFO).read_text())["check_vs_fake_quant"]
+    ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(5))
+    got = et.run_program(out / et.PROGRAM, ids)
+    with torch.no_grad():
+        ref = load_packed_model(tmp_path / "p").float()(input_ids=ids).logits
+    assert got.shape == ref.shape == (1, 24, 256)
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.08
+    assert check["top1_agreement"] >= 0.8 and check["max_abs_diff_rel"] < 0.08

@@ -395,3 +395,23 @@ def test_untied_models_keep_their_own_head(tmp_path):
     save_packed_model(adapter, algo.cfg, tmp_path / "p")
     tensors, _ = read_packed(tmp_path / "p")
     assert "lm_head.weight.int8" in tensors and "lm_head.tied_input_transform" not in tensors
+
+
+def test_folding_the_rotated_head_transform_keeps_the_logits(tmp_path):
+    """``fold_head_transform`` (for ahead-of-time graphs) replaces the hook by the untied head ``E M``."""
+    from llmc.quant.packed import fold_head_transform, load_packed_model, save_packed_model
+    adapter = tiny_adapter("llama", tie_word_embeddings=True, **SHAPE)
+    with torch.no_grad():
+        adapter.model.model.norm.weight.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(7))
+    cfg = spin_cfg("--quant.special.learn_rotations", "false", "--quant.special.weight_algo", "rtn",
+                   "--save.real_embed_bit", "null")
+    save_packed_model(adapter, quantize_model(adapter, cfg, None).algorithm.cfg, tmp_path / "p")
+    model = load_packed_model(tmp_path / "p")
+    ids = calib_ids(seed=4).input_ids
+    with torch.no_grad():
+        hooked = model(input_ids=ids).logits
+        assert fold_head_transform(model) and not fold_head_transform(model)
+        assert not model.lm_head._forward_pre_hooks
+        assert model.lm_head.weight is not model.model.embed_tokens.weight
+        torch.testing.assert_close(model(input_ids=ids).logits, hooked, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model.lm_head.weight, adapter.model.lm_head.weight, atol=1e-5, rtol=1e-5)

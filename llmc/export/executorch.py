@@ -288,7 +288,9 @@ def program_model(model: nn.Module) -> nn.Module:
     online transform the program cannot express."""
     from ..quant.fake_linear import FakeQuantLinear
     from ..utils import swap_module
+    from ..quant.packed import fold_head_transform
     clone = copy.deepcopy(model).float().eval()
+    fold_head_transform(clone)
     for name, module in list(clone.named_modules()):
         if not isinstance(module, FakeQuantLinear):
             continue
@@ -474,7 +476,7 @@ def export_packed(packed: str | Path, out: str | Path, max_seq_len: int = 512, c
     """The program of a packed checkpoint (``save.save_real``; ``llmc.quant.packed``), from its codes and
     scales; its fake-quant model (the default reload) is the reference of the logits check. Embeddings
     stored as int8 rows (``save.real_embed_bit: 8``) are dequantized to float32 as the packed loader does."""
-    from ..quant.packed import load_packed_model, read_packed
+    from ..quant.packed import fold_head_transform, load_packed_model, read_packed
     from ..quant.quantizer import Quantizer
     packed = Path(packed)
     _, meta = read_packed(packed)
@@ -494,6 +496,7 @@ def export_packed(packed: str | Path, out: str | Path, max_seq_len: int = 512, c
         return xnnpack_linear(codes, scale, zero, bias, wq, transform)
 
     model = load_packed_model(packed, linear_factory=factory).float().eval()
+    fold_head_transform(model)      # a rotated tied head: one float32 linear W' = E M in the program
     reference = load_packed_model(packed).float().eval() if check else None
     from transformers import AutoTokenizer
     try:

@@ -117,7 +117,29 @@ def attach_head_transform(model, transform: torch.Tensor) -> None:
             m = module.slmquant_tied_input_transform = m.to(x.device)
         return ((x.float() @ m.t()).to(x.dtype),) + tuple(args[1:])
 
-    head.register_forward_pre_hook(pre_hook)
+    head.slmquant_tied_input_hook = head.register_forward_pre_hook(pre_hook)
+
+
+def fold_head_transform(model) -> bool:
+    """Undo :func:`attach_head_transform` by folding ``M`` into an untied float32 head ``W' = E M`` (the
+    product the fake-quant model's lm_head held before packing); True when the model had the transform.
+
+    For graphs lowered ahead of time (``llmc.export.executorch``): the program then runs one linear instead
+    of ``h M^T`` followed by the tied linear. (With the hook, executorch 1.5.1's XNNPACK delegate of the
+    head's ``mm`` + ``linear`` under a dynamic sequence length returned ``[1, T, hidden]`` instead of the
+    logits; the folded head lowers and runs correctly. A lowered program stores its own copy of a tied
+    head's weight anyway, so folding costs no size.)"""
+    head = model.get_output_embeddings()
+    transform = getattr(head, "slmquant_tied_input_transform", None)
+    if transform is None:
+        return False
+    head.slmquant_tied_input_hook.remove()
+    del head.slmquant_tied_input_hook, head.slmquant_tied_input_transform
+    with torch.no_grad():
+        folded = head.weight.detach().float() @ transform.to(head.weight.device)
+    head.weight = nn.Parameter(folded.to(head.weight.dtype), requires_grad=False)
+    model.config.tie_word_embeddings = False
+    return True
 
 
 def _quantizer_spec(q: Quantizer | None) -> dict | None:
