@@ -36,6 +36,8 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="out/et", help="where the programs are written")
     p.add_argument("--out", default="out/et_results.json")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--keep-measured", action="store_true",
+                   help="programs already in --out (fp32 included) are kept, not lowered or measured again")
     args = p.parse_args(argv)
     from benchmarks.edge_runtimes import ppl_windows_of
     from llmc import catalog
@@ -62,11 +64,17 @@ def main(argv=None) -> int:
     ids, info = fixed_input_ids(_load_tokenizer(source, local_dir(source), "fast"), 128)
     windows = ppl_windows_of(source, limit, seq_len, first["config"]["eval"].get("path"))
     results = json.loads(out.read_text()) if out.is_file() else {}
-    results["protocol"] = {"threads": args.threads, "prefill_tokens": int(ids.shape[1]), "decode_tokens": 32,
-                           "ppl_windows": len(windows), "ppl_seq_len": seq_len, "input": info}
+    protocol = {"threads": args.threads, "prefill_tokens": int(ids.shape[1]), "decode_tokens": 32,
+                "ppl_windows": len(windows), "ppl_seq_len": seq_len, "input": info}
+    kept = {n for n in results if n != "protocol"} if args.keep_measured else set()
+    if kept and results.get("protocol") != protocol:
+        print(f"error: --keep-measured: {out} was measured under another protocol ({results.get('protocol')})",
+              file=sys.stderr)
+        return 2
+    results["protocol"] = protocol
     try:
-        artifacts = {"fp32": ensure_float_pte(model, seq_len, work / "fp32")}
-        for name in args.runs:
+        artifacts = {} if "fp32" in kept else {"fp32": ensure_float_pte(model, seq_len, work / "fp32")}
+        for name in (n for n in args.runs if n not in kept):
             art = work / name
             if not (art / "model.pte").is_file():
                 t = time.perf_counter()
