@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--json")
     p.add_argument("--extra-bufts", choices=("on", "off"))
+    p.add_argument("--append", action="store_true",
+                   help="keep the rows of an existing --json file (same threads), replacing those of the same label")
     args = p.parse_args(argv)
     from benchmarks.edge_runtimes import ppl_windows_of
     from llmc import catalog
@@ -59,6 +61,9 @@ def main(argv=None) -> int:
     catalog.load()
     folder = Path(args.folder)
     runs = runs_with_gguf(folder)
+    previous = json.loads(Path(args.json).read_text()) if args.append and args.json and Path(args.json).is_file() else None
+    if previous is not None:
+        appended(previous, {"threads": args.threads, "rows": [], "torch_float_ppl": None})   # refuse early
     inputs: dict = {}
 
     def inputs_of(model: str, n: int, seq_len: int, data_path=None):
@@ -131,9 +136,23 @@ def main(argv=None) -> int:
               f"{f'{gap:+.2%}' if gap is not None else '-'} | {r['stored_bytes'] / 2**20:.1f} | "
               f"{r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"threads": args.threads, "torch_float_ppl": float_ppl, "rows": rows},
-                                              indent=2, default=str))
+        from llmc.utils import atomic_write_json
+        report = {"threads": args.threads, "torch_float_ppl": float_ppl, "rows": rows}
+        if previous is not None:
+            report = appended(previous, report)
+        atomic_write_json(Path(args.json), report)
     return 0
+
+
+def appended(old: dict, new: dict) -> dict:
+    """``old``'s rows, those of ``new``'s labels replaced in place, then ``new``'s other rows; the two must have been
+    measured with the same threads. The float figure is ``old``'s unless it had none."""
+    if old.get("threads") != new["threads"]:
+        raise SystemExit(f"error: --append: the file was measured with {old.get('threads')} thread(s), this run "
+                         f"with {new['threads']}")
+    fresh = {r.get("label"): r for r in new["rows"]}
+    rows = [fresh.pop(r.get("label"), r) for r in old.get("rows", [])] + list(fresh.values())
+    return {**old, "rows": rows, "torch_float_ppl": old.get("torch_float_ppl") or new["torch_float_ppl"]}
 
 
 if __name__ == "__main__":

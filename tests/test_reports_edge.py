@@ -74,3 +74,14 @@ def test_a_broken_file_is_a_one_line_report_error(tmp_path):
     (tmp_path / "edge.json").write_text("{not json")
     with pytest.raises(ReportError, match="edge.json: not JSON"):
         edge_tables(tmp_path)
+
+
+def test_gguf_ppl_append_replaces_rows_in_place_and_refuses_other_threads():
+    from benchmarks.gguf_ppl import appended
+    old = {"threads": 1, "torch_float_ppl": 36.6, "rows": [{"label": "rtn", "ppl": 1}, {"label": "float F16"}]}
+    new = {"threads": 1, "torch_float_ppl": None, "rows": [{"label": "rtn", "ppl": 2}, {"label": "spin_no_r4"}]}
+    got = appended(old, new)
+    assert [r["label"] for r in got["rows"]] == ["rtn", "float F16", "spin_no_r4"]
+    assert got["rows"][0]["ppl"] == 2 and got["torch_float_ppl"] == 36.6
+    with pytest.raises(SystemExit, match="measured with 1 thread.*this run with 2"):
+        appended(old, {**new, "threads": 2})
