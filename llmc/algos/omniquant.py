@@ -35,6 +35,10 @@ reproduces the float block's output (eq. 1 of the paper)::
   K and V at the activation bit width inside attention; here only what the deployed model quantizes is
   quantized in training: linear inputs, plus K/V with ``quant.kvcache``.)
 
+  A family with per-head norms on Q and K after their projections (``qk_norms`` in its layout: Gemma-3's
+  ``q_norm`` / ``k_norm``) has no q/k LET: ``rms_norm(q / s) != rms_norm(q) / s``, so the scale cannot be
+  folded into q_proj / k_proj (the official code has no such family).
+
   Initialisation, as the official code: ``s = act_max^alpha / w_max^(1 - alpha)`` (alpha = ``let_alpha``
   0.5, clamped at 1e-5), where ``act_max`` is the per-channel max |input| of q_proj / o_proj / up_proj
   over the calibration samples of the float model (the official ``act_scales`` from
@@ -173,8 +177,9 @@ class OmniBlockState:
                 self.let_scales[norm_name] = nn.Parameter(torch.ones(norm.weight.shape[-1], device=dev))
             if self.vo is not None:
                 self.let_scales["attn_out"] = nn.Parameter(torch.ones(self.kv_width, device=dev))
-            self.let_scales["qk"] = nn.Parameter(
-                torch.ones(self.kv_width // self.head_dim, self.head_dim // 2, device=dev))
+            if not layout.qk_norms:   # a per-head norm between the projections and Q K^T: no q/k LET
+                self.let_scales["qk"] = nn.Parameter(
+                    torch.ones(self.kv_width // self.head_dim, self.head_dim // 2, device=dev))
         # LWC factors, shaped like the weight quantizer's scale
         self.lwc_up: dict[str, nn.Parameter] = {}
         self.lwc_low: dict[str, nn.Parameter] = {}
@@ -256,6 +261,8 @@ class OmniBlockState:
                 B[v] = B[v] / s
             s_o = s if W[o].shape[1] == s.numel() else expand_kv_to_heads(s, W[o].shape[1], self.head_dim)
             W[o] = W[o] * s_o.view(1, -1)
+        if "qk" not in self.let_scales:
+            return norms, W, B
         s_q, s_k = self.qk_scales()
         W[self.q_name] = W[self.q_name] / s_q.view(-1, 1)
         W[self.k_name] = W[self.k_name] * s_k.view(-1, 1)

@@ -10,6 +10,8 @@ norm or a norm into the linears after it:
   ``post_attention_layernorm`` / ``post_feedforward_layernorm``); empty for pre-norm-only families. A
   residual-stream rotation (SpinQuant's R1) cannot pass through them for free, and they are no smoothing
   points.
+- ``qk_norms``: per-head norms applied to q and k after their projections (Gemma-3's ``q_norm`` /
+  ``k_norm``): a scale on q_proj's / k_proj's rows does not pass through them (OmniQuant's q/k LET).
 
 The *subsets* methods act on (LLMC's vocabulary) are derived from the same paths: ``attn_in`` (the
 attention norm -> q/k/v), ``attn_out`` (v -> o), ``mlp_in`` (the MLP norm -> gate/up) and ``mlp_out``
@@ -53,6 +55,7 @@ class Layout:
     mlp: str = "mlp"
     norm_offset: float = 0.0                      # a norm computes (norm_offset + w) * x / rms(x)
     post_norms: tuple[str, ...] = ()              # norms on a sub-block's output (Gemma-3); none for Llama
+    qk_norms: tuple[str, ...] = ()                # per-head norms on q and k after the projections (Gemma-3)
     # config key listing, per layer, whether RoPE is used (SmolLM3's NoPE layers); None: RoPE everywhere
     rope_layers_key: Optional[str] = None
     notes: dict = field(default_factory=dict)

@@ -256,13 +256,16 @@ def load_packed_model(path: Path, linear_factory=None):
     """Rebuild the model of a packed checkpoint. Each quantized linear becomes
     ``linear_factory(codes, scale, zero, bias, weight_q, act_q, transform, dtype)`` (default: a
     FakeQuantLinear holding the dequantized codes, i.e. exactly the fake-quant model)."""
+    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     tensors, meta = read_packed(path)
     config_dict = json.loads(meta["config"])
     dtype = getattr(torch, meta["dtype"])
     config = AutoConfig.for_model(**config_dict)
-    with torch.device("meta"):
+    # parameters on the meta device (replaced below), buffers real: non-persistent buffers (rotary
+    # frequencies, Gemma-3's embedding scale) are computed by the modules' constructors, not stored
+    with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     layers = json.loads(meta["layers"])
     factory = linear_factory or _fake_linear_factory
@@ -289,16 +292,7 @@ def load_packed_model(path: Path, linear_factory=None):
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {missing[:3]}")
-    _rebuild_meta_buffers(model)
     return model.eval()
-
-
-def _rebuild_meta_buffers(model) -> None:
-    """Modules whose own buffers were created on the meta device (rotary ``inv_freq``) are rebuilt on the
-    CPU from their config: buffers are computed from the config, not stored."""
-    for name, module in list(model.named_modules()):
-        if name and any(b.is_meta for b in module.buffers(recurse=False)):
-            swap_module(model, name, type(module)(module.config))
 
 
 def _fake_linear_factory(codes, scale, zero, bias, wq, aq, transform, dtype):

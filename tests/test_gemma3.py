@@ -1,0 +1,141 @@
+"""Gemma-3 (issue 21) on a tiny random ``gemma3_text`` model: four ``(1 + w)`` norms per block, norms after
+both sub-blocks, per-head q/k norms, one KV head, a sliding-window layer and a global one, embeddings scaled
+by sqrt(hidden), tied. Every transform a method is allowed on this layout leaves the logits unchanged; what
+the layout forbids (SpinQuant's / QuaRot-style R1 through the post-norms) is refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import calib_ids, logits, rel_diff, tiny_adapter
+from llmc.config import load_config
+from llmc.errors import ConfigError
+from llmc.registry import ALGO_REGISTRY
+
+GEMMA = "gemma3_text"
+
+
+def cfg_for(method, *extra):
+    return load_config(None, ["--quant.method", method, "--quant.weight.bit", "8", "--quant.act.bit", "8",
+                              "--quant.act.granularity", "per_token", "--calib.n_samples", "4",
+                              "--calib.seq_len", "16", "--calib.bs", "2", *extra])
+
+
+def gemma():
+    a = tiny_adapter(GEMMA)
+    with torch.no_grad():   # (1 + w) norms around 1, q/k norms included, so that no gain is trivial
+        for name, p in a.model.named_parameters():
+            if "norm" in name:
+                p.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    return a
+
+
+def test_the_layout_is_data_and_matches_the_model():
+    a = gemma()
+    lay = a.layout
+    assert lay.norm_offset == 1.0 and lay.mlp_norm == "pre_feedforward_layernorm"
+    block = a.blocks[0]
+    for path in (lay.attn_norm, lay.mlp_norm, *lay.post_norms, *lay.qk_norms):
+        assert "RMSNorm" in type(block.get_submodule(path)).__name__, path
+    assert [s.prev_op_name for s in a.subsets(block)] == ["input_layernorm", "self_attn.v_proj",
+                                                          "pre_feedforward_layernorm", "mlp.up_proj"]
+    assert a.tied_embeddings and a.num_kv_heads == 1
+    assert a.model.config.layer_types == ["sliding_attention", "full_attention"]
+
+
+def test_sliding_window_is_active_in_the_tiny_model():
+    """The window (8) is shorter than the test sequences (16): the sliding layer really masks."""
+    a = gemma()
+    ids = calib_ids(seed=3).input_ids
+    before = logits(a, ids)
+    a.model.config.sliding_window = 64
+    for layer in a.blocks:
+        layer.self_attn.sliding_window = 64 if layer.self_attn.sliding_window else None
+    assert rel_diff(before, logits(a, ids)) > 1e-3
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("SmoothQuant", []),
+    ("SpinQuant", ["--quant.special.learn_rotations", "false", "--quant.special.weight_algo", "rtn",
+                   "--quant.special.r1", "false"]),
+    ("SpinQuant", ["--quant.special.learn_rotations", "false", "--quant.special.weight_algo", "rtn",
+                   "--quant.special.r1", "false", "--quant.special.rotate_mode", "random"]),
+])
+def test_allowed_transforms_leave_the_logits_unchanged(method, extra):
+    """SmoothQuant's input_layernorm -> q/k/v and pre_feedforward_layernorm -> gate/up into (1 + w); the
+    local rotations R2 (per head on v/o, one KV head) and R4 (online Hadamard before down_proj)."""
+    a = gemma()
+    ids = calib_ids(seed=3).input_ids
+    before = logits(a, ids)
+    ALGO_REGISTRY[method](a, cfg_for(method, *extra)).quantize(calib_ids())   # the transform, no fake quant
+    changed = [n for n, p in a.model.named_parameters() if "proj" in n]
+    assert changed
+    assert rel_diff(before, logits(a, ids)) < 1e-4
+
+
+def test_smoothquant_leaves_the_post_norms_alone():
+    a = gemma()
+    post = {n: a.blocks[0].get_submodule(n).weight.detach().clone() for n in a.layout.post_norms}
+    pre = a.blocks[0].input_layernorm.weight.detach().clone()
+    ALGO_REGISTRY["SmoothQuant"](a, cfg_for("SmoothQuant")).quantize(calib_ids())
+    for n, w in post.items():
+        assert torch.equal(a.blocks[0].get_submodule(n).weight, w), n
+    assert not torch.equal(a.blocks[0].input_layernorm.weight, pre)
+
+
+def test_omniquant_let_folds_exactly_without_a_qk_scale():
+    """LET on the two pre-norm groups and v -> o; no q/k scale (q_norm / k_norm sit between the projections
+    and Q K^T, so a row scale of q_proj would not pass)."""
+    from llmc.algos.base import capture_block0_inputs
+    a = gemma()
+    algo = ALGO_REGISTRY["OmniQuant"](a, cfg_for("OmniQuant", "--quant.weight.symmetric", "false"))
+    ids = calib_ids(seed=3).input_ids
+    before = logits(a, ids)
+    inputs = capture_block0_inputs(a, calib_ids().input_ids, 2)
+    for block in a.blocks:
+        state = algo.make_state(block)
+        assert set(state.let_scales) == {"input_layernorm", "pre_feedforward_layernorm", "attn_out"}
+        _, act_max = algo._float_targets(block, state, inputs.hidden, inputs.batch_kwargs())
+        state.init_let(act_max, 0.5)
+        with torch.no_grad():   # non-trivial scales beyond the init, so that the fold is really tested
+            for p in state.let_scales.values():
+                p.mul_(torch.empty_like(p).uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(1)))
+        state.fold(quantize=False)
+    assert rel_diff(before, logits(a, ids)) < 1e-4
+
+
+@pytest.mark.parametrize("extra", [[], ["--quant.special.rotate_mode", "random"]])
+def test_r1_is_refused_in_one_line(extra):
+    a = gemma()
+    algo = ALGO_REGISTRY["SpinQuant"](a, cfg_for("SpinQuant", "--quant.special.learn_rotations", "false",
+                                                 "--quant.special.weight_algo", "rtn", *extra))
+    with pytest.raises(ConfigError) as e:
+        algo.quantize(None)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("quant.special.r1: SpinQuant's R1")
+    assert "post_attention_layernorm, post_feedforward_layernorm" in msg and "gemma3_text" in msg
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("RTN", []), ("GPTQ", []), ("SmoothQuant", []),
+    ("OmniQuant", ["--quant.special.epochs", "1"]),
+    ("SpinQuant", ["--quant.special.r1", "false", "--quant.special.steps", "2", "--quant.special.train_bs", "2"]),
+])
+def test_every_method_quantizes_gemma_end_to_end(method, extra, tmp_path):
+    """W8A8 through the pipeline: close to the float model, and the packed checkpoint (Gemma's embedding
+    scale and dual rotary frequencies are non-persistent buffers, rebuilt by the loader) reloads to the
+    same logits."""
+    from llmc.pipeline import quantize_model
+    from llmc.quant.packed import load_packed_model, save_packed_model
+    a = gemma()
+    ids = calib_ids(seed=3).input_ids
+    before = logits(a, ids)
+    cfg = cfg_for(method, "--save.real_embed_bit", "null", *extra)
+    algo = quantize_model(a, cfg, calib_ids()).algorithm
+    after = logits(a, ids)
+    assert torch.isfinite(after).all() and 0 < rel_diff(before, after) < 0.1, rel_diff(before, after)
+    save_packed_model(a, algo.cfg, tmp_path / "p")
+    with torch.no_grad():
+        reloaded = load_packed_model(tmp_path / "p")(input_ids=ids).logits
+    torch.testing.assert_close(reloaded, after, atol=1e-4, rtol=1e-4)
