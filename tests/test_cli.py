@@ -61,7 +61,7 @@ def test_print_config_applies_overrides():
 def test_every_shipped_config_validates(cfg, profile):
     from llmc.config import load_config
     loaded = load_config(ROOT / cfg, profile=profile)
-    assert loaded.model.path in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
+    assert loaded.model.path in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m")
     if profile:
         faithful = load_config(ROOT / cfg)
         assert (loaded.calib is None) == (faithful.calib is None)  # a profile never adds calibration

@@ -254,6 +254,10 @@ def test_packed_checkpoint_size_against_bf16(tmp_path):
             assert roles["lm_head"]["dtypes"] == {"I8": 64 * 256, "F32": 64 * 4}
         n_lin = sum(m.in_features * m.out_features for b in adapter.blocks for m in adapter.block_linears(b).values())
         assert roles["weight_codes"]["bytes"] == n_lin * wbit // 8
+        breakdown = storage_breakdown(tmp_path / f"w{wbit}")
+        vocab = sum(roles[r]["bytes"] for r in ("embeddings", "lm_head") if r in roles)
+        assert breakdown["embedding_share"] == pytest.approx(vocab / breakdown["tensor_bytes"])
+        assert 0 < breakdown["embedding_share"] < 0.5                             # linears dominate here
     base = tiny_adapter("llama", hidden_size=256, intermediate_size=1024, vocab_size=64)
     save_baseline_checkpoint(base.model, None, tmp_path / "bf16", torch.bfloat16)
     bf16 = checkpoint_size(tmp_path / "bf16")

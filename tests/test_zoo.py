@@ -58,3 +58,39 @@ def test_embedded_smollm2_matches_its_pinned_sha256(smollm2_source):
 
 def test_unknown_name_is_not_claimed_by_the_zoo():
     assert zoo.zoo_source("not-a-zoo-model") is None
+
+
+def test_gemma3_random_twin_has_the_published_shape():
+    """The exact architecture, built on the meta device (no memory): 268,098,176 parameters, 62.6% of them
+    the tied 262,144 x 640 embedding; a global attention layer every sixth."""
+    import json
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = json.loads((zoo.CONFIG_DIR / zoo.RANDOM["gemma-3-270m-random"].config_file).read_text())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))
+    n = sum(p.numel() for p in model.parameters())
+    assert n == 268_098_176 and model.model.embed_tokens.weight.numel() / n == pytest.approx(0.6258, abs=1e-4)
+    assert cfg["layer_types"][5::6] == ["full_attention"] * 3 and cfg["layer_types"].count("full_attention") == 3
+
+
+def test_gemma3_config_matches_the_embedded_gguf():
+    """Where the Gemma-3 packages are installed (``.[gemma]``), the architecture file agrees with the GGUF's
+    own metadata."""
+    import json
+    try:
+        path = zoo.gguf_file(zoo.PACKAGED["gemma-3-270m"])
+    except UserError as e:
+        pytest.skip(str(e))
+    from gguf import GGUFReader
+    fields = GGUFReader(str(path)).fields
+    value = lambda key: fields[key].contents()   # noqa: E731
+    cfg = json.loads((zoo.CONFIG_DIR / "gemma-3-270m.json").read_text())
+    assert value("general.architecture") == "gemma3"
+    assert (value("gemma3.block_count"), value("gemma3.embedding_length"), value("gemma3.feed_forward_length"),
+            value("gemma3.attention.head_count"), value("gemma3.attention.head_count_kv"),
+            value("gemma3.attention.key_length"), value("gemma3.attention.sliding_window")) == \
+        (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"],
+         cfg["num_key_value_heads"], cfg["head_dim"], cfg["sliding_window"])
+    assert value("gemma3.rope.freq_base") == cfg["rope_parameters"]["full_attention"]["rope_theta"]
+    assert len(fields["tokenizer.ggml.tokens"].data) == cfg["vocab_size"]      # count only: no decoding

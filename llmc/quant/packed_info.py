@@ -56,7 +56,8 @@ def _role(name: str, quantized: set) -> str:
 
 
 def storage_breakdown(path: str | Path) -> dict:
-    """Bytes of the stored tensors by role and dtype, and whether the embeddings are tied."""
+    """Bytes of the stored tensors by role and dtype, whether the embeddings are tied, and the share of the
+    bytes that the vocabulary matrices (embeddings, lm_head) hold."""
     roles: dict = {}
     total = 0
     tied = None
@@ -77,8 +78,11 @@ def storage_breakdown(path: str | Path) -> dict:
         cfg = Path(path) / "config.json" if Path(path).is_dir() else None
         if cfg is not None and cfg.is_file():
             tied = json.loads(cfg.read_text()).get("tie_word_embeddings")
+    vocab = sum(roles.get(r, {}).get("bytes", 0) for r in ("embeddings", "lm_head"))
     return {"tensor_bytes": total, "roles": roles, "tied_embeddings": tied,
-            "note": "lm_head is stored once with the embeddings when tied"}
+            "embedding_share": vocab / total if total else None,
+            "note": "lm_head is stored once with the embeddings when tied; embedding_share: the embeddings' and "
+                    "lm_head's share of the tensor bytes (most of Gemma-3-270M's: its vocabulary is 262,144 words)"}
 
 
 def checkpoint_kind(path: str | Path) -> str:
