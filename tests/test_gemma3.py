@@ -139,3 +139,20 @@ def test_every_method_quantizes_gemma_end_to_end(method, extra, tmp_path):
     with torch.no_grad():
         reloaded = load_packed_model(tmp_path / "p")(input_ids=ids).logits
     torch.testing.assert_close(reloaded, after, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fmt, what", [("gguf", "no llama.cpp graph mapping"), ("executorch", "no ExecuTorch decoder")])
+def test_edge_exports_refuse_gemma_in_one_line_before_loading(fmt, what, tmp_path):
+    """Neither edge exporter maps Gemma-3's graph (four norms, q/k norms, sliding windows): refused by the run's
+    check before any work (``llmc.pipeline.check_writable``)."""
+    from llmc.errors import UserError
+    from llmc.pipeline import check_writable
+    if fmt == "executorch":
+        pytest.importorskip("executorch", reason="the executorch exporter refuses first when it is missing")
+    cfg = load_config(None, ["--model.type", "Gemma3", "--model.path", "gemma-3-270m", "--quant.method", "RTN",
+                             "--quant.weight.bit", "8", "--quant.act.bit", "8", "--quant.act.granularity", "per_token",
+                             "--save.formats", f"[{fmt}]", "--save.save_path", str(tmp_path)])
+    with pytest.raises(UserError) as e:
+        check_writable(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"save.formats ({fmt})") and what in msg and "gemma3_text" in msg

@@ -42,6 +42,20 @@ class Exporter:
         raise NotImplementedError
 
 
+def family_refusal(cfg, supported, what: str) -> Optional[str]:
+    """Why ``what`` cannot hold the config's model family (``model.type``, through its layout's Hugging Face
+    ``model_type``s), known before the model loads; None when it can, or when the family is not known here
+    (a plug-in: checked at export)."""
+    from ..models.families import layout_of
+    try:
+        types = layout_of(cfg.model.type).hf_model_types
+    except (KeyError, AttributeError):
+        return None
+    if any(t in supported for t in types):
+        return None
+    return f"model type {'/'.join(types)} ({cfg.model.type}) has no {what} here (only {', '.join(supported)})"
+
+
 def requested_exporters(cfg, stage: str) -> list:
     """The exporters the config asks for after ``stage``, instantiated, in registry order."""
     from ..registry import EXPORTER_REGISTRY

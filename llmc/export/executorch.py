@@ -452,7 +452,8 @@ class ExecuTorchExporter(Exporter):
         from importlib.util import find_spec
         if find_spec("executorch") is None:
             return "the executorch package is not installed (pip install -e '.[dev]')"
-        return refusal(cfg.quant)
+        from . import family_refusal
+        return refusal(cfg.quant) or family_refusal(cfg, SUPPORTED_TYPES, "ExecuTorch decoder")
 
     def export(self, adapter, quantized, cfg, stage: str) -> Path:
         _check(cfg.quant)

@@ -131,7 +131,8 @@ def refusal(cfg) -> Optional[str]:
     online = online_transforms_in_config(cfg)
     if online:
         return online
-    return None
+    from . import family_refusal
+    return family_refusal(cfg, tuple(ARCHES), "llama.cpp graph mapping")
 
 
 def online_transforms_in_config(cfg) -> Optional[str]:
