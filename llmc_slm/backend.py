@@ -63,6 +63,10 @@ There (``sequence_dependent_quantizers``) the backend falls back to HFLM's own c
 sequence ``(context + continuation)[:-1]`` per request and per forward (batch 1: no padding enters the
 range), and says so in ``backend``: ``"slmquant (whole sequences: per-tensor dynamic activations)"``.
 Attention implementations that cannot take a 4-D float mask (flash attention) fall back the same way.
+A model with sliding-window attention layers (Gemma-3: ``config.sliding_window`` with ``sliding_attention``
+in ``layer_types``) is given the unit's tree mask in every layer; that equals its own sliding mask while no
+query is ``sliding_window`` or more positions after a key it sees, i.e. for a request of at most
+``sliding_window`` tokens: longer requests are scored whole (``sliding_window_of``).
 
 Numbers: in float32 every log-likelihood equals HFLM's to rounding (measured over 200 items of each of the
 six tasks: max |difference| 1.5e-4 on PIQA's sums of ~25 token log-probabilities, 1.1e-4 on cloze MMLU,
@@ -109,6 +113,15 @@ def sequence_dependent_quantizers(model: torch.nn.Module) -> list[str]:
                 and module.granularity == "per_tensor" and not module.static):
             found.append(name)
     return found
+
+
+def sliding_window_of(config) -> int | None:
+    """The attention window of a model whose layers include sliding-window ones, else None."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if not window or (types is not None and "sliding_attention" not in types):
+        return None
+    return int(window)
 
 
 def whole_sequence_reason(model: torch.nn.Module) -> str | None:
@@ -307,6 +320,7 @@ class PrefixSharingLM(TemplateLM):
         if whole_sequences is not None:
             reason = (reason or "asked for") if whole_sequences else None
         self.whole_reason = reason
+        self.window = sliding_window_of(pretrained.config)   # longer requests are scored whole
         self.backend_name = NAME if reason is None else f"{NAME} (whole sequences: {reason})"
         if reason is not None:
             log.info("%s", self.backend_name)
@@ -349,7 +363,8 @@ class PrefixSharingLM(TemplateLM):
         whole: list[int] = []
         for i, (_, ctx, cont) in enumerate(requests):
             assert len(ctx) > 0 and 0 < len(cont) <= self.max_length
-            if self.whole_reason is not None or len(ctx) + len(cont) > self.max_length + 1:
+            if (self.whole_reason is not None or len(ctx) + len(cont) > self.max_length + 1
+                    or (self.window and len(ctx) + len(cont) > self.window)):
                 whole.append(i)
                 continue
             g = groups.setdefault(tuple(ctx), _Group(list(ctx)))

@@ -334,3 +334,25 @@ def test_kv_quant_attention_is_segmented_too(tokenizer):
     assert_same(ours, ref)
     plain = hf_scores(tiny_model(tokenizer), tokenizer, PAIRS)       # the quantizers do change the numbers
     assert max(abs(a - b) for (a, _), (b, _) in zip(ref, plain)) > 1e-3
+
+
+@pytest.mark.parametrize("segments", [True, False], ids=["segments", "rows"])
+def test_sliding_window_model_equals_hflm(tokenizer, segments):
+    """Gemma-3's sliding-window layers (a window of 8 tokens here, shorter than most requests): requests
+    longer than the window are scored whole, the others packed; every score is HFLM's. Without the rule the
+    tree mask would let the sliding layers see keys beyond their window."""
+    from transformers import Gemma3TextConfig, Gemma3ForCausalLM
+    from llmc_slm.backend import PrefixSharingLM
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+                              sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                              max_position_embeddings=2048)
+    model = Gemma3ForCausalLM(config).eval()
+    lm = PrefixSharingLM(model, tokenizer, batch_size=8, segments=segments)
+    assert lm.window == 8 and lm.whole_reason is None
+    ref = hf_scores(model, tokenizer, PAIRS, bs=1)
+    assert_same(lm.loglikelihood(requests(PAIRS), disable_tqdm=True), ref)
+    lm.window = None                                             # packing everything is not exact here
+    ours = lm.loglikelihood(requests(PAIRS), disable_tqdm=True)
+    assert max(abs(a - b) for (a, _), (b, _) in zip(ours, ref)) > 1e-3
