@@ -141,6 +141,10 @@ def probe_layer_seconds(config: dict, dtype, device, tokens: int = 256) -> float
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     small = {k: v for k, v in config.items() if not k.startswith("_")}
+    layers = small.get("num_hidden_layers")
+    for key, value in small.items():   # per-layer lists (Gemma-3's layer_types, SmolLM3's no_rope_layers)
+        if isinstance(value, list) and layers and len(value) == layers:
+            small[key] = value[:1]
     small.update(num_hidden_layers=1, vocab_size=256)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**small), dtype=dtype).to(device).eval()
     block = model.model

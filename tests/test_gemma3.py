@@ -156,3 +156,13 @@ def test_edge_exports_refuse_gemma_in_one_line_before_loading(fmt, what, tmp_pat
         check_writable(cfg)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"save.formats ({fmt})") and what in msg and "gemma3_text" in msg
+
+
+def test_the_run_estimate_probes_one_gemma_layer():
+    """The estimate's probe builds a one-layer twin: per-layer lists (layer_types) are cut to that layer."""
+    import json
+    from llmc.estimate import probe_layer_seconds
+    from llmc_slm import zoo
+    cfg = json.loads((zoo.CONFIG_DIR / "gemma-3-270m.json").read_text())
+    cfg.update(hidden_size=64, intermediate_size=128, head_dim=16, query_pre_attn_scalar=16)
+    assert 0 < probe_layer_seconds(cfg, torch.float32, torch.device("cpu"), tokens=16) < 1
