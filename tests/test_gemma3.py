@@ -166,3 +166,19 @@ def test_the_run_estimate_probes_one_gemma_layer():
     cfg = json.loads((zoo.CONFIG_DIR / "gemma-3-270m.json").read_text())
     cfg.update(hidden_size=64, intermediate_size=128, head_dim=16, query_pre_attn_scalar=16)
     assert 0 < probe_layer_seconds(cfg, torch.float32, torch.device("cpu"), tokens=16) < 1
+
+
+def test_a_smoothed_one_plus_norm_keeps_its_gain_in_bfloat16():
+    """A gain divided by a large smoothing scale has ``w = gain / s - 1`` near -1, where bfloat16 keeps about
+    2^-8 of absolute precision (up to ~40% of a gain of 0.01); the norm keeps float32 weights instead."""
+    a = gemma()
+    a.model.to(torch.bfloat16)
+    norm = a.blocks[0].input_layernorm
+    gain = a.norm_gain(norm)
+    s = torch.logspace(-1, 2, 64, dtype=torch.float64)             # scales from 0.1 to 100
+    a.divide_norm(norm, s)
+    assert norm.weight.dtype == torch.float32
+    rel = ((a.norm_gain(norm) - gain / s) / (gain / s)).abs().max().item()
+    assert rel < 1e-5, rel
+    with torch.no_grad():                                           # and the bf16 model still runs
+        assert torch.isfinite(a.model(input_ids=calib_ids().input_ids).logits).all()

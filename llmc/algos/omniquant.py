@@ -302,8 +302,12 @@ class OmniBlockState:
         """Write the transformed (and fake-quantized) parameters into the block; return the weight
         params {linear name: (scale, zero)} and the weights written {linear name: weight}."""
         params, qparams = self.call_params(quantize)
+        norms = {f"{name}.weight": norm for name, norm, _, _ in self.norm_groups}
         for key, value in params.items():
-            self.block.get_parameter(key).copy_(value.detach())
+            if key in norms:   # through the norm contract ((1 + w) norms keep float32 weights)
+                self.adapter.set_norm_weight(norms[key], value)
+            else:
+                self.block.get_parameter(key).copy_(value.detach())
         weights = {n: params[f"{n}.weight"].detach() for n in self.linears}
         return {n: (s.detach(), z.detach()) for n, (s, z) in qparams.items()}, weights
 

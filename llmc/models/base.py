@@ -126,11 +126,23 @@ class DecoderModel:
         return (weight + offset) / s - offset if offset else weight / s
 
     @torch.no_grad()
+    def set_norm_weight(self, norm: nn.Module, weight: torch.Tensor) -> None:
+        """Write a norm's new weight. A ``(1 + w)`` norm (``norm_offset``) keeps it in float32 when the model's
+        dtype is coarser: what the norm applies is ``1 + w``, and a gain divided by a large smoothing scale
+        has ``w`` near -1, where bfloat16's spacing (2^-8) is a large part of the gain (on a tiny Gemma-3 in
+        bfloat16, SmoothQuant's transform moved the logits 2.2% with bfloat16 weights). Gemma-3's norms
+        compute in float32 anyway (``1 + w.float()``); a plain RMSNorm keeps the model's dtype."""
+        if self.layout.norm_offset and norm.weight.dtype in (torch.bfloat16, torch.float16):
+            norm.weight = nn.Parameter(weight.detach().to(torch.float32), requires_grad=norm.weight.requires_grad)
+        else:
+            norm.weight.copy_(weight.detach().to(norm.weight.dtype))
+
+    @torch.no_grad()
     def divide_norm(self, norm: nn.Module, s: torch.Tensor) -> None:
         """In place: the norm's output (gain, and a bias if any) divided by ``s`` per channel."""
         if self.layout.norm_offset:
             s64 = s.detach().to(torch.float64).view(-1)
-            norm.weight.copy_(self.norm_weight_for_gain(norm, self.norm_gain(norm) / s64).to(norm.weight.dtype))
+            self.set_norm_weight(norm, self.norm_weight_for_gain(norm, self.norm_gain(norm) / s64))
         else:   # gain = w: divided in the weight's own dtype (the arithmetic SmoothQuant's code uses)
             norm.weight.div_(s.view(-1).to(norm.weight.dtype))
         if getattr(norm, "bias", None) is not None:
