@@ -588,3 +588,22 @@ def test_make_tables_calibration_option(tmp_path):
     assert make_tables.main([str(d), "--calibration", "--format", "markdown", "--out", str(tmp_path / "t")]) == 0
     assert "| 0 | 1 → 2▲ |" in (tmp_path / "t" / "calibration_blocks.md").read_text()
     assert "31.000" in (tmp_path / "t" / "calibration_seeds.md").read_text()
+
+
+def test_a_model_the_paper_did_not_table_gets_table_2b_and_no_comparison(tmp_path):
+    """Gemma-3 has no counterpart in the paper: its own Table 2b, no row of the comparison with the paper's
+    Tables 1-4, and it does not stand in for Qwen in claim 4."""
+    gemma = "gemma-3-270m"
+    folder = paper_folder(tmp_path / "paper")
+    write(folder / "gemma", "fp16.json", result(gemma, values={"mmlu": 25.0, "wikitext2": 30.0}))
+    write(folder / "gemma", "smooth_w4a8.json", result(gemma, "SmoothQuant", 4, 8, {"mmlu": 20.0, "wikitext2": 90.0},
+                                                       cost=(1.0, 900)))
+    coll = collect.collect(folder)
+    ts = {t.name: t for t in tables.all_tables(coll)}
+    assert "table2b" in ts and gemma in ts["table2b"].title and "no counterpart in the paper" in ts["table2b"].title
+    assert "Qwen" in ts["table2"].title and "Table 1" in ts["table1"].title
+    assert not [r for r in compare.compression_rows(coll) if r["model"] == gemma]
+    md = "\n".join(render.to_markdown(t) for t in compare.all_comparisons(coll))
+    assert gemma not in md.split("Table 4")[0]
+    c4 = {c.number: c for c in claims.evaluate(coll)}[4]
+    assert gemma not in c4.evidence and c4.verdict == claims.HOLDS

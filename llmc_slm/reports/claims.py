@@ -327,7 +327,7 @@ def _task_drops(runs) -> str:
 
 def claim3(R: _Runs) -> Claim:
     parts, evidence = [], []
-    from .published import TABLE1, TABLE2, row
+    from .published import compression_table, row
     for model in R.models:
         run = R.get(model, "OmniQuant", "W4A8")
         if not run or "wikitext2" not in run.values or "wikitext2" not in run.baseline:
@@ -340,10 +340,10 @@ def claim3(R: _Runs) -> Claim:
         factor = c / b if c is not None and math.isfinite(c) else math.inf
         collapsed = factor > COLLAPSE_FACTOR
         parts.append(HOLDS if collapsed else FAILS)
-        table = TABLE1 if is_smollm(model) else TABLE2
-        p, pf = row(table, "OmniQuant", "W4A8"), row(table, "Full Prec.")
+        table = compression_table(model)
+        p, pf = (row(table, "OmniQuant", "W4A8"), row(table, "Full Prec.")) if table else (None, None)
         paper = (f"; paper ({table['model']}): {p['wikitext2']} vs {pf['wikitext2']} "
-                 f"({p['wikitext2'] / pf['wikitext2']:.1f}x)")
+                 f"({p['wikitext2'] / pf['wikitext2']:.1f}x)") if p and pf else "; not in the paper"
         ours = f"{c:.2f} vs float {b:.2f} ({factor:.2f}x" if math.isfinite(factor) else \
             f"{c} (diverged) vs float {b:.2f} (not finite"
         evidence.append(f"{model}: OmniQuant W4A8 ppl {ours}, {'>' if collapsed else '<='} {COLLAPSE_FACTOR:g}x)"
@@ -353,8 +353,9 @@ def claim3(R: _Runs) -> Claim:
 
 
 def claim4(R: _Runs) -> Claim:
+    from .published import TABLE2, compression_table
     smol = [m for m in R.models if is_smollm(m)]
-    other = [m for m in R.models if not is_smollm(m)]
+    other = [m for m in R.models if compression_table(m) is TABLE2]     # the paper's claim is about Qwen
     if not smol or not other:
         return Claim(4, CLAIMS[4], UNTESTABLE, "needs W4A8 runs of a SmolLM model and of another (Qwen) model; "
                      f"models with quantized runs here: {', '.join(R.models) or 'none'}")

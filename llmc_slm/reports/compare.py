@@ -35,6 +35,8 @@ def compression_rows(coll: Collection) -> list[dict]:
     out = []
     for model in coll.models():
         paper = published.compression_table(model)
+        if paper is None:       # a model the paper did not table (Gemma-3)
+            continue
         floats = sorted((r for r in coll.of_model(model) if r.is_float and r.complete and r.values),
                         key=lambda r: (-len(r.values), r.rel))
         for prow in paper["rows"]:
@@ -70,6 +72,8 @@ def compression_tables(coll: Collection, with_stderr: bool = True) -> list[Table
     tables = []
     for model in coll.models():
         paper = published.compression_table(model)
+        if paper is None:
+            continue
         number = 1 if paper is published.TABLE1 else 2
         t = Table(f"compare_table{number}_{slug(model)}",
                   f"{model} vs the paper's Table {number} ({paper['model']})",
@@ -131,12 +135,12 @@ def inference_table(coll: Collection) -> Optional[Table]:
         if r.model not in seen_models:
             seen_models.append(r.model)
             b = r.inference["baseline"]
-            p = published.row(published.TABLE3, FLOAT, model=pmodel) or {}
+            p = (published.row(published.TABLE3, FLOAT, model=pmodel) or {}) if pmodel else {}
             entries.append((FLOAT, [("Peak Mem. (MB)", b["peak_mem_mb"], p.get("gpu_mem_mb")),
                                     ("Params (M) / paper's Model Size", b["params_m"], p.get("model_size_mb")),
                                     ("MACs (G, calflops)", b["macs_g"], p.get("macs_g"))]))
         c = r.inference["compressed"]
-        p = published.row(published.TABLE3, r.method, model=pmodel) or {}
+        p = (published.row(published.TABLE3, r.method, model=pmodel) or {}) if pmodel else {}
         entries.append((r.method, [("Peak Mem. (MB)", c["peak_mem_mb"], p.get("gpu_mem_mb")),
                                    ("Params (M) / paper's Model Size", c["params_m"], p.get("model_size_mb")),
                                    ("MACs (G, calflops)", c["macs_g"], p.get("macs_g")),
@@ -166,7 +170,8 @@ def cost_table(coll: Collection) -> Optional[Table]:
     t = Table("compare_table4", "Quantization cost (W8A8) vs the paper's Table 4",
               ["Method", "Model", "Metric", "Ours", "Paper", "Δ"], left=3)
     for r in runs:
-        p = published.row(published.TABLE4, r.method, model=published.paper_model(r.model, published.TABLE4)) or {}
+        pmodel = published.paper_model(r.model, published.TABLE4)
+        p = (published.row(published.TABLE4, r.method, model=pmodel) or {}) if pmodel else {}
         metrics = [("Memory (MB)", r.quant_cost["peak_mem_mb"], p.get("gpu_mem_mb")),
                    ("Quant Time (min)", r.quant_cost["time_min"], p.get("quant_time_min")),
                    ("SLMQ_quant", (scores.get(r.rel) or {}).get("slmq_quant"), p.get("slmq_quant"))]

@@ -77,17 +77,27 @@ CLAIMS = {
 }
 
 
-def compression_table(model: str) -> dict:
-    """The paper's table for one of our models: Table 1 for a SmolLM model, Table 2 for any other."""
-    return TABLE1 if "smollm" in model.lower() else TABLE2
+# Which of the paper's two models each of ours stands in for, by a word of our model's name: its Tables 1 / 2
+# (compression) and its rows of Tables 3 / 4. A model with no counterpart (Gemma-3-270M, the third
+# architecture the paper announces but does not table) is compared with nothing.
+COUNTERPARTS = (("smollm", "TABLE1", "smol"), ("qwen", "TABLE2", "qwen"))
 
 
-def paper_model(model: str, table: dict) -> str:
-    """The paper's spelling of the model in Tables 3/4 matching ``model`` (ours)."""
-    names = sorted({r["model"] for r in table["rows"]})
-    smol = [n for n in names if "smol" in n.lower()]
-    other = [n for n in names if "smol" not in n.lower()]
-    return (smol if "smollm" in model.lower() else other)[0]
+def compression_table(model: str) -> dict | None:
+    """The paper's table for one of our models (Table 1 for a SmolLM model, Table 2 for a Qwen one), or
+    None when the paper has no such model."""
+    for word, table, _ in COUNTERPARTS:
+        if word in model.lower():
+            return globals()[table]
+    return None
+
+
+def paper_model(model: str, table: dict) -> str | None:
+    """The paper's spelling of the model in Tables 3/4 matching ``model`` (ours), or None."""
+    for word, _, paper_word in COUNTERPARTS:
+        if word in model.lower():
+            return next((n for n in sorted({r["model"] for r in table["rows"]}) if paper_word in n.lower()), None)
+    return None
 
 
 def row(table: dict, method: str, bits: str | None = None, model: str | None = None) -> dict | None:

@@ -1,7 +1,8 @@
 """Tables 1-4 of the SLMQuant paper, in its layout, from a :class:`~llmc_slm.reports.collect.Collection`.
 
-- Table 1 (SmolLM models) / Table 2 (any other model, one table per model): Method, Bits, MMLU, ARC-c,
-  ARC-e, PIQA, HellaSwag, Wiki ppl, SLMQ_perf (``llmc_slm.scoring.slmq_perf``, uncapped);
+- Table 1 (SmolLM models) / Table 2 (Qwen models) / Table 2b (a model the paper did not table: Gemma-3), one
+  table per model: Method, Bits, MMLU, ARC-c, ARC-e, PIQA, HellaSwag, Wiki ppl, SLMQ_perf
+  (``llmc_slm.scoring.slmq_perf``, uncapped);
 - Table 3: inference (Peak Mem., Model Size, Params, TPS, MACs, SLMQ_infer measured and paper-compatible,
   the peak above the process's idle footprint);
 - Table 4: quantization cost (Memory, Quant Time, SLMQ_quant via ``llmc_slm.tracks.quant_cost.quant_table``).
@@ -149,12 +150,22 @@ def _metrics_note() -> str:
     return ", ".join(f"{metric} for {', '.join(labels)}" for metric, labels in by_metric.items())
 
 
-def compression_table(coll: Collection, model: str, name: str, number: int, with_stderr: bool = False) -> Table:
-    """Table 1/2 for one model: every run of the model, float first, then W8 before W4."""
+def table_number(model: str) -> str:
+    """Our table of ``model``: "1" for a SmolLM model and "2" for a Qwen one (the paper's Tables 1 and 2),
+    "2b" for a model the paper did not table (Gemma-3)."""
+    from . import published
+    paper = published.compression_table(model)
+    return "1" if paper is published.TABLE1 else "2" if paper is published.TABLE2 else "2b"
+
+
+def compression_table(coll: Collection, model: str, name: str, number, with_stderr: bool = False) -> Table:
+    """Table 1/2/2b for one model: every run of the model, float first, then W8 before W4."""
+    from . import published
     runs = sorted(coll.of_model(model), key=sort_key)
     arch = next((r.arch for r in runs if r.arch), {})
-    paper = "SmolLM-135M" if number == 1 else "Qwen2.5-0.5B"
-    t = Table(name, f"Table {number}: compression performance of {model} (the paper's Table {number}: {paper})",
+    paper = published.compression_table(model)
+    counterpart = f"the paper's Table {number}: {paper['model']}" if paper else "no counterpart in the paper"
+    t = Table(name, f"Table {number}: compression performance of {model} ({counterpart})",
               ["Method", "Bits"] + [LABELS[d] for d in DATASETS] + ["SLMQ_perf"], left=2)
     mixed, profile_notes = _profiles_label(runs)
     subset_notes, mismatch_notes, status_notes, other_notes = {}, [], [], []
@@ -252,7 +263,7 @@ def _paired_cell(run: Run, ds: str) -> str:
     return f"{p.delta:+.2f}{se}" + (f" ({100 * p.flips:.1f}%)" if p.flips is not None else "")
 
 
-def paired_table(coll: Collection, model: str, name: str, number: int) -> Table:
+def paired_table(coll: Collection, model: str, name: str, number) -> Table:
     """Table 1/2, paired: each quantized run's change against its Full Prec. baseline on the same items
     (``llmc_slm.paired``): accuracy delta in points ± paired standard error (flips in parentheses),
     WikiText-2 per-token log-perplexity difference ± paired SE over windows (KLD and top-1 agreement where
@@ -445,13 +456,15 @@ def cost_table(coll: Collection, bits: str = "W8A8", name: str = "table4") -> Ta
 
 
 def all_tables(coll: Collection, with_stderr: bool = False, paired: bool = False) -> list[Table]:
-    """Tables 1 and 2 (one per model), each followed by its paired version with ``paired``
+    """Tables 1, 2 and 2b (one per model), each followed by its paired version with ``paired``
     (:func:`paired_table`), 3 and 4 (W8A8), and the extra W4A8 versions of 3 and 4 when the folder holds
     such runs."""
     tables = []
-    smol = [m for m in coll.models() if is_smollm(m)]
-    other = [m for m in coll.models() if not is_smollm(m)]
-    for number, models in ((1, smol), (2, other)):
+    by_number: dict[str, list[str]] = {}
+    for model in coll.models():
+        by_number.setdefault(table_number(model), []).append(model)
+    for number in sorted(by_number):
+        models = by_number[number]
         for model in models:
             name = f"table{number}" if len(models) == 1 else f"table{number}_{slug(model)}"
             tables.append(compression_table(coll, model, name, number, with_stderr))
