@@ -115,3 +115,17 @@ def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def fold_let_blockwise(adapter, algo, on_state=None):
+    """OmniQuant's LET initialised from calibration and folded block by block, without quantization
+    (``on_state(state)`` runs before each block's fold)."""
+    from llmc.algos.base import capture_block0_inputs
+    inputs = capture_block0_inputs(adapter, calib_ids().input_ids, 2)
+    for block in adapter.blocks:
+        state = algo.make_state(block)
+        _, act_max = algo._float_targets(block, state, inputs.hidden, inputs.batch_kwargs())
+        state.init_let(act_max, 0.5)
+        if on_state is not None:
+            on_state(state)
+        state.fold(quantize=False)

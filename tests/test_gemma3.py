@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import calib_ids, logits, rel_diff, tiny_adapter
+from conftest import calib_ids, fold_let_blockwise, logits, rel_diff, tiny_adapter
 from llmc.config import load_config
 from llmc.errors import ConfigError
 from llmc.registry import ALGO_REGISTRY
@@ -87,21 +87,18 @@ def test_smoothquant_leaves_the_post_norms_alone():
 def test_omniquant_let_folds_exactly_without_a_qk_scale():
     """LET on the two pre-norm groups and v -> o; no q/k scale (q_norm / k_norm sit between the projections
     and Q K^T, so a row scale of q_proj would not pass)."""
-    from llmc.algos.base import capture_block0_inputs
     a = gemma()
     algo = ALGO_REGISTRY["OmniQuant"](a, cfg_for("OmniQuant", "--quant.weight.symmetric", "false"))
     ids = calib_ids(seed=3).input_ids
     before = logits(a, ids)
-    inputs = capture_block0_inputs(a, calib_ids().input_ids, 2)
-    for block in a.blocks:
-        state = algo.make_state(block)
+
+    def perturb(state):   # non-trivial scales beyond the init, so that the fold is really tested
         assert set(state.let_scales) == {"input_layernorm", "pre_feedforward_layernorm", "attn_out"}
-        _, act_max = algo._float_targets(block, state, inputs.hidden, inputs.batch_kwargs())
-        state.init_let(act_max, 0.5)
-        with torch.no_grad():   # non-trivial scales beyond the init, so that the fold is really tested
+        with torch.no_grad():
             for p in state.let_scales.values():
                 p.mul_(torch.empty_like(p).uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(1)))
-        state.fold(quantize=False)
+
+    fold_let_blockwise(a, algo, perturb)
     assert rel_diff(before, logits(a, ids)) < 1e-4
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import calib_ids, logits, rel_diff, tiny_hf_model
+from conftest import calib_ids, fold_let_blockwise, logits, rel_diff, tiny_hf_model
 from llmc.config import load_config
 from llmc.errors import ConfigError
 from llmc.models.base import DecoderModel
@@ -82,17 +82,11 @@ def test_transforms_are_equivalences_on_one_plus_norms(method, extra):
 
 
 def test_omniquant_let_fold_uses_the_contract():
-    from llmc.algos.base import capture_block0_inputs
     a = one_plus_adapter()
     algo = ALGO_REGISTRY["OmniQuant"](a, cfg_for("OmniQuant", "--quant.weight.symmetric", "false"))
     ids = calib_ids(seed=3).input_ids
     before = logits(a, ids)
-    inputs = capture_block0_inputs(a, calib_ids().input_ids, 2)
-    for block in a.blocks:
-        state = algo.make_state(block)
-        _, act_max = algo._float_targets(block, state, inputs.hidden, inputs.batch_kwargs())
-        state.init_let(act_max, 0.5)
-        state.fold(quantize=False)
+    fold_let_blockwise(a, algo)
     assert rel_diff(before, logits(a, ids)) < 1e-4
 
 
