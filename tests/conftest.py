@@ -29,7 +29,7 @@ TINY_FAMILY = {"gemma3_text": dict(num_key_value_heads=1, head_dim=16, query_pre
 def tiny_hf_model(model_type: str = "llama", seed: int = 0, **overrides):
     """A tiny random HF causal LM of the given family, float32, eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    kwargs = dict(TINY, **TINY_FAMILY.get(model_type, {}), **overrides)
+    kwargs = {**TINY, **TINY_FAMILY.get(model_type, {}), **overrides}
     if model_type == "smollm3":
         kwargs.setdefault("no_rope_layers", [1, 0][: kwargs["num_hidden_layers"]] +
                           [1] * max(0, kwargs["num_hidden_layers"] - 2))

@@ -179,3 +179,24 @@ def test_a_smoothed_one_plus_norm_keeps_its_gain_in_bfloat16():
     assert rel < 1e-5, rel
     with torch.no_grad():                                           # and the bf16 model still runs
         assert torch.isfinite(a.model(input_ids=calib_ids().input_ids).logits).all()
+
+
+def test_the_block_loop_gives_each_layer_its_own_mask_and_rope():
+    """Calibration runs block by block from block 0's inputs. Gemma-3's sliding layer gets a windowed mask
+    and local RoPE, its global layer the causal mask and RoPE of another base: block by block, the float
+    pass must reproduce the model's own hidden states (with block 0's arguments reused, block 1 differs)."""
+    from llmc.algos.base import capture_block0_inputs, run_block
+    a = tiny_adapter(GEMMA, num_hidden_layers=3, layer_types=["sliding_attention", "full_attention",
+                                                             "sliding_attention"])
+    ids = calib_ids(n=5, seq=16).input_ids                  # batches of 2, 2 and a smaller last one
+    with torch.no_grad():
+        states = a.model(input_ids=ids, output_hidden_states=True).hidden_states
+    inputs = capture_block0_inputs(a, ids, 2)
+    assert len(inputs.hidden) == 3 and inputs.last_kwargs is not None and len(inputs.per_block) == 3
+    block = a.blocks[0]
+    first = inputs.with_hidden(run_block(block, inputs.for_block(0)))
+    torch.testing.assert_close(torch.cat(first.hidden), states[1], atol=1e-5, rtol=1e-5)
+    got = torch.cat(run_block(a.blocks[1], first.for_block(1)))             # the global layer, its own args
+    torch.testing.assert_close(got, states[2], atol=1e-5, rtol=1e-5)
+    stale = torch.cat(run_block(a.blocks[1], first))                         # block 0's (sliding) args
+    assert rel_diff(stale, states[2]) > 1e-3

@@ -55,10 +55,15 @@ class BlockInputs:
     """Calibration inputs of the current block: a list of [bs, seq, hidden] batches and the keyword
     arguments the model passes the block (attention mask, position embeddings). ``n_samples`` need not be
     a multiple of ``bs``: the last, smaller batch then has its own keyword arguments (an eager attention
-    mask is [batch, 1, seq, seq]), ``last_kwargs``; every other batch shares ``kwargs``."""
+    mask is [batch, 1, seq, seq]), ``last_kwargs``; every other batch shares ``kwargs``.
+
+    ``per_block`` holds, for every block, its own ``(kwargs, last_kwargs)``: a model may pass its layers
+    different arguments (Gemma-3 gives its sliding-window layers a windowed mask and local RoPE, its global
+    layers the causal mask and RoPE of another base), so block ``i`` runs with ``for_block(i)``."""
     hidden: list
     kwargs: dict
     last_kwargs: Optional[dict] = None
+    per_block: Optional[list] = None
 
     def kwargs_at(self, j: int) -> dict:
         """The keyword arguments of batch ``j``."""
@@ -71,31 +76,57 @@ class BlockInputs:
         return [self.kwargs_at(j) for j in range(len(self.hidden))]
 
     def with_hidden(self, hidden: list) -> "BlockInputs":
-        return BlockInputs(hidden, self.kwargs, self.last_kwargs)
+        return BlockInputs(hidden, self.kwargs, self.last_kwargs, self.per_block)
+
+    def for_block(self, index: int) -> "BlockInputs":
+        """These batches with block ``index``'s own keyword arguments."""
+        if self.per_block is None:
+            return self
+        kwargs, last = self.per_block[index]
+        return BlockInputs(self.hidden, kwargs, last, self.per_block)
 
 
 @torch.no_grad()
 def capture_block0_inputs(adapter, input_ids: torch.Tensor, bs: int) -> BlockInputs:
-    block0 = adapter.blocks[0]
-    hidden, seen = [], []
+    """Block 0's input batches, and every block's keyword arguments: the first batch (and a smaller last
+    one) runs through the whole model once to record what each block is given (keyword arguments do not
+    depend on the hidden states); the other batches stop at block 0."""
+    blocks = adapter.blocks
+    hidden: list = []
+    per_batch: list = []       # for the first batch and a smaller last one: each block's kwargs
 
-    def grab(module, args, kwargs):
-        h = args[0] if args else kwargs["hidden_states"]
-        if not seen or h.shape[0] != hidden[0].shape[0]:   # the first batch, and a smaller last one
-            seen.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
-        hidden.append(h)
-        raise _StopForward
+    def strip(kwargs):
+        return {k: v for k, v in kwargs.items() if k != "hidden_states"}
 
-    handle = block0.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for i in range(0, input_ids.shape[0], bs):
-            try:
-                adapter.model(input_ids=input_ids[i:i + bs].to(adapter.device), use_cache=False)
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
-    return BlockInputs(hidden, seen[0] if seen else {}, seen[1] if len(seen) > 1 else None)
+    for i in range(0, input_ids.shape[0], bs):
+        batch = input_ids[i:i + bs]
+        record = not per_batch or batch.shape[0] != hidden[0].shape[0]
+        seen: list = []
+
+        def grab(module, args, kwargs, index):
+            if index == 0:
+                hidden.append(args[0] if args else kwargs["hidden_states"])
+            if record:
+                seen.append(strip(kwargs))
+            if not record or index == len(blocks) - 1:
+                raise _StopForward
+
+        handles = [b.register_forward_pre_hook(lambda m, a, k, j=j: grab(m, a, k, j), with_kwargs=True)
+                   for j, b in enumerate(blocks) if record or j == 0]
+        try:
+            adapter.model(input_ids=batch.to(adapter.device), use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        if record:
+            per_batch.append(seen)
+    if not per_batch:
+        return BlockInputs(hidden, {})
+    last = per_batch[1] if len(per_batch) > 1 else [None] * len(blocks)
+    per_block = list(zip(per_batch[0], last))
+    return BlockInputs(hidden, per_block[0][0], per_block[0][1], per_block)
 
 
 def _block_output(out):
@@ -182,6 +213,7 @@ class BlockwiseAlgorithm:
         for i in tqdm(range(len(blocks)), desc=f"{self.qcfg.method} blocks", leave=False, disable=progress_disabled()):
             t = time.perf_counter()
             block = blocks[i]
+            inputs = inputs.for_block(i)          # this block's own masks and position embeddings
             self.process_block(i, block, inputs)
             target = self.fake_block(i, block) if self.qcfg.quant_out else block
             inputs = inputs.with_hidden(run_block(target, inputs))
