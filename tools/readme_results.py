@@ -62,6 +62,11 @@ BLOCKS = (
           "(the folder's README explains the llama.cpp gap); then each architecture's size, memory and speed in "
           "each runtime as ratios to that runtime's float model (`benchmarks/edge_runtimes.py`).",
           ("edge_perplexity", "edge_runtimes"), kind="edge"),
+    Block("results/reference/issue21_gemma/smoke",
+          "Gemma-3-270M (the embedded Q4_K_M GGUF, dequantized; bfloat16), smoke runs of the CPU profile on the "
+          "first 4 WikiText-2 windows of 512 tokens only: evidence that each method runs on the third "
+          "architecture, not yet a ranking (the folder's README).",
+          ("table2b",)),
 )
 
 
