@@ -32,10 +32,14 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 # llama.cpp's Python binding (Track 2 in llama.cpp: benchmarks/edge_runtimes.py, tests/test_llamacpp.py). PyPI has
-# no wheel: this compiles llama.cpp for this CPU (GGML_NATIVE), about 12.5 min on 2 free cores (README).
-LLAMACPP_CMAKE ?= -DGGML_NATIVE=ON
+# no wheel: this compiles llama.cpp for this CPU (GGML_NATIVE), about 12.5 min on 2 free cores (README), without
+# AMX: built natively on an AMX VM, every quantized model died with "Illegal instruction" (issue 19).
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMACPP_CMAKE ?= -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 llamacpp: setup
-	CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(BIN)/python -m pip install -q -e ".[llamacpp]"
+	# the pin of setup.py's llamacpp extra; forced, so that a new LLAMACPP_CMAKE rebuilds it
+	CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(BIN)/python -m pip install -q --force-reinstall --no-deps --no-cache-dir \
+	    "llama-cpp-python==0.3.36"
 
 clean-venv:
 	rm -rf $(VENV)
