@@ -98,15 +98,3 @@ def test_edge_benchmark_gives_both_runtimes_one_context_and_reuses_what_it_made(
     program.rmdir()
     assert Artifacts(tmp_path / "m", 256).have("executorch", "float") is None      # gone from disk
 
-
-def test_llamacpp_extra_buffers_are_off_by_default_on_an_amx_cpu(monkeypatch):
-    """On CPUs that report AMX the library default died with SIGILL on quantized models (issue 19): the
-    default there is off, recorded as such; an explicit choice is kept; elsewhere the library decides."""
-    from llmc_slm.tracks.runtimes import llamacpp as rt
-    monkeypatch.setattr(rt, "cpu_has_amx", lambda: True)
-    value, how = rt.resolved_extra_bufts(None)
-    assert value is False and how.startswith("off (AMX CPU")
-    assert rt.resolved_extra_bufts(True) == (True, "on")
-    monkeypatch.setattr(rt, "cpu_has_amx", lambda: False)
-    assert rt.resolved_extra_bufts(None) == (None, "library default")
-    assert rt.resolved_extra_bufts(False) == (False, "off")

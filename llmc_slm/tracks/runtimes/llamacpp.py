@@ -18,10 +18,9 @@
   so its figure is not the same quantity). It is measured after the speed and memory, outside the peak.
 
 ``extra_bufts`` (llama-cpp-python's ``use_extra_bufts``: ggml's CPU "extra" buffer types, which repack
-Q4_0 / Q8_0 weights for wider SIMD kernels or AMX): None keeps the library's default, except on a CPU that
-reports AMX, where it is off (:func:`resolved_extra_bufts`): there the default crashed with "Illegal
-instruction" on every quantized model (issue 19, seen on two sessions' AMX machines), ``False`` worked. The
-results record which (``extra_bufts``).
+Q4_0 / Q8_0 weights for wider SIMD kernels or AMX): None keeps the library's default. On an AMX VM a llama.cpp
+built natively (with AMX) died with "Illegal instruction" on every quantized model, with the extra buffers on
+or off (issue 19); built without AMX (``make llamacpp``) the default works there.
 """
 
 from __future__ import annotations
@@ -52,32 +51,8 @@ def gguf_path(artifact: str | Path) -> Path:
     return path
 
 
-def cpu_has_amx() -> bool:
-    """Whether the CPU reports Intel AMX (``amx_tile`` among /proc/cpuinfo's flags)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_tile" in line.split()
-    except OSError:
-        pass
-    return False
-
-
-def resolved_extra_bufts(extra_bufts: Optional[bool]) -> tuple[Optional[bool], str]:
-    """(the ``use_extra_bufts`` given to llama.cpp, None for its default; how it was chosen). None asks for
-    the default, except on a CPU with AMX, where the default (AMX repacking of quantized weights) died with
-    "Illegal instruction" on every quantized model here (issue 19), so it is off there."""
-    if extra_bufts is not None:
-        return extra_bufts, "on" if extra_bufts else "off"
-    if cpu_has_amx():
-        return False, "off (AMX CPU: the library default crashed with 'Illegal instruction' on quantized models)"
-    return None, "library default"
-
-
 def _load(path: Path, *, threads: int, n_ctx: int, n_batch: int, logits_all: bool, extra_bufts: Optional[bool]):
     from llama_cpp import Llama
-    extra_bufts, _ = resolved_extra_bufts(extra_bufts)
     kwargs = dict(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, n_threads_batch=threads,
                   logits_all=logits_all, use_mmap=False, verbose=False)
     params = inspect.signature(Llama.__init__).parameters
@@ -183,7 +158,7 @@ def measure(artifact, *, threads: int, prefill_ids, decode_tokens: int, ppl_wind
         "prefill_tokens": len(ids), "warmup": warmup, "runs": runs, "decode_tokens": decode_tokens,
         "decode_runs": decode_runs, "load_seconds": load_seconds, "n_ctx": n_ctx,
         "prefill_logits": "last position only", "use_mmap": False,
-        "extra_bufts": resolved_extra_bufts(extra_bufts)[1],
+        "extra_bufts": "library default" if extra_bufts is None else extra_bufts,
         "llama_cpp_python": getattr(llama_cpp, "__version__", "unknown"),
         "system_info": _system_info(llama_cpp), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
