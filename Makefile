@@ -40,6 +40,7 @@ llamacpp: setup
 	# the pin of setup.py's llamacpp extra; forced, so that a new LLAMACPP_CMAKE rebuilds it
 	CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(BIN)/python -m pip install -q --force-reinstall --no-deps --no-cache-dir \
 	    "llama-cpp-python==0.3.36"
+	$(BIN)/python -m pip install -q -e ".[llamacpp]"   # its dependencies (the build above is kept)
 
 clean-venv:
 	rm -rf $(VENV)
