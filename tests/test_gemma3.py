@@ -10,16 +10,11 @@ import torch
 
 from conftest import calib_ids, fold_let_blockwise, logits, rel_diff, tiny_adapter
 from llmc.config import load_config
+from test_norm_contract import cfg_for  # noqa: F401 - the same tiny W8A8 calibration settings
 from llmc.errors import ConfigError
 from llmc.registry import ALGO_REGISTRY
 
 GEMMA = "gemma3_text"
-
-
-def cfg_for(method, *extra):
-    return load_config(None, ["--quant.method", method, "--quant.weight.bit", "8", "--quant.act.bit", "8",
-                              "--quant.act.granularity", "per_token", "--calib.n_samples", "4",
-                              "--calib.seq_len", "16", "--calib.bs", "2", *extra])
 
 
 def gemma():
