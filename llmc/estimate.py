@@ -131,7 +131,7 @@ def layer_passes(cfg) -> float:
         learn = sp.steps * sp.train_bs * seq * 3 if sp.learn_rotations else 0
         n = min(c.n_samples, sp.gptq_samples or c.n_samples)
         return learn + 5 * n * c.seq_len
-    if q.method == "GPTQ":
+    if q.method == "GPTQ" or (q.method == "QuaRot" and sp.weight_algo == "gptq"):
         return 5 * c.n_samples * c.seq_len
     return 2 * c.n_samples * c.seq_len
 

@@ -56,6 +56,7 @@ def test_sliding_window_is_active_in_the_tiny_model():
                    "--quant.special.r1", "false"]),
     ("SpinQuant", ["--quant.special.learn_rotations", "false", "--quant.special.weight_algo", "rtn",
                    "--quant.special.r1", "false", "--quant.special.rotate_mode", "random"]),
+    ("QuaRot", ["--quant.special.weight_algo", "rtn", "--quant.special.r1", "false"]),
 ])
 def test_allowed_transforms_leave_the_logits_unchanged(method, extra):
     """SmoothQuant's input_layernorm -> q/k/v and pre_feedforward_layernorm -> gate/up into (1 + w); the
@@ -109,10 +110,19 @@ def test_r1_is_refused_in_one_line(extra):
     assert "post_attention_layernorm, post_feedforward_layernorm" in msg and "gemma3_text" in msg
 
 
+def test_quarot_r1_is_refused_in_one_line():
+    algo = ALGO_REGISTRY["QuaRot"](gemma(), cfg_for("QuaRot", "--quant.special.weight_algo", "rtn"))
+    with pytest.raises(ConfigError) as e:
+        algo.quantize(None)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("quant.special.r1: QuaRot's R1")
+
+
 @pytest.mark.parametrize("method,extra", [
     ("RTN", []), ("GPTQ", []), ("SmoothQuant", []),
     ("OmniQuant", ["--quant.special.epochs", "1"]),
     ("SpinQuant", ["--quant.special.r1", "false", "--quant.special.steps", "2", "--quant.special.train_bs", "2"]),
+    ("QuaRot", ["--quant.special.r1", "false"]),
 ])
 def test_every_method_quantizes_gemma_end_to_end(method, extra, tmp_path):
     """W8A8 through the pipeline: close to the float model, and the packed checkpoint (Gemma's embedding

@@ -44,7 +44,7 @@ from ..quant.packed import HEAD_TRANSFORM_ATTR
 
 __all__ = [
     "untie_embeddings", "fold_norms", "rotate_embeddings", "rotate_lm_head", "rotate_block_r1",
-    "rotate_block_r2", "hadamard_down_proj", "add_online_hadamard", "rotated_block_params",
+    "rotate_block_r2", "hadamard_down_proj", "add_online_transform", "rotated_block_params",
     "random_orthogonal_matrix", "rotation_error", "tied_head_transform", "mark_tied_head",
 ]
 
@@ -193,20 +193,18 @@ def rotate_block_r2(adapter, block: nn.Module, r2: torch.Tensor) -> None:
 @torch.no_grad()
 def hadamard_down_proj(adapter, block: nn.Module) -> None:
     """R4's offline half: down_proj's weight becomes ``W H^T / sqrt(n)`` (its input is ``x H^T /
-    sqrt(n)`` online, see :func:`add_online_hadamard`)."""
+    sqrt(n)`` online, see :func:`add_online_transform`)."""
     lin = _lin(block, adapter.layout.down_proj)
     _set(lin.weight, apply_hadamard(_f64(lin.weight)))
 
 
-def _hadamard_pre_hook(module, args):
-    return (apply_hadamard(args[0]),) + tuple(args[1:])
-
-
-def add_online_hadamard(linear: nn.Linear):
-    """R4's online half on the float model: a forward pre-hook ``x -> x H^T / sqrt(n)``. Returns the
-    hook handle. (Deployment uses ``FakeQuantLinear``'s ``input_transform`` instead: a float checkpoint
-    saved with ``save_trans`` cannot express this hook.)"""
-    return linear.register_forward_pre_hook(_hadamard_pre_hook)
+def add_online_transform(linear: nn.Linear, transform: nn.Module):
+    """An online transform's half on the float model (R4's Hadamard, QuaRot's head mixing before o_proj): a
+    forward pre-hook ``x -> T(x)``. Returns the hook handle. (Deployment uses ``FakeQuantLinear``'s
+    ``input_transform`` instead: a float checkpoint saved with ``save_trans`` cannot express this hook.)"""
+    def pre_hook(module, args):
+        return (transform(args[0]),) + tuple(args[1:])
+    return linear.register_forward_pre_hook(pre_hook)
 
 
 # ---------------------------------------------------------------------------- differentiable

@@ -42,24 +42,19 @@ quantizes o_proj's input per head group of head_dim, a deployment choice this be
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import random
 import time
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..quant.hadamard import is_supported, random_hadamard_matrix
 from ..quant.quantizer import Quantizer
-from ..quant.transforms import OnlineHadamard
 from ..methods.spinquant import SpinQuantSpecial
 from . import rotation
-from .gptq import GPTQ
+from .rotated import RotatedQuant
 
 log = logging.getLogger(__name__)
 
@@ -162,69 +157,21 @@ class _SteQuantizer(Quantizer):
 
 
 # --------------------------------------------------------------------------------- algorithm
-class SpinQuant(GPTQ):
+class SpinQuant(RotatedQuant):
+    """Learned R1 / R2 (:meth:`refine_rotations`) on the rotation pipeline of ``llmc.algos.rotated``."""
     special_cls = SpinQuantSpecial
 
     def __init__(self, adapter, cfg):
         super().__init__(adapter, cfg)
         sp = self.special
-        self.r3 = sp.r3 if sp.r3 is not None else self.qcfg.kvcache is not None
-        self.query_key_transform = OnlineHadamard(adapter.head_dim) if self.r3 else None
-        self.blockwise = sp.weight_algo == "gptq" and self.qcfg.weight is not None
         self.train_w_quant = sp.train_w_quant if sp.train_w_quant is not None else sp.weight_algo == "rtn"
-        self.r4_hooks: list = []
-        self.rotation_log: dict = {}
         self._r1 = None          # R1 as the learning hooks see it (embedding output, lm_head input)
-        self._tied_final_norm = None   # the final norm's weight when R1 unties tied embeddings
 
-    # -- config ------------------------------------------------------------------------------
-    def _check_sizes(self) -> None:
-        a, sp = self.adapter, self.special
-        if sp.r1:
-            a.refuse_post_norms("SpinQuant's R1 (a residual-stream rotation)", "quant.special.r1")
-        need = []
-        if sp.rotate_mode == "hadamard":
-            need += [("hidden_size (R1)", a.config.hidden_size)] if sp.r1 else []
-            need += [("head_dim (R2)", a.head_dim)] if sp.r2 else []
-        need += [("head_dim (R3)", a.head_dim)] if self.r3 else []
-        if sp.r4:
-            need.append(("intermediate size (R4)", a.blocks[0].get_submodule(a.layout.down_proj).in_features))
-        for what, n in need:
-            if not is_supported(n):
-                raise ConfigError(f"quant.special: no Hadamard matrix of order {n} for the {what}; "
-                                  f"use rotate_mode: random for R1/R2 or switch the rotation off")
-
-    # -- the pipeline ------------------------------------------------------------------------
-    def report(self) -> dict:
-        return {**super().report(), "rotation": self.rotation_log}
-
-    def quantize(self, calib) -> None:
-        """Rotations learn on every calibration window; GPTQ's block loop sees the first
-        ``gptq_samples`` of them (the official code draws 128 separate windows for GPTQ)."""
-        self._learn_calib = calib
-        n = self.special.gptq_samples
-        if calib is not None and n is not None and n < calib.input_ids.shape[0]:
-            calib = dataclasses.replace(calib, input_ids=calib.input_ids[:n],
-                                        info=dict(calib.info, gptq_samples=n))
-        super().quantize(calib)
-
-    def prepare(self, calib) -> None:
-        calib = getattr(self, "_learn_calib", calib)
-        t0 = time.perf_counter()
-        self.prepare_base()
-        r1, r2 = self.init_rotations()
-        learned = False
+    def refine_rotations(self, calib, r1, r2):
         if self._should_learn(calib, r1, r2):
             r1, r2 = self.learn(calib, r1, r2)
-            learned = True
-        self.apply_rotations(r1, r2)
-        self.rotation_log.update({
-            "learned": learned, "r1": self.special.r1, "r2": self.special.r2, "r3": self.r3, "r4": self.special.r4,
-            "r1_orthogonality_error": rotation.rotation_error(r1) if r1 is not None else None,
-            "r2_orthogonality_error": max((rotation.rotation_error(r) for r in r2), default=None) if r2 else None,
-            "prepare_seconds": time.perf_counter() - t0})
-        log.info("SpinQuant rotations %s in %.1f s", "learned" if learned else "applied (random)",
-                 time.perf_counter() - t0)
+            return r1, r2, True
+        return r1, r2, False
 
     def _should_learn(self, calib, r1, r2) -> bool:
         sp = self.special
@@ -238,49 +185,6 @@ class SpinQuant(GPTQ):
                         "KV quantization), so the loss does not depend on the rotations; they stay random")
             return False
         return True
-
-    # -- whole-model transforms ---------------------------------------------------------------
-    def prepare_base(self) -> None:
-        """Everything before R1/R2: untie + fold norms (for R1), R4's offline and online halves."""
-        self._check_sizes()
-        a, sp = self.adapter, self.special
-        if sp.r1:
-            if rotation.untie_embeddings(a):
-                log.info("SpinQuant: untied the embeddings (lm_head has its own copy)")
-                self._tied_final_norm = a.norm_gain(a.final_norm).clone()
-            rotation.fold_norms(a)
-        if sp.r4:
-            for i, block in enumerate(a.blocks):
-                rotation.hadamard_down_proj(a, block)
-                down = block.get_submodule(a.layout.down_proj)
-                self.r4_hooks.append(rotation.add_online_hadamard(down))
-                self.input_transforms[f"blocks.{i}.{a.layout.down_proj}"] = OnlineHadamard(down.in_features)
-
-    def init_rotations(self):
-        """R1 (or None) and the per-layer R2 list (empty when off), float64 on the model's device."""
-        a, sp = self.adapter, self.special
-        dev = a.device
-
-        def make(n, seed):
-            if sp.rotate_mode == "random":
-                return rotation.random_orthogonal_matrix(n, seed=seed, dtype=torch.float64, device=dev)
-            return random_hadamard_matrix(n, seed=seed, dtype=torch.float64, device=dev)
-        r1 = make(a.config.hidden_size, sp.rotation_seed) if sp.r1 else None
-        r2 = [make(a.head_dim, sp.rotation_seed + 1 + i) for i in range(len(a.blocks))] if sp.r2 else []
-        return r1, r2
-
-    def apply_rotations(self, r1, r2) -> None:
-        a = self.adapter
-        if r1 is not None:
-            rotation.rotate_embeddings(a, r1)
-            rotation.rotate_lm_head(a, r1)
-            if self._tied_final_norm is not None:   # the packed checkpoint stores the head tied again
-                rotation.mark_tied_head(a.model, rotation.tied_head_transform(self._tied_final_norm, r1))
-        for i, block in enumerate(a.blocks):
-            if r1 is not None:
-                rotation.rotate_block_r1(a, block, r1)
-            if r2:
-                rotation.rotate_block_r2(a, block, r2[i])
 
     # -- learning ------------------------------------------------------------------------------
     def _train_act_quantizer(self):
@@ -436,8 +340,3 @@ class SpinQuant(GPTQ):
                                   "cayley_iters_max": opt.last_iters,
                                   "train_windows": sp.steps * sp.train_bs, "train_seq_len": int(ids.shape[1])})
         return (p1.detach().double() if p1 is not None else None), [p.detach().double() for p in p2]
-
-    # -- per block -----------------------------------------------------------------------------
-    def process_block(self, index, block, inputs):
-        if self.special.weight_algo == "gptq":
-            self.gptq_block(index, block, inputs)
