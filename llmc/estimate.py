@@ -133,6 +133,8 @@ def layer_passes(cfg) -> float:
         return learn + 5 * n * c.seq_len
     if q.method == "GPTQ" or (q.method == "QuaRot" and sp.weight_algo == "gptq"):
         return 5 * c.n_samples * c.seq_len
+    if q.method == "AWQ":   # one recording pass, then each grid point re-runs attention, MLP and down_proj
+        return (1 + 1.5 * sp.n_grid * sp.auto_scale) * c.n_samples * c.seq_len
     return 2 * c.n_samples * c.seq_len
 
 

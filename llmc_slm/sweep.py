@@ -52,7 +52,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("rtn", "smooth", "gptq", "omni", "spin")
 METHOD_ALIASES = {"rtn": "rtn", "smoothquant": "smooth", "smooth": "smooth", "gptq": "gptq",
                   "omniquant": "omni", "omni": "omni", "omniquant+kb": "omni_kb", "omni_kb": "omni_kb",
-                  "quarot": "quarot", "spinquant": "spin", "spin": "spin"}
+                  "quarot": "quarot", "awq": "awq", "spinquant": "spin", "spin": "spin"}
 BITS = ("w8a8", "w4a8")
 BASELINE = "fp16"
 RESULT_ENV = "SLMQUANT_SWEEP_RESULT"    # every child gets the results file the sweep expects ...
@@ -604,8 +604,8 @@ def build_parser():
                "130 when interrupted (rerun the same command to resume).")
     p.add_argument("--models", nargs="+", default=["smollm"], help="config folders under configs/ (default smollm)")
     p.add_argument("--methods", nargs="+", default=list(METHODS),
-                   help="config stems rtn smooth gptq omni omni_kb quarot spin, or RTN SmoothQuant GPTQ OmniQuant OmniQuant+KB "
-                        "QuaRot SpinQuant "
+                   help="config stems rtn smooth gptq awq omni omni_kb quarot spin, or RTN SmoothQuant GPTQ AWQ OmniQuant "
+                        "OmniQuant+KB QuaRot SpinQuant "
                         "(default: all five)")
     p.add_argument("--bits", nargs="+", default=list(BITS), help="w8a8 w4a8 (default both), any <method>_<bits>.yml")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip each model's fp16.yml run")

@@ -177,6 +177,7 @@ class BlockwiseAlgorithm:
         self.weight_params: dict = {}   # "blocks.i.<path>" -> (scale, zero) fixed by the method (GPTQ)
         self.input_transforms: dict = {}  # "blocks.i.<path>" -> online transform before act quantization
         self.block_log: list = []
+        self.next_hidden: Optional[list] = None   # set by process_block: the next block's inputs, as computed there
 
     # -- quantizers ------------------------------------------------------------------------------
     def weight_quantizer(self) -> Optional[Quantizer]:
@@ -214,9 +215,14 @@ class BlockwiseAlgorithm:
             t = time.perf_counter()
             block = blocks[i]
             inputs = inputs.for_block(i)          # this block's own masks and position embeddings
+            self.next_hidden = None
             self.process_block(i, block, inputs)
-            target = self.fake_block(i, block) if self.qcfg.quant_out else block
-            inputs = inputs.with_hidden(run_block(target, inputs))
+            if self.next_hidden is not None:      # the method gave the next block's inputs (AWQ: the float block's)
+                inputs = inputs.with_hidden(self.next_hidden)
+            else:
+                target = self.fake_block(i, block) if self.qcfg.quant_out else block
+                inputs = inputs.with_hidden(run_block(target, inputs))
+            self.next_hidden = None
             self.log_block(i, seconds=time.perf_counter() - t)
 
     def log_block(self, index: int, **info) -> None:

@@ -6,4 +6,4 @@ How a method runs is in ``llmc.algos`` (one file each); the two are joined in ``
 needs it. ``llmc.catalog`` imports this package.
 """
 
-from . import gptq, omniquant, quarot, rtn, smoothquant, spinquant  # noqa: F401  (each registers its spec)
+from . import awq, gptq, omniquant, quarot, rtn, smoothquant, spinquant  # noqa: F401  (each registers its spec)

@@ -57,7 +57,7 @@ ACC_DATASETS = tuple(COLUMN_TASKS)   # the paper's column order
 DATASETS = ACC_DATASETS + ("wikitext2",)
 LABELS = {**{col: TASKS[names[0]].label for col, names in COLUMN_TASKS.items()}, "wikitext2": "Wiki ppl"}
 POSITIONS = ("pretrain", "transformed", "fake_quant", "real_quant")
-METHOD_ORDER = ("RTN", "SmoothQuant", "GPTQ", "OmniQuant", "OmniQuant+KB", "QuaRot", "SpinQuant w/o learning",
+METHOD_ORDER = ("RTN", "SmoothQuant", "GPTQ", "AWQ", "OmniQuant", "OmniQuant+KB", "QuaRot", "SpinQuant w/o learning",
                 "SpinQuant")
 PAPER_METHODS = ("SmoothQuant", "OmniQuant", "SpinQuant")
 SKIP_NAMES = {"sweep.json"}
