@@ -69,11 +69,19 @@ class QuantizerConfig:
 
 
 @dataclass
+class KVCacheConfig(QuantizerConfig):
+    """The KV-cache quantizer (LLMC's ``quant.kvcache``): keys after RoPE and values, one range per token and
+    kv head (``per_token``) or per group inside a head (``per_group``)."""
+    method: Literal["Naive"] = "Naive"   # LLMC's name for round-to-nearest KV quantization (the only one here)
+    granularity: Granularity = "per_token"
+
+
+@dataclass
 class QuantConfig:
     method: str = "RTN"
     weight: Optional[QuantizerConfig] = None
     act: Optional[QuantizerConfig] = None
-    kvcache: Optional[QuantizerConfig] = None
+    kvcache: Optional[KVCacheConfig] = None
     special: Any = None
     quant_out: bool = False
 
@@ -407,6 +415,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"calib: {needs} needs a calib section")
     if q.act is not None and q.act.static and q.act.granularity != "per_tensor":
         raise ConfigError("quant.act.static: static activation ranges are per_tensor only")
+    kv = q.kvcache
+    if kv is not None and cfg.save.save_real and (kv.static or kv.granularity not in ("per_token", "per_group")
+                                                  or kv.bit not in (4, 8)):
+        raise ConfigError("quant.kvcache: save.save_real deploys an integer KV cache, which stores 8 or 4 bits "
+                          "with a dynamic range per token (per_token or per_group)")
     if cfg.calib is not None:
         for key in ("n_samples", "seq_len", "bs"):
             if getattr(cfg.calib, key) < 1:

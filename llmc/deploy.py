@@ -9,8 +9,9 @@ Both give the same model: the packed checkpoint holds exactly the codes, scales 
 its metadata. Norms stay in the model's float dtype. Embeddings and lm_head are float in the fake-quant
 model (no method quantizes them); the packed checkpoint stores them as int8 rows with float32 scales
 (``save.real_embed_bit: 8``, weight-only, the default; ``null`` keeps them float) and ``load_deployed``
-dequantizes them to the float dtype: they save storage, not runtime memory. A KV-cache quantizer (``quant.kvcache``), where one
-was set, is not part of the packed checkpoint and stays fake (float) in ``deploy_integer``.
+dequantizes them to the float dtype: they save storage, not runtime memory. A KV-cache quantizer
+(``quant.kvcache``) stays fake (float, rounded to the grid) in ``deploy_integer``; the packed checkpoint's
+loader deploys it as an integer KV cache (``llmc.quant.int_kv_cache``), which gives the same numbers.
 """
 
 from __future__ import annotations

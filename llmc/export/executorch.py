@@ -485,11 +485,11 @@ def export_packed(packed: str | Path, out: str | Path, max_seq_len: int = 512, c
     quant_file = packed / "slmquant_quant.json"
     quant = json.loads(quant_file.read_text()).get("quant") if quant_file.is_file() else None
     if quant is not None:
-        from ..config import QuantConfig, QuantizerConfig
+        from ..config import KVCacheConfig, QuantConfig, QuantizerConfig
         qc = QuantConfig(method=quant["method"],
                          weight=QuantizerConfig(**quant["weight"]) if quant.get("weight") else None,
                          act=QuantizerConfig(**quant["act"]) if quant.get("act") else None,
-                         kvcache=QuantizerConfig(**quant["kvcache"]) if quant.get("kvcache") else None)
+                         kvcache=KVCacheConfig(**quant["kvcache"]) if quant.get("kvcache") else None)
         _check(qc)
 
     def factory(codes, scale, zero, bias, wq: Quantizer, aq, transform, dtype):

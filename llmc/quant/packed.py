@@ -18,7 +18,9 @@ Layout of ``model.safetensors`` in the output folder:
 
 The safetensors metadata holds, as JSON, the Hugging Face config, each quantized layer's weight and
 activation quantizer settings and its online input transform (e.g. a Hadamard of size n), so that
-``load_packed_model`` rebuilds a model that computes exactly what the fake-quant model computed.
+``load_packed_model`` rebuilds a model that computes exactly what the fake-quant model computed. A run with
+``quant.kvcache`` adds ``kv_cache``: the KV quantizer, the key transform (R3) and the attention modules'
+paths; the loader deploys it as an integer KV cache (``llmc.quant.int_kv_cache``).
 """
 
 from __future__ import annotations
@@ -151,6 +153,16 @@ def _quantizer_spec(q: Quantizer | None) -> dict | None:
             "static_zero": q.static_zero.tolist() if q.frozen else None}
 
 
+def _kv_cache_spec(adapter, kv_config) -> dict:
+    """The KV quantizer, R3's key transform (``query_key_transform`` on the attention modules, if any) and
+    the attention modules' paths, for the integer cache at load."""
+    lay = adapter.layout
+    names = [f"{lay.blocks}.{i}.{lay.attn}" for i in range(len(adapter.blocks))]
+    transform = getattr(adapter.model.get_submodule(names[0]), "query_key_transform", None)
+    return {"quantizer": _quantizer_spec(Quantizer(kv_config)), "key_transform": _transform_spec(transform),
+            "attention": names}
+
+
 def _quantizer_from_spec(spec: dict | None) -> Quantizer | None:
     if spec is None:
         return None
@@ -216,6 +228,8 @@ def save_packed_model(adapter, cfg, out: Path) -> None:
     meta = {"format": FORMAT, "config": json.dumps(config), "layers": json.dumps(layers),
             "int_embeddings": json.dumps(int_embeddings), "tied_head": json.dumps(tied_head),
             "dtype": str(adapter.dtype).replace("torch.", "")}
+    if cfg.quant is not None and cfg.quant.kvcache is not None:
+        meta["kv_cache"] = json.dumps(_kv_cache_spec(adapter, cfg.quant.kvcache))
     with atomic_dir(out) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata=meta)
         if adapter.tokenizer is not None:
@@ -289,6 +303,11 @@ def load_packed_model(path: Path, linear_factory=None):
         model.tie_weights()
     if head_transform is not None:
         attach_head_transform(model, head_transform)
+    if meta.get("kv_cache"):
+        from .int_kv_cache import enable_int_kv_cache
+        kv = json.loads(meta["kv_cache"])
+        enable_int_kv_cache(model, _quantizer_from_spec(kv["quantizer"]),
+                            [model.get_submodule(n) for n in kv["attention"]], build_transform(kv["key_transform"]))
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {missing[:3]}")

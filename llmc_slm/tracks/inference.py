@@ -111,9 +111,36 @@ def _cache_of(out):
     return cache if cache is not None else out.past_key_values
 
 
+KV_CONTEXTS = (2048, 8192)
+
+
+def kv_cache_footprint(cache, contexts=KV_CONTEXTS) -> dict:
+    """Bytes of a filled KV cache, and what it holds at ``contexts`` tokens: an integer cache
+    (``llmc.quant.int_kv_cache``) counts its codes and ranges, a float one its key and value tensors; a
+    sliding-window layer holds at most its window. Exact: both grow by the same bytes per token."""
+    per_token, kinds, total = [], set(), 0
+    for layer in cache.layers:
+        if hasattr(layer, "nbytes"):                      # integer codes + ranges
+            n, tokens = layer.nbytes(), layer.get_seq_length()
+            kinds.add(f"int{layer.quantizer.bit}")
+        else:
+            n = layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+            tokens = layer.keys.shape[-2]
+            kinds.add(str(layer.keys.dtype).replace("torch.", ""))
+        window = getattr(layer, "sliding_window", None) if getattr(layer, "is_sliding", False) else None
+        per_token.append((n / max(tokens, 1), window))
+        total += n
+    out = {"kind": "+".join(sorted(kinds)), "bytes": int(total),
+           "bytes_per_token": sum(b for b, w in per_token if w is None)}
+    for n in contexts:
+        out[f"bytes_at_{n}"] = int(round(sum(b * (n if w is None else min(n, w)) for b, w in per_token)))
+    return out
+
+
 @torch.no_grad()
 def time_decode(model, ids: torch.Tensor, new_tokens: int, runs: int) -> float:
-    """Seconds of the decode steps only (greedy, KV cache) over ``runs`` runs, after one warm-up run."""
+    """Seconds of the decode steps only (greedy, KV cache) over ``runs`` runs, after one warm-up run. The
+    last run's cache is kept in ``time_decode.last_cache`` (for :func:`kv_cache_footprint`)."""
     arg = _cache_arg(model)
     total = 0.0
     for r in range(runs + 1):
@@ -127,6 +154,7 @@ def time_decode(model, ids: torch.Tensor, new_tokens: int, runs: int) -> float:
         _sync(ids.device)
         if r:
             total += time.perf_counter() - t0
+    time_decode.last_cache = cache
     return total
 
 
@@ -151,6 +179,9 @@ def measure_model(model, ids: torch.Tensor, *, warmup: int = 10, runs: int = 100
         "decode_runs": decode_runs, "last_logit_runs": last_logit_runs,
         "threads": torch.get_num_threads(), "device": str(device),
     }
+    if t_decode:
+        result["kv_cache"] = kv_cache_footprint(time_decode.last_cache)
+        time_decode.last_cache = None
     if macs:
         result.update(count_macs(model, ids))
     return result

@@ -40,11 +40,12 @@ def as_result(result: ResultLike) -> RunResult:
 
 
 def bits_label(quant: Mapping | None) -> str:
-    """``W8A8``, ``W4A16`` (no activation quantizer), ``FP`` (no quant section)."""
+    """``W8A8``, ``W4A16`` (no activation quantizer), ``W4A8KV4`` (a quantized KV cache), ``FP`` (no quant
+    section)."""
     if not quant:
         return "FP"
-    w, a = quant.get("weight"), quant.get("act")
-    return f"W{w['bit'] if w else 16}A{a['bit'] if a else 16}"
+    w, a, kv = quant.get("weight"), quant.get("act"), quant.get("kvcache")
+    return f"W{w['bit'] if w else 16}A{a['bit'] if a else 16}" + (f"KV{kv['bit']}" if kv else "")
 
 
 def read_quant_cost(result: ResultLike) -> dict:
