@@ -24,14 +24,14 @@ BACKENDS = ["auto", "int_mm"]
 
 
 def _fake(wbit, wsym, gran="per_channel", act=(8, True, "per_token", False), hadamard=False, bias=True,
-          in_f=64, out_f=48, seed=0):
+          in_f=64, out_f=48, seed=0, group=16):
     g = torch.Generator().manual_seed(seed)
     lin = nn.Linear(in_f, out_f, bias=bias)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(out_f, in_f, generator=g) * 0.1 + 0.01)
         if bias:
             lin.bias.copy_(torch.randn(out_f, generator=g))
-    wq = Quantizer(bit=wbit, symmetric=wsym, granularity=gran, group_size=16)
+    wq = Quantizer(bit=wbit, symmetric=wsym, granularity=gran, group_size=group)
     aq = None
     if act is not None:
         abit, asym, agran, static = act
@@ -104,6 +104,33 @@ def test_fallback_kernels_are_bit_exact(case):
     for x in _inputs():
         with torch.no_grad():
             assert torch.equal(il(x), fq(x))
+
+
+WEIGHT_ONLY = {"w8 sym per-channel": (8, True, "per_channel", -1), "w8 asym per-channel": (8, False, "per_channel", -1),
+               "w8 per-tensor": (8, True, "per_tensor", -1), "w4 sym g32": (4, True, "per_group", 32),
+               "w4 asym g64": (4, False, "per_group", 64)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", list(WEIGHT_ONLY))
+def test_weight_only_kernels_match_fake_quant(case, dtype):
+    """W8A16 / W4A16: PyTorch's int8 and int4 weight-only CPU kernels compute the fake-quant layer (the float
+    activations times the dequantized weights) and keep 1 or 1/2 byte per weight in memory."""
+    bit, sym, gran, group = WEIGHT_ONLY[case]
+    fq = _fake(bit, sym, gran, act=None, in_f=128, out_f=64, group=group).to(dtype)
+    il = IntLinear.from_fake(fq)
+    assert il.kind == "weight_only"
+    assert il.qweight.numel() * il.qweight.element_size() == 64 * 128 * bit // 8
+    codes, scale, zero = fq.export_int()
+    reference = fq.weight_quantizer.dequantize(codes, scale, zero, torch.float32)
+    torch.testing.assert_close(il.dequantized_weight(torch.float32), reference, atol=1e-2 * float(scale.max()), rtol=0)
+    for x in _inputs(128):
+        x = x.to(dtype)
+        with torch.no_grad():
+            want, got = fq(x), il(x)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+        assert err < (1e-5 if dtype == torch.float32 else 2e-2), err
 
 
 def test_activation_codes_equal_the_quantizers():
