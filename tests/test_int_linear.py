@@ -240,6 +240,36 @@ def test_deploy_integer_model_matches_fake_quant(tmp_path, any_family, wbit, ext
     torch.testing.assert_close(again, got, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("wbit, weight", [(8, ["--quant.weight.granularity", "per_channel"]),
+                                          (4, ["--quant.weight.granularity", "per_group", "--quant.weight.group_size",
+                                               "32", "--quant.weight.symmetric", "false"])])
+def test_a_weight_only_model_deploys_with_the_weight_only_kernels(tmp_path, wbit, weight):
+    """W8A16 / W4A16 end to end: the packed checkpoint loads into weight_only layers (int4 where the output
+    width is a multiple of 64: here every projection but k/v, which keep the dequant path) and gives the
+    fake-quant model's logits."""
+    adapter = tiny_adapter("llama", hidden_size=64, intermediate_size=128, vocab_size=256)
+    cfg = load_config(None, ["--quant.method", "RTN", "--quant.weight.bit", str(wbit), *weight,
+                             "--save.real_embed_bit", "null"])
+    quantize_model(adapter, cfg, None)
+    with torch.no_grad():
+        fake = adapter.model(input_ids=IDS).logits
+    save_packed_model(adapter, cfg, tmp_path / "packed")
+    loaded = load_deployed(tmp_path / "packed")
+    kinds = deployment_summary(loaded)["kinds"]
+    expected = {"weight_only:w8": 7 * len(adapter.blocks)} if wbit == 8 else \
+        {"weight_only:w4": 5 * len(adapter.blocks), "dequant:w4": 2 * len(adapter.blocks)}
+    assert dict(kinds) == expected
+    with torch.no_grad():
+        got = loaded(input_ids=IDS).logits
+        one = loaded(input_ids=IDS[:1, :4]).logits        # few tokens: the kernel path for the 8-bit layers too
+        fake_one = adapter.model(input_ids=IDS[:1, :4]).logits
+    assert rel_max(got, fake) < 1e-4 and rel_max(one, fake_one) < 1e-4
+
+
+def rel_max(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
 def test_bf16_deployment_is_close_and_compute_dtype_cast(tmp_path):
     adapter, cfg = _quantized("qwen2", 8, dtype=torch.bfloat16)
     with torch.no_grad():
