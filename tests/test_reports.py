@@ -250,6 +250,32 @@ def test_tables_3_and_4(synthetic):
     assert t4x["RTN"][2:] == ["failed"] * 3 and "extra" in ts["table4_w4a8"].title
 
 
+def test_kv_and_weight_only_runs_get_their_own_track2_tables(tmp_path):
+    """A W4A8KV4 run adds Table 3 for its bits and the KV-cache table (its cache against the float one); a
+    W4A16 run its own Table 3; the bits label carries the KV bits."""
+    d = tmp_path / "r"
+    d.mkdir()
+    write(d, "fp16.json", result(values={"wikitext2": 20.0}))
+    kv = lambda kind, per_token: {"kind": kind, "bytes": per_token * 160, "bytes_per_token": per_token,  # noqa: E731
+                                  "bytes_at_2048": per_token * 2048, "bytes_at_8192": per_token * 8192}
+    base = dict(profile(400, 260, 100.0, 3.6, 135.0), kv_cache=kv("bfloat16", 23040))
+    comp = dict(profile(300, 90, 80.0, 3.6, 30.0), kv_cache=kv("int4", 6660))
+    rec = result(method="QuaRot", w=4, a=8, values={"wikitext2": 30.0}, inference=inference_section(base, comp))
+    rec["config"]["quant"]["kvcache"] = {"bit": 4}
+    write(d, "quarot_w4a8kv4.json", rec)
+    awq = result(method="AWQ", w=4, values={"wikitext2": 25.0},
+                 inference=inference_section(dict(profile(400, 260, 100.0, 3.6, 135.0)), profile(280, 80, 90.0, 3.6, 30.0)))
+    awq["config"]["quant"]["act"] = None
+    write(d, "awq_w4a16.json", awq)
+    coll = collect.collect(d)
+    assert {r.bits for r in coll.runs} == {"FP", "W4A8KV4", "W4A16"}
+    ts = {t.name: t for t in tables.all_tables(coll)}
+    assert {"table3_w4a8kv4", "table3_w4a16", "table3_kv"} <= set(ts)
+    row = ts["table3_kv"].rows[0]
+    assert row[:4] == ["QuaRot", SMOL, "W4A8KV4", "int4"] and row[4] == "6660"
+    assert row[6] == f"{6660 * 8192 / 2 ** 20:.2f}" and row[8] == f"{23040 / 6660:.2f}x"
+
+
 def test_markdown_and_csv(synthetic):
     coll = collect.collect(synthetic)
     for t in tables.all_tables(coll, with_stderr=True):

@@ -21,7 +21,7 @@ from typing import Optional
 from llmc_slm.tasks import TASKS
 from llmc_slm.tracks.quant_cost import quant_table
 
-from .collect import COLUMN_TASKS, DATASETS, FLOAT, LABELS, Collection, Run, primary_runs, sort_key
+from .collect import COLUMN_TASKS, DATASETS, FLOAT, LABELS, MB, Collection, Run, primary_runs, sort_key
 from .render import Table
 
 DASH = "—"
@@ -470,10 +470,50 @@ def all_tables(coll: Collection, with_stderr: bool = False, paired: bool = False
             tables.append(compression_table(coll, model, name, number, with_stderr))
             if paired:
                 tables.append(paired_table(coll, model, f"{name}_paired", number))
+    others = [b for b in _uniq(r.bits for r in sorted(coll.runs, key=sort_key))
+              if b not in ("W8A8", "FP", "?")]
     tables.append(inference_table(coll, "W8A8", "table3"))
-    if any(r.bits == "W4A8" and r.inference for r in coll.runs):
-        tables.append(inference_table(coll, "W4A8", "table3_w4a8"))
+    tables.extend(inference_table(coll, b, f"table3_{b.lower()}") for b in others
+                  if any(r.bits == b and r.inference for r in coll.runs))
+    if any(_kv_profile(r) for r in coll.runs):
+        tables.append(kv_cache_table(coll))
     tables.append(cost_table(coll, "W8A8", "table4"))
-    if any(r.bits == "W4A8" and r.quant_cost for r in coll.runs):
-        tables.append(cost_table(coll, "W4A8", "table4_w4a8"))
+    tables.extend(cost_table(coll, b, f"table4_{b.lower()}") for b in others
+                  if any(r.bits == b and r.quant_cost for r in coll.runs))
     return tables
+
+
+def _kv_profile(run) -> Optional[dict]:
+    """The compressed model's KV-cache footprint of a run whose cache is quantized (its Track 2)."""
+    if not run.inference or "KV" not in run.bits:
+        return None
+    return run.inference["compressed"].get("kv_cache")
+
+
+def kv_cache_table(coll: Collection, name: str = "table3_kv") -> Table:
+    """The KV cache of the deployed models with a quantized cache, against their float baseline's: bytes per
+    token (every full-attention layer's keys and values, codes and ranges) and at 2,048 / 8,192 tokens."""
+    t = Table(name, "Table 3 (KV cache): the deployed KV cache (extra, beyond the paper)",
+              ["Method", "Model", "Bits", "Cache", "Bytes / token", "KV @2,048 (MB)", "KV @8,192 (MB)",
+               "Float KV @8,192 (MB)", "Ratio", "Decode TPS", "Float decode TPS"], left=3)
+    for r in sorted(coll.runs, key=sort_key):
+        kv = _kv_profile(r)
+        if kv is None:
+            continue
+        base = r.inference["baseline"]
+        bkv = base.get("kv_cache") or {}
+        ratio = (bkv["bytes_at_8192"] / kv["bytes_at_8192"]) if bkv.get("bytes_at_8192") and kv.get("bytes_at_8192") \
+            else None
+        t.add([_method_cell(r, False), r.model, r.bits, kv.get("kind") or DASH, fmt(kv.get("bytes_per_token"), 0),
+               fmt(_mb(kv.get("bytes_at_2048"))), fmt(_mb(kv.get("bytes_at_8192"))), fmt(_mb(bkv.get("bytes_at_8192"))),
+               DASH if ratio is None else f"{ratio:.2f}x", fmt(r.inference["compressed"].get("decode_tps"), 1),
+               fmt(base.get("decode_tps"), 1)], source=r.rel)
+    t.notes.append("Bytes / token and the KV columns: measured on the deployed model's cache after Track 2's decode "
+                   "(llmc_slm.tracks.inference.kv_cache_footprint): integer codes (4 bits two per byte) with a float32 "
+                   "scale and, for asymmetric grids, a uint8 zero point per token and kv head "
+                   "(llmc.quant.int_kv_cache); the float baseline's cache in its dtype. MB = 2^20 bytes.")
+    return t
+
+
+def _mb(v) -> Optional[float]:
+    return None if v is None else v / MB
