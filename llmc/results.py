@@ -33,6 +33,7 @@ import os
 import platform
 import subprocess
 import sys
+import time as _time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,7 +300,8 @@ class RunResult:
             environment=Environment.from_dict(d.get("environment")) or Environment(),
             git=_dict(d.get("git")), data=_dict(d.get("data")),
             calibration=d.get("calibration") if isinstance(d.get("calibration"), dict) else None,
-            method=method, metrics=metrics, timings={k: v for k, v in timings.items() if _num(v) is not None},
+            method=method, metrics=metrics,
+            timings={k: v for k, v in timings.items() if _num(v) is not None or (k == "stages" and isinstance(v, dict))},
             quant_cost=_quant_cost(d.get("quant_cost")),
             blocks=d.get("blocks") if isinstance(d.get("blocks"), list) else [],
             log=d.get("log") if isinstance(d.get("log"), list) else [],
@@ -501,11 +503,26 @@ class RunRecord:
     def stage(self, name: str) -> None:
         """The stage the run enters (``load``, ``calibrate``, ``quantize``, ``evaluate:<pos>``...), saved
         at once: a run killed from outside (out of memory, SIGKILL) leaves ``status: running`` and the stage
-        it died in, and :func:`effective_status` reads it as ``killed``."""
+        it died in, and :func:`effective_status` reads it as ``killed``. The wall time of the stage it
+        leaves is added to ``timings.stages`` under its kind (the name before ``:``), so that a folder's
+        time can be summed by stage (quantize, evaluate, post-run for Track 2, ...)."""
+        now = _time.perf_counter()
+        self._close_stage(now)
         self.data["stage"] = name
+        self._stage_t0 = now
         self.save()
 
+    def _close_stage(self, now: float) -> None:
+        t0 = getattr(self, "_stage_t0", None)
+        if t0 is None:
+            return
+        kind = str(self.data.get("stage", "")).split(":", 1)[0].strip() or "start"
+        stages = self.data["timings"].setdefault("stages", {})
+        stages[kind] = stages.get(kind, 0.0) + (now - t0)
+        self._stage_t0 = None
+
     def finish(self, status: str = "complete", error: str | None = None) -> None:
+        self._close_stage(_time.perf_counter())
         self.data["status"] = status
         if error:
             self.data["error"] = error

@@ -145,3 +145,25 @@ def test_make_tables_on_results_written_before_the_change(tmp_path, capsys):
     assert t3["OmniQuant"][2:9] == ["497.19", "83.94", "28.31", "1210.7", "3.62", "199.4", "396.5"]
     t4 = {r[0]: r for r in csv.reader(io.StringIO((tmp_path / "t" / "table4_w4a8.csv").read_text()))}
     assert t4["RTN"][2:5] == ["1246.00", "0.02", "—"] and t4["OmniQuant"][2:5] == ["2957.87", "90.21", "100.0"]
+
+
+def test_the_record_sums_wall_time_by_stage_kind(tmp_path, monkeypatch):
+    """Each stage's wall time goes to timings.stages under the part of its name before ':'; the report
+    sums a folder by stage, and reads older records from load, the quantization cost and evaluations."""
+    import llmc.results as results
+    from llmc_slm.reports.evaluations import stage_seconds
+    clock = iter([0.0, 2.0, 5.0, 6.0, 16.0, 20.0])      # load, quantize x2, evaluate, post-run, finish
+    monkeypatch.setattr(results._time, "perf_counter", lambda: next(clock))
+    rec = results.RunRecord.start(tmp_path / "r.json")
+    for name in ("load", "quantize: transform", "quantize: fake-quantize", "evaluate: wikitext2 at fake_quant",
+                 "post-run: track2"):
+        rec.stage(name)
+    rec.finish("complete")
+    stages = rec.data["timings"]["stages"]
+    assert stages == {"load": 2.0, "quantize": 4.0, "evaluate": 10.0, "post-run": 4.0}
+    assert stage_seconds(rec.result()) == stages
+    old = results.RunResult.from_dict({"schema_version": 1, "status": "complete", "timings": {"load": 3.0},
+                                       "started": "2026-12-01T10:00:00+00:00", "finished": "2026-12-01T10:01:40+00:00",
+                                       "quant_cost": {"time_s": 30.0, "peak_mem_mb": 10},
+                                       "metrics": {"fake_quant": {"wikitext2": {"ppl": 20.0, "wall_seconds": 50.0}}}})
+    assert stage_seconds(old) == {"load": 3.0, "quantize": 30.0, "evaluate": 50.0, "unrecorded": 17.0}

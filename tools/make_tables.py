@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llmc_slm.reports.calibration import calibration_tables  # noqa: E402
 from llmc_slm.reports.cli import run_reporting  # noqa: E402
 from llmc_slm.reports.collect import POSITIONS, collect  # noqa: E402
+from llmc_slm.reports.evaluations import stage_time_table  # noqa: E402
 from llmc_slm.reports.render import RENDERERS, to_markdown  # noqa: E402
 from llmc_slm.reports.tables import all_tables  # noqa: E402
 
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
 def _write_tables(args) -> int:
     coll = collect(args.results_dir, args.position)
     tables = all_tables(coll, with_stderr=args.stderr, paired=args.paired)
+    tables.append(stage_time_table(coll))
     if args.calibration:
         tables += calibration_tables(coll.runs)
     out = Path(args.out) if args.out else Path(args.results_dir) / "tables"

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from llmc_slm.reports.cli import run_reporting  # noqa: E402
 from llmc_slm.reports.collect import ReportError, collect  # noqa: E402
 from llmc_slm.reports.edge import edge_tables  # noqa: E402
-from llmc_slm.reports.evaluations import evaluation_table  # noqa: E402
+from llmc_slm.reports.evaluations import evaluation_table, stage_time_table  # noqa: E402
 from llmc_slm.reports.render import to_markdown  # noqa: E402
 from llmc_slm.reports.tables import all_tables  # noqa: E402
 
@@ -77,6 +77,7 @@ def render_block(block: Block, root: Path = ROOT) -> str:
         coll = collect(str(root / block.folder), "fake_quant")
         tables = {t.name: t for t in all_tables(coll, with_stderr=True, paired=True)}
         tables["evaluations"] = evaluation_table(coll)
+        tables["stage_times"] = stage_time_table(coll)
         what = f"{len(coll.runs)} runs"
     missing = [n for n in block.tables if n not in tables]
     if missing:

@@ -53,3 +53,63 @@ def evaluation_table(coll: Collection, name: str = "evaluations") -> Table:
                    "otherwise); Table metric: the one Tables 1 and 2 use, in % ± standard error; Eval (s): wall time "
                    "of that dataset's evaluation in the run.")
     return t
+
+
+STAGE_COLUMNS = ("load", "calibrate", "quantize", "evaluate", "export", "deploy", "post-run")
+
+
+def stage_seconds(res) -> dict:
+    """A run's wall time by stage kind. Records that kept ``timings.stages`` give it directly (the pipeline's
+    stage transitions; ``post-run`` is Track 2); older ones give what they hold: load, the quantization
+    cost and the sum of the evaluations' wall times."""
+    stages = res.timings.get("stages") if isinstance(res.timings.get("stages"), dict) else None
+    if stages:
+        return {k: float(v) for k, v in stages.items() if isinstance(v, (int, float))}
+    out = {}
+    if isinstance(res.timings.get("load"), (int, float)):
+        out["load"] = float(res.timings["load"])
+    if res.quant_cost is not None and res.quant_cost.time_s is not None:
+        out["quantize"] = float(res.quant_cost.time_s)
+    evals = [m.extra.get("eval_seconds", m.wall_seconds) for d in res.metrics.values() for m in d.values()]
+    evals = [s for s in evals if isinstance(s, (int, float))]
+    if evals:
+        out["evaluate"] = float(sum(evals))
+    span = _span_seconds(res.started, res.finished)
+    if span is not None and span > sum(out.values()):
+        out["unrecorded"] = span - sum(out.values())    # the rest of the run's wall time (Track 2, exports, ...)
+    return out
+
+
+def _span_seconds(started, finished):
+    import datetime as dt
+    try:
+        return (dt.datetime.fromisoformat(finished) - dt.datetime.fromisoformat(started)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def stage_time_table(coll: Collection, name: str = "stage_times") -> Table:
+    """Wall time of every run by stage, and the folder's total per stage: what the results cost to make."""
+    t = Table(name, "Time by stage: wall seconds of every run (load, calibration text, quantization, evaluation, "
+                    "exports, Track 2)", ["Run", *STAGE_COLUMNS, "other", "total", "threads"], left=1)
+    totals: dict = {}
+    for run in sorted(coll.runs, key=lambda r: r.rel):
+        sec = stage_seconds(run.result)
+        if not sec:
+            continue
+        other = sum(v for k, v in sec.items() if k not in STAGE_COLUMNS)
+        row = [sec.get(k) for k in STAGE_COLUMNS] + [other or None, sum(sec.values())]
+        for k, v in zip((*STAGE_COLUMNS, "other", "total"), row):
+            if v:
+                totals[k] = totals.get(k, 0.0) + v
+        t.add([run.rel.removesuffix(".json"), *[fmt(v, 0) if v else "—" for v in row],
+               str(run.result.environment.torch_threads or "—")], source=run.rel)
+    if totals:
+        t.add(["total", *[fmt(totals.get(k), 0) if totals.get(k) else "—" for k in (*STAGE_COLUMNS, "other", "total")],
+               ""], new_group=True)
+    t.notes.append("post-run: Track 2 (the deployed model profiled in fresh processes, with its float baseline); "
+                   "quantize: the method's transform and fake quantization (Track 3 measures the same span); "
+                   "evaluate: every evaluation position. Runs written before stages were recorded show load, the "
+                   "quantization cost and the evaluations, and the rest of their wall time (started to finished, "
+                   "whole seconds) as other: Track 2, calibration text and exports.")
+    return t
