@@ -8,10 +8,13 @@ from typing import Literal, Optional
 
 from ..errors import ConfigError
 from ..registry import MethodSpec, register_method
+from .gptq import GPTQSpecial
 
 
 @dataclass
-class QuaRotSpecial:
+class QuaRotSpecial(GPTQSpecial):
+    """GPTQ's settings for the weights (``percdamp``, ``blocksize``, ``act_order``, ``static_groups``,
+    ``true_sequential``), and the rotations':"""
     r1: bool = True                 # random Hadamard on the residual stream (official --rotate)
     r2: bool = True                 # Hadamard per head on V / O, plus the online mixing before o_proj
     r3: Optional[bool] = None       # online Hadamard on Q, K after RoPE; None: on iff quant.kvcache is set
@@ -24,11 +27,6 @@ class QuaRotSpecial:
     o_proj_online: Literal["auto", "heads", "full"] = "auto"
     weight_algo: Literal["gptq", "rtn"] = "gptq"   # official: GPTQ unless --w_rtn
     gptq_samples: Optional[int] = None  # GPTQ's block loop on the first N calibration windows; None: all
-    percdamp: float = 0.01
-    blocksize: int = 128
-    act_order: bool = False
-    static_groups: bool = False
-    true_sequential: bool = True
 
 
 def requires_calibration(cfg) -> bool:

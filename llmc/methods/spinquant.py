@@ -7,10 +7,13 @@ from typing import Literal, Optional
 
 from ..errors import ConfigError
 from ..registry import MethodSpec, register_method
+from .gptq import GPTQSpecial
 
 
 @dataclass
-class SpinQuantSpecial:
+class SpinQuantSpecial(GPTQSpecial):
+    """GPTQ's settings for the weights (``percdamp``, ``blocksize``, ``act_order``, ``static_groups``,
+    ``true_sequential``), and the rotations':"""
     r1: bool = True                 # residual-stream rotation (learned)
     r2: bool = True                 # per-layer head rotation of V / O (learned)
     r3: Optional[bool] = None       # online Hadamard on Q, K after RoPE; None: on iff quant.kvcache is set
@@ -27,11 +30,6 @@ class SpinQuantSpecial:
     train_w_quant: Optional[bool] = None  # fake-quantize weights while learning; None: iff weight_algo rtn
     weight_algo: Literal["gptq", "rtn"] = "gptq"
     gptq_samples: Optional[int] = 128     # calibration windows for GPTQ's block loop; None: all
-    percdamp: float = 0.01
-    blocksize: int = 128
-    act_order: bool = False
-    static_groups: bool = False
-    true_sequential: bool = True
 
 
 def requires_calibration(cfg) -> bool:
