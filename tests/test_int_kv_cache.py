@@ -118,8 +118,11 @@ def test_track2_reports_the_cache_footprint(int_cache):
     if int_cache:
         enable_int_kv_cache(adapter.model, kv_quantizer(4, False), attns(adapter))
     ids = calib_ids(n=1, seq=16).input_ids
-    out = measure_model(adapter.model, ids, warmup=0, runs=1, decode_tokens=4, decode_runs=1, last_logit_runs=0,
-                        macs=False)["kv_cache"]
+    result = measure_model(adapter.model, ids, warmup=0, runs=1, decode_tokens=4, decode_runs=1, last_logit_runs=0,
+                           macs=False, long_context=40)
+    out, long = result["kv_cache"], result["long_context"]
+    assert long["context"] == 40 and long["peak_mem"] > 0 and long["decode_tps"] > 0
+    assert long["kv_cache"]["bytes"] == long["kv_cache"]["bytes_per_token"] * (40 + 8)   # the prompt + 8 steps
     layers, kv_heads = len(adapter.blocks), 2
     per_head = (6 + 4 + 1) if int_cache else 12 * 4           # int4 codes + scale + zero, or float32 values
     assert out["kind"] == ("int4" if int_cache else "float32")

@@ -179,7 +179,7 @@ def _profile(d: dict) -> dict:
             "peak_above_idle_mb": None if above is None else above / MB,
             "decode_tps": _num(d.get("decode_tps")), "macs_g": scaled("macs_calflops", 1e9),
             "macs_counted_g": scaled("macs", 1e9), "params_m": scaled("params_calflops", 1e6),
-            "memory_kind": d.get("memory_kind"), "kv_cache": d.get("kv_cache")}
+            "memory_kind": d.get("memory_kind"), "kv_cache": d.get("kv_cache"), "long_context": d.get("long_context")}
 
 
 def read_cost(result: RunResult) -> Optional[dict]:

@@ -495,7 +495,8 @@ def kv_cache_table(coll: Collection, name: str = "table3_kv") -> Table:
     token (every full-attention layer's keys and values, codes and ranges) and at 2,048 / 8,192 tokens."""
     t = Table(name, "Table 3 (KV cache): the deployed KV cache (extra, beyond the paper)",
               ["Method", "Model", "Bits", "Cache", "Bytes / token", "KV @2,048 (MB)", "KV @8,192 (MB)",
-               "Float KV @8,192 (MB)", "Ratio", "Decode TPS", "Float decode TPS"], left=3)
+               "Float KV @8,192 (MB)", "Ratio", "Decode mem @ctx (MB)", "Float decode mem @ctx (MB)", "Decode TPS",
+               "Float decode TPS"], left=3)
     for r in sorted(coll.runs, key=sort_key):
         kv = _kv_profile(r)
         if kv is None:
@@ -506,13 +507,24 @@ def kv_cache_table(coll: Collection, name: str = "table3_kv") -> Table:
             else None
         t.add([_method_cell(r, False), r.model, r.bits, kv.get("kind") or DASH, fmt(kv.get("bytes_per_token"), 0),
                fmt(_mb(kv.get("bytes_at_2048"))), fmt(_mb(kv.get("bytes_at_8192"))), fmt(_mb(bkv.get("bytes_at_8192"))),
-               DASH if ratio is None else f"{ratio:.2f}x", fmt(r.inference["compressed"].get("decode_tps"), 1),
+               DASH if ratio is None else f"{ratio:.2f}x", fmt(_mb(_long(r.inference["compressed"]))),
+               fmt(_mb(_long(base))), fmt(r.inference["compressed"].get("decode_tps"), 1),
                fmt(base.get("decode_tps"), 1)], source=r.rel)
     t.notes.append("Bytes / token and the KV columns: measured on the deployed model's cache after Track 2's decode "
                    "(llmc_slm.tracks.inference.kv_cache_footprint): integer codes (4 bits two per byte) with a float32 "
                    "scale and, for asymmetric grids, a uint8 zero point per token and kv head "
                    "(llmc.quant.int_kv_cache); the float baseline's cache in its dtype. MB = 2^20 bytes.")
+    contexts = sorted({(r.inference["compressed"].get("long_context") or {}).get("context") for r in coll.runs
+                       if _kv_profile(r)} - {None})
+    t.notes.append(f"Decode mem @ctx: peak memory above the runtime's idle footprint while decoding 8 tokens with "
+                   f"{', '.join(f'{c:,}' for c in contexts) or 'a long prompt'} tokens in the cache "
+                   f"(llmc_slm.tracks.inference.decode_at_context): weights, cache and one token's activations.")
     return t
+
+
+def _long(profile: dict) -> Optional[float]:
+    lc = profile.get("long_context") or {}
+    return lc.get("peak_above_idle_bytes")
 
 
 def _mb(v) -> Optional[float]:

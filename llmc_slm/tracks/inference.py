@@ -23,6 +23,11 @@ What is measured (defaults = the protocol):
   (full logits, ``use_cache=False``): ``tps = batch * seq_len * runs / seconds``.
 * ``decode_tps`` (extra): greedy decoding of ``decode_tokens`` (32) new tokens after a 128-token prefill
   with the KV cache, one warm-up then ``decode_runs`` (3) timed runs; only the decode steps are timed.
+* ``kv_cache`` (extra): the KV cache's bytes after that decoding, per token and at 2,048 / 8,192 tokens
+  (:func:`kv_cache_footprint`; an integer cache, ``quant.kvcache``, counts its codes and ranges).
+* ``long_context`` (extra): decoding 8 tokens with ``long_context`` (2,048) tokens already in the cache
+  (:func:`decode_at_context`): its peak memory (and above the runtime, ``peak_above_idle_bytes``), the
+  cache's footprint and the decode speed at that context.
 * ``prefill_last_logit_tps`` (extra): the same prefill computing the logits of the last position only
   (``logits_to_keep=1``, what ``generate`` does); lm_head, which stays in float, then costs ~nothing.
 * ``peak_mem``: bytes. CPU: the process's peak resident set size during the inference passes (the
@@ -74,7 +79,8 @@ from .memory import peak_above_idle
 from .records import InferenceSection
 
 DEFAULTS = {"batch": 1, "seq_len": 128, "warmup": 10, "runs": 100, "decode_tokens": 32, "decode_runs": 3,
-            "last_logit_runs": 20, "threads": 1}
+            "last_logit_runs": 20, "threads": 1, "long_context": 2048}
+LONG_DECODE_TOKENS = 8
 RESULT_KEYS = ("peak_mem", "size", "tps", "macs", "params", "decode_tps")
 
 
@@ -158,8 +164,30 @@ def time_decode(model, ids: torch.Tensor, new_tokens: int, runs: int) -> float:
     return total
 
 
+@torch.no_grad()
+def decode_at_context(model, ids: torch.Tensor, context: int, new_tokens: int = LONG_DECODE_TOKENS) -> dict:
+    """Memory of decoding with ``context`` tokens in the KV cache: the prompt (``ids`` repeated to
+    ``context`` tokens) is prefilled first, outside the measurement, then the peak is taken over
+    ``new_tokens`` greedy steps: resident weights, the filled cache and one token's activations (what a
+    phone holds while it generates with a long prompt), not the prefill's activations."""
+    arg = _cache_arg(model)
+    long_ids = ids[:1].repeat(1, -(-context // ids.shape[1]))[:, :context]
+    out = model(input_ids=long_ids, use_cache=True, logits_to_keep=1)
+    cache, nxt = _cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
+    del out
+    with PeakMemory(ids.device) as memory:
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            out = model(input_ids=nxt, use_cache=True, **{arg: cache})
+            cache, nxt = _cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
+        seconds = time.perf_counter() - t0
+    return {"context": context, "decode_tokens": new_tokens, "decode_tps": new_tokens / seconds,
+            **memory.as_dict(), "kv_cache": kv_cache_footprint(cache)}
+
+
 def measure_model(model, ids: torch.Tensor, *, warmup: int = 10, runs: int = 100, decode_tokens: int = 32,
-                  decode_runs: int = 3, last_logit_runs: int = 20, macs: bool = True) -> dict:
+                  decode_runs: int = 3, last_logit_runs: int = 20, macs: bool = True,
+                  long_context: int = 0) -> dict:
     """Time and memory of a loaded model, in this process (the fresh-process protocol is
     :func:`profile_inference`, whose child calls this right after loading)."""
     device = ids.device
@@ -182,6 +210,8 @@ def measure_model(model, ids: torch.Tensor, *, warmup: int = 10, runs: int = 100
     if t_decode:
         result["kv_cache"] = kv_cache_footprint(time_decode.last_cache)
         time_decode.last_cache = None
+    if long_context:
+        result["long_context"] = decode_at_context(model, ids, long_context)
     if macs:
         result.update(count_macs(model, ids))
     return result
@@ -208,8 +238,10 @@ def run_child(args: argparse.Namespace) -> dict:
     ids = ids.to(args.device)
     result = measure_model(model, ids, warmup=args.warmup, runs=args.runs, decode_tokens=args.decode_tokens,
                            decode_runs=args.decode_runs, last_logit_runs=args.last_logit_runs,
-                           macs=not args.no_macs)
+                           macs=not args.no_macs, long_context=args.long_context)
     result["rss_before_load"] = rss_runtime
+    if result.get("long_context") and args.device == "cpu":
+        result["long_context"]["peak_above_idle_bytes"] = result["long_context"]["peak_mem"] - rss_runtime
     result["peak_mem_above_runtime"] = result["peak_mem"] - rss_runtime if args.device == "cpu" else None
     # the edge runtimes' names for the same two figures (llmc_slm.tracks.memory, llmc_slm.tracks.runtimes)
     result["idle_rss_bytes"] = rss_runtime if args.device == "cpu" else None
@@ -251,6 +283,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ids-file", help="JSON {input_ids: [[...]], source: ...}: the input to use")
     p.add_argument("--data-path", help="WikiText-2 folder (default: the usual search, see llmc.data.sources)")
     p.add_argument("--no-macs", action="store_true", help="skip calflops")
+    p.add_argument("--long-context", type=int, default=DEFAULTS["long_context"],
+                   help=f"also measure the memory of decoding with this many tokens in the KV cache (0: skip; "
+                        f"default {DEFAULTS['long_context']})")
     return p
 
 
@@ -275,7 +310,7 @@ def profile_inference(checkpoint: str | Path, *, threads: int = DEFAULTS["thread
                       input_ids: Optional[torch.Tensor] = None, input_source: str = "given by the caller",
                       dtype: str = "bfloat16", device: str = "cpu", backend: str = "auto", unpack: str = "load",
                       macs: bool = True, data_path: Optional[str] = None, timeout: Optional[float] = 3600,
-                      nice: int = 0, env: Optional[dict] = None) -> dict:
+                      nice: int = 0, env: Optional[dict] = None, long_context: int = DEFAULTS["long_context"]) -> dict:
     """Track 2 of one checkpoint, measured in a fresh ``python -m llmc_slm.tracks.inference`` process.
 
     Pass the same ``input_ids`` [batch, seq_len] for a baseline and its compressed models (their
@@ -285,7 +320,7 @@ def profile_inference(checkpoint: str | Path, *, threads: int = DEFAULTS["thread
     args = ["--checkpoint", checkpoint, "--threads", threads, "--batch", batch, "--seq-len", seq_len,
             "--warmup", warmup, "--runs", runs, "--decode-tokens", decode_tokens, "--decode-runs", decode_runs,
             "--last-logit-runs", last_logit_runs, "--dtype", dtype, "--device", device, "--backend", backend,
-            "--unpack", unpack]
+            "--unpack", unpack, "--long-context", long_context]
     if not macs:
         args.append("--no-macs")
     if data_path:
