@@ -147,4 +147,4 @@ def test_configs_hold_the_official_defaults(model, bits):
     assert (sp.n_grid, sp.max_shrink, sp.clip_tokens, sp.auto_scale, sp.auto_clip) == (20, 0.5, 512, True, True)
     assert (q.act is None) == (bits == "w4a16")
     cpu = load_config(ROOT / f"configs/{model}/awq_{bits}.yml", profile="cpu")
-    assert (cpu.calib.n_samples, cpu.calib.seq_len) == (64, 512)
+    assert (cpu.calib.n_samples, cpu.calib.seq_len) == (32, 512)
