@@ -416,6 +416,10 @@ def validate(cfg: Config) -> None:
     if q.act is not None and q.act.static and q.act.granularity != "per_tensor":
         raise ConfigError("quant.act.static: static activation ranges are per_tensor only")
     kv = q.kvcache
+    if kv is not None and kv.granularity in ("per_head", "per_channel"):
+        raise ConfigError(f"quant.kvcache.granularity: '{kv.granularity}' is not offered: keys and values are "
+                          f"[batch, kv heads, tokens, head_dim], so per_token already gives one range per token "
+                          f"and head (per_group: per group inside a head; ranges across tokens are not supported)")
     if kv is not None and cfg.save.save_real and (kv.static or kv.granularity not in ("per_token", "per_group")
                                                   or kv.bit not in (4, 8)):
         raise ConfigError("quant.kvcache: save.save_real deploys an integer KV cache, which stores 8 or 4 bits "

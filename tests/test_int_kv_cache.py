@@ -135,3 +135,11 @@ def test_sliding_window_layers_are_refused_for_the_integer_cache():
     adapter = tiny_adapter("gemma3_text")
     with pytest.raises(ConfigError, match="sliding-window layers"):
         enable_int_kv_cache(adapter.model, kv_quantizer(8), attns(adapter))
+
+
+@pytest.mark.parametrize("gran", ["per_head", "per_channel"])
+def test_kv_granularities_that_would_mislead_are_refused_in_one_line(gran):
+    from test_algorithms import make_cfg
+    with pytest.raises(ConfigError) as e:
+        make_cfg("RTN", "--quant.kvcache.bit", "8", "--quant.kvcache.granularity", gran)
+    assert str(e.value).startswith(f"quant.kvcache.granularity: '{gran}'") and "\n" not in str(e.value)
