@@ -633,3 +633,31 @@ def test_a_model_the_paper_did_not_table_gets_table_2b_and_no_comparison(tmp_pat
     assert gemma not in md.split("Table 4")[0]
     c4 = {c.number: c for c in claims.evaluate(coll)}[4]
     assert gemma not in c4.evidence and c4.verdict == claims.HOLDS
+
+
+def test_sensitivity_compares_the_architectures_on_their_paired_changes(tmp_path):
+    """Per method and bits, each model's mean paired accuracy change with its SE, KLD and log-ppl change; a
+    difference between two models is called only when it exceeds their combined 95% interval."""
+    from llmc_slm.paired import PairedDelta
+    from llmc_slm.reports.sensitivity import sensitivity_table
+    d = tmp_path / "r"
+    d.mkdir()
+    for model in (SMOL, QWEN):
+        write(d, f"{model}_fp16.json", result(model=model, values={"wikitext2": 20.0, "arc_easy": 50.0}))
+        for bits, w in (("w8a8", 8), ("w4a8", 4)):
+            write(d, f"{model}_rtn_{bits}.json", result(model=model, method="RTN", w=w,
+                                                        values={"wikitext2": 21.0, "arc_easy": 49.0}))
+    coll = collect.collect(d)
+    drops = {(SMOL, "W8A8"): (-0.5, 0.4), (QWEN, "W8A8"): (-0.9, 0.4), (SMOL, "W4A8"): (-1.0, 0.3),
+             (QWEN, "W4A8"): (-6.0, 0.5)}
+    for r in coll.runs:
+        if not r.is_float:
+            delta, se = drops[(r.model, r.bits)]
+            r.paired = {ds: PairedDelta(n=500, mean_a=50.0, mean_b=50.0 + delta, delta=delta, stderr=se)
+                        for ds in ("arc_easy", "piqa")}
+    t = sensitivity_table(coll)
+    rows = {(row[0], row[1]): dict(zip(t.header, row)) for row in t.rows}
+    assert rows[("RTN", "W4A8")][f"{SMOL}: acc Δ"] == f"-1.00 ± {math.sqrt(2 * 0.3 ** 2) / 2:.2f} (2/5)"
+    assert rows[("RTN", "W4A8")][f"{QWEN}: acc Δ"].startswith("-6.00")
+    assert f"RTN W4A8: {QWEN} loses more accuracy than {SMOL}" in t.notes
+    assert f"RTN W8A8: {QWEN} loses more accuracy than {SMOL} (within the 95% interval: not decided)" in t.notes

@@ -470,6 +470,9 @@ def all_tables(coll: Collection, with_stderr: bool = False, paired: bool = False
             tables.append(compression_table(coll, model, name, number, with_stderr))
             if paired:
                 tables.append(paired_table(coll, model, f"{name}_paired", number))
+    if paired and len(coll.models()) > 1:
+        from .sensitivity import sensitivity_table
+        tables.append(sensitivity_table(coll))
     others = [b for b in _uniq(r.bits for r in sorted(coll.runs, key=sort_key))
               if b not in ("W8A8", "FP", "?")]
     tables.append(inference_table(coll, "W8A8", "table3"))

@@ -1,0 +1,107 @@
+"""How sensitive each architecture is to each method and bit width, side by side: the question of the paper's
+claim 4 ("SmolLM is more robust than Qwen"), asked with every model in a folder (Llama-shaped SmolLM2 and
+Qwen2.5, Gemma-3's four-norm layout).
+
+Per (method, bits) and model, from the run's paired statistics against its own float baseline
+(``llmc_slm.paired``, attached by ``collect.attach_baselines``):
+
+* ``acc Δ``: the mean over the accuracy tasks the run has of the paired change (quantized - float, points),
+  ± the standard error of that mean, sqrt(sum SE_i^2) / k (tasks taken as independent); ``k/5`` when
+  fewer than the five table tasks are paired;
+* ``KLD``: WikiText-2's mean KL(p_float || p_quant) per predicted token (``eval.paired``), the
+  measure of output distortion that does not depend on how hard a task is for the float model;
+* ``Δ ln ppl``: the mean per-token log-perplexity change over windows ± its paired SE.
+
+Across models the comparison is between separate samples (each model has its own items), so two cells
+differ beyond noise only when their intervals are apart; the table says which pairs are.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from .collect import ACC_DATASETS, Collection, Run, primary_runs, sort_key
+from .render import Table
+
+DASH = "—"
+
+
+def accuracy_change(run: Run) -> Optional[tuple[float, Optional[float], int]]:
+    """(mean paired change in points, its standard error, tasks) over the accuracy tasks paired in ``run``."""
+    deltas = [run.paired[ds] for ds in ACC_DATASETS if ds in run.paired]
+    if not deltas:
+        return None
+    mean = sum(d.delta for d in deltas) / len(deltas)
+    ses = [d.stderr for d in deltas]
+    se = math.sqrt(sum(s * s for s in ses)) / len(deltas) if all(s is not None for s in ses) else None
+    return mean, se, len(deltas)
+
+
+def kld(run: Run) -> Optional[float]:
+    v = run.values.get("wikitext2")
+    vs = (v.vs_float or {}) if v is not None else {}
+    return vs.get("kld")
+
+
+def _acc_cell(change) -> str:
+    if change is None:
+        return DASH
+    mean, se, k = change
+    text = f"{mean:+.2f}" + (f" ± {se:.2f}" if se is not None else "")
+    return text + (f" ({k}/{len(ACC_DATASETS)})" if k < len(ACC_DATASETS) else "")
+
+
+def _ppl_cell(run: Run) -> str:
+    p = run.paired.get("wikitext2")
+    if p is None:
+        return DASH
+    return f"{p.delta:+.4f}" + (f" ± {p.stderr:.4f}" if p.stderr is not None else "")
+
+
+def apart(a, b, z: float = 1.96) -> Optional[bool]:
+    """Whether two (mean, se, k) accuracy changes differ beyond their combined 95% interval."""
+    if a is None or b is None or a[1] is None or b[1] is None:
+        return None
+    return abs(a[0] - b[0]) > z * math.sqrt(a[1] ** 2 + b[1] ** 2)
+
+
+def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
+    models = coll.models()
+    runs = primary_runs(r for r in coll.runs if r.complete)
+    settings = []
+    for r in sorted(runs.values(), key=sort_key):
+        if (r.method, r.bits) not in settings:
+            settings.append((r.method, r.bits))
+    columns = ["Method", "Bits"]
+    for m in models:
+        columns += [f"{m}: acc Δ", f"{m}: KLD", f"{m}: Δ ln ppl"]
+    t = Table(name, "Sensitivity by architecture: paired change against each model's own float baseline",
+              columns, left=2)
+    verdicts = []
+    for method, bits in sorted(settings, key=lambda s: (s[1] != "W8A8", s[1], s[0])):
+        cells, changes = [], {}
+        for m in models:
+            r = runs.get((m, method, bits))
+            if r is None:
+                cells += [DASH] * 3
+                continue
+            changes[m] = accuracy_change(r)
+            k = kld(r)
+            cells += [_acc_cell(changes[m]), DASH if k is None else f"{k:.4f}", _ppl_cell(r)]
+        t.add([method, bits] + cells)
+        present = [m for m in models if changes.get(m) is not None]
+        for i, a in enumerate(present):
+            for b in present[i + 1:]:
+                d = apart(changes[a], changes[b])
+                if d is not None:
+                    worse = a if changes[a][0] < changes[b][0] else b
+                    verdicts.append(f"{method} {bits}: {worse} loses more accuracy than "
+                                    f"{b if worse == a else a}" + ("" if d else " (within the 95% interval: not decided)"))
+    t.notes.append("acc Δ: mean over the paired accuracy tasks of (quantized - float) in points ± SE of that mean "
+                   "(tasks independent; k/5 when fewer tasks are paired); KLD: WikiText-2 mean KL(p_float || "
+                   "p_quant) per token; Δ ln ppl: mean per-token log-perplexity change over windows ± paired SE.")
+    t.notes.extend(verdicts)
+    if len(models) < 2:
+        t.notes.append("Only one model in this folder: nothing to compare across architectures.")
+    return t
