@@ -140,7 +140,8 @@ def plan(models: list[str], methods: list[str] | None = None, bits: list[str] | 
          seeds: list[int] | None = None) -> list[Run]:
     """Expand the grid into runs, each with its command, results file and resolved config.
 
-    ``seeds``: each method run once per seed, with ``base.seed`` and ``calib.seed`` set to it and the
+    ``seeds``: each method run once per seed, with ``base.seed`` and ``calib.seed`` set to it (and
+    ``quant.special.rotation_seed`` for a method that draws random rotations: SpinQuant, QuaRot) and the
     results file named ``..._seed<S>`` (the engine's ``--task_id``); the float baseline, which calibrates
     nothing, once. Every config file is checked to exist before any is read; any config error is a
     ``UserError``."""
@@ -196,11 +197,15 @@ def plan(models: list[str], methods: list[str] | None = None, bits: list[str] | 
             overrides += ["--save.save_real", "true", "--eval.inference", "true"]
         overrides += extra
         task_id = None
-        if seed is not None:
-            overrides += ["--base.seed", str(seed), "--calib.seed", str(seed)]
-            task_id = f"seed{seed}"
         run_profile = baseline_profile if is_base else profile
         try:
+            if seed is not None:
+                overrides += ["--base.seed", str(seed), "--calib.seed", str(seed)]
+                task_id = f"seed{seed}"
+                # a rotation method's random rotations are drawn from their own seed: it follows too
+                unseeded = load_config(config, overrides, profile=run_profile, task_id=task_id)
+                if hasattr(getattr(unseeded.quant, "special", None), "rotation_seed"):
+                    overrides += ["--quant.special.rotation_seed", str(seed)]
             cfg = load_config(config, overrides, profile=run_profile, task_id=task_id)
         except UserError as e:
             raise UserError(f"{config}: {e}") from None

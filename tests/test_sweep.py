@@ -325,6 +325,17 @@ def test_seeds_are_a_grid_axis(fake):
         make_runs(fake, seeds=[1], sets=["base.seed=3"])
 
 
+def test_seeds_also_draw_the_rotations_of_rotation_methods(fake):
+    """QuaRot's and SpinQuant's random rotations come from quant.special.rotation_seed: --seeds sets it too
+    (otherwise every seed would rotate alike); a method without rotations is left as it was."""
+    runs = make_runs(fake, methods=("quarot", "spin", "rtn"), seeds=[3], baseline=False)
+    by_stem = {r.stem: r for r in runs}
+    for stem in ("quarot_w8a8_cpu_seed3", "spin_w8a8_cpu_seed3"):
+        assert by_stem[stem].expected["quant"]["special"]["rotation_seed"] == 3
+        assert "--quant.special.rotation_seed" in by_stem[stem].command
+    assert "--quant.special.rotation_seed" not in by_stem["rtn_w8a8_cpu_seed3"].command
+
+
 # --------------------------------------------------------------------------------------------- retries
 def test_retries_restart_a_killed_run(fake):
     """--retries: a run whose process died of SIGKILL (the out-of-memory killer) is started again and the
