@@ -190,5 +190,4 @@ def enable_int_kv_cache(model, quantizer: Quantizer, attention_modules: list, ke
             kwargs[arg] = IntKVCache(n, quantizer, key_transform)
             return args, kwargs
         return None
-    model.slmquant_kv_cache = {"quantizer": quantizer, "key_transform": key_transform}
     return model.register_forward_pre_hook(give_cache, with_kwargs=True)

@@ -615,15 +615,22 @@ class IntLinear(nn.Module):
             out = out - a.to(it).sum(dim=1, keepdim=True) * self.w_zero.to(it)
         return out
 
+    def _scales_as(self, dtype: torch.dtype) -> Tensor:
+        """``w_scale`` in the input's dtype, as the kernels take it (converted once per dtype, not per call)."""
+        cached = getattr(self, "_scales_cast", None)
+        if cached is None or cached.dtype != dtype or cached.device != self.w_scale.device:
+            cached = self._scales_cast = self.w_scale.to(dtype)
+        return cached
+
     def _weight_only_mm(self, x2d: Tensor) -> Tensor:
         """``x w^T`` [tokens, out] with the weight-only kernels, in x's dtype (float32 or bfloat16)."""
         if self.w_bit == 8:
-            y = torch.ops.aten._weight_int8pack_mm(x2d, self.qweight, self.w_scale.to(x2d.dtype))
+            y = torch.ops.aten._weight_int8pack_mm(x2d, self.qweight, self._scales_as(x2d.dtype))
             if self.w_zero is not None:
                 y = y - x2d.float().sum(dim=1, keepdim=True).mul(self.w_scale * self.w_zero).to(y.dtype)
             return y
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2d, self.qweight, self.weight_quantizer.group_size,
-                                                          self.w_scale.to(x2d.dtype))
+                                                          self._scales_as(x2d.dtype))
 
     def _forward_weight_only(self, x: Tensor) -> Tensor:
         if self.input_transform is not None:

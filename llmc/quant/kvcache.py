@@ -7,6 +7,9 @@ is [batch, kv_heads, tokens, head_dim], so ``per_token`` gives one range per tok
 
 An optional ``query_key_transform`` on the attention module (SpinQuant's R3: an online Hadamard on Q and
 K after RoPE, which leaves Q K^T unchanged) is applied first.
+
+This is the fake-quant form, used in calibration and evaluation. The deployed model stores the same codes
+in an integer cache (``llmc.quant.int_kv_cache``, installed by the packed checkpoint's loader).
 """
 
 from __future__ import annotations
