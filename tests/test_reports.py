@@ -661,3 +661,11 @@ def test_sensitivity_compares_the_architectures_on_their_paired_changes(tmp_path
     assert rows[("RTN", "W4A8")][f"{QWEN}: acc Δ"].startswith("-6.00")
     assert f"RTN W4A8: {QWEN} loses more accuracy than {SMOL}" in t.notes
     assert f"RTN W8A8: {QWEN} loses more accuracy than {SMOL} (within the 95% interval: not decided)" in t.notes
+
+
+def test_plot_lines_keep_weight_only_and_kv_runs_apart():
+    from types import SimpleNamespace
+    from llmc_slm.reports.plots import series_suffix
+    assert series_suffix(SimpleNamespace(abits=8, bits="W4A8")) == ""
+    assert series_suffix(SimpleNamespace(abits=16, bits="W4A16")) == " (A16)"
+    assert series_suffix(SimpleNamespace(abits=8, bits="W4A8KV4")) == " (KV4)"

@@ -10,6 +10,8 @@ One run per model, method and bits (:func:`~llmc_slm.reports.collect.primary_run
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 from .collect import DATASETS, LABELS, METHOD_ORDER, Collection, bits_rank, method_rank, primary_runs
@@ -93,6 +95,16 @@ def plot_scores(coll: Collection, model: str, out: Path) -> list[Path]:
     return paths
 
 
+def series_suffix(run) -> str:
+    """What sets a run's line apart besides its method: activation bits other than 8, a quantized KV cache
+    (``W4A8KV4``: " (KV4)"), so that a W4A8 run and a W4A8KV4 run are not one line."""
+    parts = [] if run.abits == 8 else [f"A{run.abits}"]
+    kv = re.search(r"KV(\d+)", run.bits or "")
+    if kv:
+        parts.append(f"KV{kv.group(1)}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def bits_data(coll: Collection, model: str) -> dict:
     """{dataset: {line label: [(weight bits, value), ...]}}: the float run's value at 16, then each
     method's runs (activation bits in the label when not 8)."""
@@ -106,7 +118,7 @@ def bits_data(coll: Collection, model: str) -> dict:
             v = r.values.get(ds)
             if v is None or not v.finite:
                 continue
-            label = r.method + ("" if r.abits == 8 else f" (A{r.abits})")
+            label = r.method + series_suffix(r)
             pts = lines.setdefault(label, [])
             base = r.baseline.get(ds)
             if not pts and base is not None and base.finite:
