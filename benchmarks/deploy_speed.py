@@ -1,6 +1,6 @@
 """Deployed integer models against the bfloat16 baseline on this machine (Track 2 quantities).
 
-    python benchmarks/deploy_speed.py                      # both architectures, bf16 / W8A8 / W4A8
+    python benchmarks/deploy_speed.py                      # both architectures, bf16 / W8A8 / W4A8 / W8A16 / W4A16
     python benchmarks/deploy_speed.py --gemm-only          # the raw GEMM micro-benchmark only
     python benchmarks/deploy_speed.py --threads 2 --runs 30 --json out.json
 
@@ -44,8 +44,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 MODELS = ("smollm2-135m-random", "qwen2.5-0.5b-random")
-CONFIGS = {"bf16": None, "w8a8": 8, "w4a8": 4, "w4a8_call": 4}
-# w4a8_call: the W4A8 checkpoint with its 4-bit weights kept nibble-packed in memory, unpacked at each call
+CONFIGS = {"bf16": None, "w8a8": 8, "w4a8": 4, "w4a8_call": 4, "w8a16": 8, "w4a16": 4}
+# w4a8_call: the W4A8 checkpoint with its 4-bit weights kept nibble-packed in memory, unpacked at each call;
+# w8a16 / w4a16: weight-only (float activations), the IntLinear weight_only kernels: 8-bit symmetric per
+# channel, 4-bit asymmetric in groups of 64 (a width that divides SmolLM2's 576 and Qwen's 896)
+WEIGHT_ONLY = {"w8a16": ["--quant.weight.granularity", "per_channel"],
+               "w4a16": ["--quant.weight.granularity", "per_group", "--quant.weight.group_size", "64",
+                         "--quant.weight.symmetric", "false"]}
 
 
 # ------------------------------------------------------------------------------------------ GEMMs
@@ -162,10 +167,13 @@ def prepare_checkpoints(name: str, work: Path, configs, seq_len: int):
         if bits is None:
             save_baseline_checkpoint(adapter.model, adapter.tokenizer, out, torch.bfloat16)
         else:
-            cfg = load_config(None, ["--quant.method", "RTN", "--quant.weight.bit", str(bits),
-                                     "--quant.weight.symmetric", "true", "--quant.weight.granularity", "per_channel",
-                                     "--quant.act.bit", "8", "--quant.act.symmetric", "true",
-                                     "--quant.act.granularity", "per_token"])
+            if cfg_name in WEIGHT_ONLY:
+                args = ["--quant.weight.bit", str(bits), *WEIGHT_ONLY[cfg_name]]
+            else:
+                args = ["--quant.weight.bit", str(bits), "--quant.weight.symmetric", "true",
+                        "--quant.weight.granularity", "per_channel", "--quant.act.bit", "8",
+                        "--quant.act.symmetric", "true", "--quant.act.granularity", "per_token"]
+            cfg = load_config(None, ["--quant.method", "RTN", *args])
             quantize_model(adapter, cfg)
             save_packed_model(adapter, cfg, out)
         print(f"  {name} {cfg_name}: checkpoint {out} ({time.perf_counter() - t:.1f} s)", flush=True)
