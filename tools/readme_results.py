@@ -43,6 +43,12 @@ class Block:
 
 
 BLOCKS = (
+    Block("results/reference/issue18_smollm",
+          "The SmolLM2 reference grid (issue 18), as far as it is made: SmolLM2-135M-Instruct in bfloat16, the "
+          "CPU calibration profile, 1,000 sampled items of each table task and the whole WikiText-2 test "
+          "split, Tracks 2 and 3 (the folder's README says how it is run and resumed). Accuracies, then the "
+          "paired changes against the float model on the same items, then the deployed models' Track 2.",
+          ("table1", "table1_paired", "table3", "table3_w4a8")),
     Block("results/reference/issue16_track1/acc1000",
           "SmolLM2-135M-Instruct, float32, 1,000 sampled items per task (the same items in every run; "
           "SmoothQuant W8A8 and RTN W4A8 with the CPU calibration profile): accuracies, then the paired "
