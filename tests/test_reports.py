@@ -669,3 +669,16 @@ def test_plot_lines_keep_weight_only_and_kv_runs_apart():
     assert series_suffix(SimpleNamespace(abits=8, bits="W4A8")) == ""
     assert series_suffix(SimpleNamespace(abits=16, bits="W4A16")) == " (A16)"
     assert series_suffix(SimpleNamespace(abits=8, bits="W4A8KV4")) == " (KV4)"
+
+
+def test_the_bits_figure_has_a_kld_panel_and_standard_errors(tmp_path):
+    from llmc_slm.reports.plots import KLD, bits_data
+    d = tmp_path / "r"
+    d.mkdir()
+    write(d, "fp16.json", result(values={"wikitext2": 20.0, "arc_easy": 50.0}))
+    rec = result(method="RTN", w=4, values={"wikitext2": 30.0, "arc_easy": 45.0}, se=1.5)
+    rec["metrics"]["fake_quant"]["wikitext2"]["vs_float"] = {"kld": 0.9, "top1_agreement": 0.5}
+    write(d, "rtn_w4a8.json", rec)
+    data = bits_data(collect.collect(d), SMOL)
+    assert data[KLD]["RTN"] == [(16, 0.0, None), (4, 0.9, None)]
+    assert data["arc_easy"]["RTN"][-1] == (4, 45.0, 1.5)

@@ -107,7 +107,8 @@ def series_suffix(run) -> str:
 
 def bits_data(coll: Collection, model: str) -> dict:
     """{dataset: {line label: [(weight bits, value), ...]}}: the float run's value at 16, then each
-    method's runs (activation bits in the label when not 8)."""
+    method's runs (activation bits in the label when not 8); and ``KLD`` (``"kld"``): each run's WikiText-2
+    KL divergence from the float model where the run measured it (0 at 16 bits)."""
     floats = sorted((r for r in coll.of_model(model) if r.is_float and r.complete and r.values),
                     key=lambda r: (-len(r.values), r.rel))
     runs = [r for r in primary_runs(coll.runs).values() if r.model == model and r.complete and r.wbits]
@@ -122,13 +123,24 @@ def bits_data(coll: Collection, model: str) -> dict:
             pts = lines.setdefault(label, [])
             base = r.baseline.get(ds)
             if not pts and base is not None and base.finite:
-                pts.append((16, base.value))
+                pts.append((16, base.value, base.stderr))
             elif not pts and floats and ds in floats[0].values and floats[0].values[ds].finite:
-                pts.append((16, floats[0].values[ds].value))
-            pts.append((r.wbits, v.value))
+                pts.append((16, floats[0].values[ds].value, floats[0].values[ds].stderr))
+            pts.append((r.wbits, v.value, v.stderr))
         if lines:
             out[ds] = lines
+    kld_lines: dict = {}
+    for r in sorted(runs, key=lambda r: (method_rank(r.method), bits_rank(r))):
+        v = r.values.get("wikitext2")
+        k = (v.vs_float or {}).get("kld") if v is not None else None
+        if k is not None:
+            kld_lines.setdefault(r.method + series_suffix(r), [(16, 0.0, None)]).append((r.wbits, k, None))
+    if kld_lines:
+        out[KLD] = kld_lines
     return out
+
+
+KLD = "kld"   # the WikiText-2 KL divergence from the float model (eval.paired), 0 at 16 bits
 
 
 def plot_bits(coll: Collection, model: str, out: Path) -> list[Path]:
@@ -148,7 +160,11 @@ def plot_bits(coll: Collection, model: str, out: Path) -> list[Path]:
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             line, = ax.plot(xs, ys, marker=markers[order.get(label.split(" ")[0], 7) % len(markers)], ls="none",
                             label=label)
-            for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+            bars = [(x, y, se) for x, y, se in pts if se and ds not in ("wikitext2", KLD)]
+            if bars:     # ± one standard error of the accuracy (each run's own, not paired)
+                ax.errorbar([b[0] for b in bars], [b[1] for b in bars], yerr=[b[2] for b in bars], fmt="none",
+                            ecolor=line.get_color(), elinewidth=0.8, capsize=2, alpha=0.6)
+            for (x0, y0, _), (x1, y1, _) in zip(pts, pts[1:]):
                 # solid between neighbouring widths (16-8, 8-4); dotted across a width without a run
                 ax.plot([x0, x1], [y0, y1], color=line.get_color(), ls="-" if x0 == 2 * x1 else ":")
         ax.set_xscale("log", base=2)
@@ -156,7 +172,9 @@ def plot_bits(coll: Collection, model: str, out: Path) -> list[Path]:
         ax.set_xticklabels(["16 (FP)", "8", "4"])
         ax.invert_xaxis()
         ax.set_xlabel("weight bits")
-        if ds == "wikitext2":
+        if ds == KLD:
+            ax.set_ylabel("KL(p_float || p_quant) per token")
+        elif ds == "wikitext2":
             from matplotlib.ticker import FuncFormatter
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -164,12 +182,13 @@ def plot_bits(coll: Collection, model: str, out: Path) -> list[Path]:
             ax.set_ylabel("perplexity (log scale)")
         else:
             ax.set_ylabel("accuracy (%)")
-        ax.set_title(LABELS[ds])
+        ax.set_title("WikiText-2 KLD from the float model" if ds == KLD else LABELS[ds])
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     subset = any(v.subset for r in coll.of_model(model) for v in r.values.values())
-    fig.suptitle(f"{model}: task results against weight bit width (dotted: no run at the width between)" +
+    fig.suptitle(f"{model}: task results against weight bit width (dotted: no run at the width between; "
+                 f"bars: ± 1 standard error; the paired changes are in the paired tables)" +
                  ("\nsome points on subsets, see the tables" if subset else ""), fontsize=10)
     fig.tight_layout()
     paths = _save(fig, out, f"accuracy_vs_bits_{slug(model)}")
