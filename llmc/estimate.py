@@ -105,6 +105,11 @@ def memory_parts(cfg, config: dict, dtype) -> dict:
             # quantized and float chains (inputs and float32 targets) of every calibration window
             parts["calibration activations"] = tokens * a["hidden"] * (2 * b + 8)
             parts["block training"] = c.bs * c.seq_len * (12 * a["hidden"] + 4 * a["ffn"]) * 4 * 2
+        elif method == "AWQ":
+            # per block, every subset's recorded input and output (attention, MLP, o_proj, down_proj: about
+            # 6 hidden-wide and 1 ffn-wide tensors per token), the inputs again as the search's features, and
+            # the block's inputs and outputs
+            parts["calibration activations"] = tokens * (10 * a["hidden"] + 2 * a["ffn"]) * b
         else:   # SmoothQuant, GPTQ, RTN's static ranges: a block's inputs and outputs
             parts["calibration activations"] = 2 * tokens * a["hidden"] * b
     e = cfg.eval
