@@ -78,8 +78,9 @@ class QuaRot(RotatedQuant):
 
     def init_rotations(self):
         """R1 as the base draws it; R2 the same exact Hadamard ``H_head_dim / sqrt(head_dim)`` in every layer."""
-        r1, _ = super().init_rotations()
-        if not self.special.r2:
+        sp = self.special
+        r1 = self.draw_rotation(self.adapter.config.hidden_size, sp.rotation_seed) if sp.r1 else None
+        if not sp.r2:
             return r1, []
         d = self.adapter.head_dim
         h = hadamard_matrix(d, dtype=torch.float64, device=self.adapter.device) / math.sqrt(d)

@@ -123,18 +123,19 @@ class RotatedQuant(GPTQ):
         self.online_hooks.append(rotation.add_online_transform(linear, transform))
         self.input_transforms[f"blocks.{index}.{path}"] = transform
 
-    def init_rotations(self):
-        """R1 (or None) and the per-layer R2 list (empty when off), float64 on the model's device: random
-        Hadamard (``rotate_mode: hadamard``, the official default) or Haar-random orthogonal matrices."""
-        a, sp = self.adapter, self.special
-        dev = a.device
+    def draw_rotation(self, n: int, seed: int) -> torch.Tensor:
+        """An n x n rotation, float64 on the model's device: a random Hadamard matrix (``rotate_mode:
+        hadamard``, the official default) or a Haar-random orthogonal one (``random``)."""
+        dev = self.adapter.device
+        if self.special.rotate_mode == "random":
+            return rotation.random_orthogonal_matrix(n, seed=seed, dtype=torch.float64, device=dev)
+        return random_hadamard_matrix(n, seed=seed, dtype=torch.float64, device=dev)
 
-        def make(n, seed):
-            if sp.rotate_mode == "random":
-                return rotation.random_orthogonal_matrix(n, seed=seed, dtype=torch.float64, device=dev)
-            return random_hadamard_matrix(n, seed=seed, dtype=torch.float64, device=dev)
-        r1 = make(a.config.hidden_size, sp.rotation_seed) if sp.r1 else None
-        r2 = [make(a.head_dim, sp.rotation_seed + 1 + i) for i in range(len(a.blocks))] if sp.r2 else []
+    def init_rotations(self):
+        """R1 (or None) and the per-layer R2 list (empty when off), drawn from ``rotation_seed``."""
+        a, sp = self.adapter, self.special
+        r1 = self.draw_rotation(a.config.hidden_size, sp.rotation_seed) if sp.r1 else None
+        r2 = [self.draw_rotation(a.head_dim, sp.rotation_seed + 1 + i) for i in range(len(a.blocks))] if sp.r2 else []
         return r1, r2
 
     def apply_rotations(self, r1, r2) -> None:
