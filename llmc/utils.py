@@ -159,3 +159,10 @@ def swap_module(root: torch.nn.Module, path: str, new: torch.nn.Module) -> torch
     old = root.get_submodule(path)
     root.set_submodule(path, new)
     return old
+
+
+def cache_kwarg(model) -> str:
+    """The name of a transformers model's KV-cache argument: ``cache`` (transformers >= 5.2x) or
+    ``past_key_values``."""
+    import inspect
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

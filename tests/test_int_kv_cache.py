@@ -8,7 +8,8 @@ import torch
 from conftest import calib_ids, logits, rel_diff, tiny_adapter
 from llmc.config import QuantizerConfig
 from llmc.errors import ConfigError
-from llmc.quant.int_kv_cache import IntKVCache, _cache_kwarg, enable_int_kv_cache
+from llmc.quant.int_kv_cache import IntKVCache, enable_int_kv_cache
+from llmc.utils import cache_kwarg
 from llmc.quant.kvcache import enable_kv_quant
 from llmc.quant.quantizer import Quantizer
 from llmc.quant.transforms import OnlineHadamard
@@ -52,7 +53,7 @@ def test_decoding_token_by_token_equals_the_prefill():
         assert isinstance(cache, IntKVCache)
         steps = [out.logits[:, -1]]
         for t in range(12, 20):
-            out = adapter.model(input_ids=ids[:, t:t + 1], use_cache=True, **{_cache_kwarg(adapter.model): cache})
+            out = adapter.model(input_ids=ids[:, t:t + 1], use_cache=True, **{cache_kwarg(adapter.model): cache})
             steps.append(out.logits[:, -1])
     torch.testing.assert_close(torch.stack(steps[:-1], 1), full[:, 11:19], atol=1e-4, rtol=1e-4)
     assert cache.get_seq_length() == 20

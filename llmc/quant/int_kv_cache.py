@@ -33,6 +33,7 @@ from transformers.cache_utils import BaseQuantizedLayer, Cache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ..errors import ConfigError
+from ..utils import cache_kwarg
 from .int_linear import pack_int4_signed, unpack_int4_signed
 from .quantizer import Quantizer
 
@@ -164,11 +165,6 @@ def kvint_attention(module, query, key, value, attention_mask, **kwargs):
 AttentionInterface.register(NAME, kvint_attention)
 
 
-def _cache_kwarg(model) -> str:
-    import inspect
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def enable_int_kv_cache(model, quantizer: Quantizer, attention_modules: list, key_transform: Optional[Callable] = None):
     """Deploy the KV quantizer as an integer cache on ``model`` (module docstring); returns the hook handle
     that gives cache-less calls a fresh :class:`IntKVCache`."""
@@ -182,7 +178,7 @@ def enable_int_kv_cache(model, quantizer: Quantizer, attention_modules: list, ke
                 delattr(attn, name)
         attn.query_transform = key_transform
     model.set_attn_implementation(NAME)
-    arg = _cache_kwarg(model)
+    arg = cache_kwarg(model)
     n = len(attention_modules)
 
     def give_cache(module, args, kwargs):

@@ -70,6 +70,7 @@ import torch
 
 from llmc.profiling import PeakMemory, release_free_memory, rss_bytes
 from llmc.quant.packed_info import checkpoint_size, storage_breakdown
+from llmc.utils import cache_kwarg
 from llmc_slm.scoring import infer_variants
 
 from .child import emit_json, read_ids_file, run_module
@@ -104,12 +105,6 @@ def time_prefill(model, ids: torch.Tensor, warmup: int, runs: int, logits_to_kee
         model(input_ids=ids, **kwargs)
     _sync(ids.device)
     return time.perf_counter() - t0
-
-
-def _cache_arg(model) -> str:
-    """Name of the KV-cache argument: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    import inspect
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _cache_of(out):
@@ -147,7 +142,7 @@ def kv_cache_footprint(cache, contexts=KV_CONTEXTS) -> dict:
 def time_decode(model, ids: torch.Tensor, new_tokens: int, runs: int) -> float:
     """Seconds of the decode steps only (greedy, KV cache) over ``runs`` runs, after one warm-up run. The
     last run's cache is kept in ``time_decode.last_cache`` (for :func:`kv_cache_footprint`)."""
-    arg = _cache_arg(model)
+    arg = cache_kwarg(model)
     total = 0.0
     for r in range(runs + 1):
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
@@ -170,7 +165,7 @@ def decode_at_context(model, ids: torch.Tensor, context: int, new_tokens: int = 
     ``context`` tokens) is prefilled first, outside the measurement, then the peak is taken over
     ``new_tokens`` greedy steps: resident weights, the filled cache and one token's activations (what a
     phone holds while it generates with a long prompt), not the prefill's activations."""
-    arg = _cache_arg(model)
+    arg = cache_kwarg(model)
     long_ids = ids[:1].repeat(1, -(-context // ids.shape[1]))[:, :context]
     out = model(input_ids=long_ids, use_cache=True, logits_to_keep=1)
     cache, nxt = _cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
