@@ -276,11 +276,11 @@ def test_reference_is_kept_only_when_used():
 
 
 # ------------------------------------------------------------------------------------- reports
-def _write_run(folder, name, method, acc_items, preds, nll, ids=None, vs_float=None):
+def _write_run(folder, name, method, acc_items, preds, nll, ids=None, vs_float=None, wbit=8):
     from llmc.results import RunRecord
     from llmc_slm.tasks import TABLE_METRIC
     pos = "pretrain" if method is None else "fake_quant"
-    quant = None if method is None else {"method": method, "weight": {"bit": 8}, "act": {"bit": 8}}
+    quant = None if method is None else {"method": method, "weight": {"bit": wbit}, "act": {"bit": 8}}
     rec = RunRecord.start(folder / f"{name}.json", config={"quant": quant, "model": {"path": "smollm2-135m"}},
                           model={"name": "smollm2-135m"}, environment={"device": "cpu"})
     n = len(acc_items)
@@ -360,6 +360,53 @@ def test_claim1_on_the_paired_interval(tmp_path):
     assert d.paired and d.stderr == pytest.approx(100 / 50 * run.paired["arc_easy"].stderr)
     c1 = claims.claim1(claims._Runs(coll))
     assert "paired 95% interval" in c1.evidence and "not decided at 95%" in c1.evidence
+
+
+def test_claims_2_and_3_pair_two_quantized_runs(tmp_path):
+    """Two quantized runs on the float run's items: the difference of their drops is paired item by item
+    (the float outcomes cancel), so 19 more items lost of 300 is decided although each drop's own SE is
+    wide; claim 3's perplexity ratio gets the exponentiated paired interval."""
+    from llmc_slm.paired import paired_delta
+    from llmc_slm.reports import claims, collect
+    rng = np.random.default_rng(1)
+    a = [1.0] * 150 + [0.0] * 150
+    w8, w4 = list(a), list(a)
+    w8[0] = 0.0
+    for i in range(20):
+        w4[i] = 0.0
+    nll = rng.normal(40, 2, 30).tolist()
+    _write_run(tmp_path, "fp16", None, a, [0] * 300, nll)
+    _write_run(tmp_path, "omni_w8a8", "OmniQuant", w8, [0] * 300, [x + 0.1 for x in nll])
+    _write_run(tmp_path, "omni_w4a8", "OmniQuant", w4, [0] * 300,
+               [x + 40 + rng.normal(0, 1) for x in nll], wbit=4)          # ~14x the float perplexity
+    coll = collect.collect(tmp_path)
+    r8 = next(r for r in coll.runs if r.bits == "W8A8")
+    r4 = next(r for r in coll.runs if r.bits == "W4A8")
+    diff = claims.paired_drop_difference(r8, r4, ("arc_easy",))
+    d8, d4 = claims.mean_drop(r8), claims.mean_drop(r4)
+    assert diff.value == pytest.approx(d4.value - d8.value)
+    assert diff.stderr == pytest.approx(100 * 100 / 50 * paired_delta(w4, w8).stderr)
+    assert diff.stderr < math.hypot(d4.stderr, d8.stderr)       # pairing the two runs is tighter
+    assert diff.interval()[0] > 0
+    assert claims.paired_drop_difference(r8, r4, ("wikitext2",)) is None     # windows, not accuracies
+    c2 = claims.claim2(claims._Runs(coll))
+    assert "OmniQuant: W4A8" in c2.evidence and "paired 95% interval [+" in c2.evidence
+    c3 = claims.claim3(claims._Runs(coll))
+    assert c3.verdict == claims.HOLDS and "paired 95% interval of the ratio [" in c3.evidence
+    lo, hi = (math.exp(x) for x in r4.paired["wikitext2"].interval())
+    assert f"[{lo:.2f}, {hi:.2f}]x" in c3.evidence and lo > 10
+
+
+def test_paired_drop_difference_needs_the_same_items(tmp_path):
+    from llmc_slm.reports import claims, collect
+    a = [1.0, 0.0, 1.0, 1.0] * 10
+    _write_run(tmp_path, "fp16", None, a, [0] * 40, [40.0] * 5)
+    _write_run(tmp_path, "w8a8", "SmoothQuant", a, [0] * 40, [40.0] * 5)
+    _write_run(tmp_path, "w4a8", "SmoothQuant", a, [0] * 40, [41.0] * 5, ids=list(range(100, 140)), wbit=4)
+    coll = collect.collect(tmp_path)
+    r8 = next(r for r in coll.runs if r.bits == "W8A8")
+    r4 = next(r for r in coll.runs if r.bits == "W4A8")
+    assert claims.paired_drop_difference(r8, r4, ("arc_easy",)) is None   # the W4A8 run drew other items
 
 
 def test_wikitext2_evaluator_with_the_float_reference(tiny):

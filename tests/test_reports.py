@@ -457,8 +457,13 @@ def test_claims_not_testable_and_noise(synthetic):
     assert cs[1].verdict == claims.HOLDS and "within noise" in cs[1].evidence   # 0.2-0.3% drop, stderr ~0.7%
     assert cs[3].verdict == claims.HOLDS and "subset" in cs[3].evidence          # 600 vs 20, on a subset
     assert cs[2].verdict == claims.HOLDS and not cs[2].partial
-    table = claims.claims_table(claims.evaluate(collect.collect(synthetic)))
+    coll = collect.collect(synthetic)
+    table = claims.claims_table(claims.evaluate(coll), coll)
     assert table.column("Verdict")[3] == "not testable"
+    # the subset's items are named once, in a note, not in every run's evidence
+    assert "first 40 of 148 windows" not in cs[3].evidence
+    assert any(n.startswith("'subset'") and "first 40 of 148 windows" in n for n in table.notes)
+    assert not any(n.startswith("'subset'") for n in claims.claims_table(claims.evaluate(coll)).notes)
 
 
 # ------------------------------------------------------------------------------------------------ plots

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
 def _compare(args) -> int:
     coll = collect(args.results_dir, args.position)
-    tables = all_comparisons(coll) + [claims_table(evaluate(coll))]
+    tables = all_comparisons(coll) + [claims_table(evaluate(coll), coll)]
     text = "\n".join(to_markdown(t) for t in tables)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

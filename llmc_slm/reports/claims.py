@@ -22,8 +22,13 @@ is called "within noise"; perplexity and timings come from single runs, without 
 a run and its float baseline stored per-item outcomes on the same items (every task of the drop), the
 drop's standard error is the paired one (``llmc_slm.paired``), and claim 1 is decided on its 95% interval:
 holds when the interval lies below 0.5%, does not hold when it lies at or above; an interval across 0.5%
-keeps the point estimate's verdict and says it is not decided at 95%.
-Runs evaluated on subsets are named in the evidence.
+keeps the point estimate's verdict and says it is not decided at 95%. Claim 2 compares two quantized runs
+of the same model: where both were scored on the same items against the same baseline, the difference of
+their drops is paired item by item (:func:`paired_drop_difference`; the baseline cancels) and its 95%
+interval is reported the same way. Claim 3's perplexity ratio gets the interval of the paired per-token
+log-perplexity difference over windows, exponentiated. Claim 4 compares different models (nothing to pair)
+and claim 5 single timings.
+Runs evaluated on subsets are tagged in the evidence; the table's note names the items once (:func:`subset_note`).
 """
 
 from __future__ import annotations
@@ -81,11 +86,12 @@ class Drop:
 
 
 def _flags(run: Run, datasets) -> str:
+    """A short tag per run: which of ``datasets`` it has on a subset (the items are named once, in the
+    table's note: :func:`subset_note`), a baseline on other items, the calibration profile."""
     flags = []
-    subsets = [f"{LABELS[d]} {run.values[d].describe_items()}" for d in datasets
-               if d in run.values and run.values[d].subset]
+    subsets = [LABELS[d] for d in datasets if d in run.values and run.values[d].subset]
     if subsets:
-        flags.append("subset: " + "; ".join(subsets))
+        flags.append("subset: " + ", ".join(subsets) if len(subsets) < len(datasets) else "subset")
     if any(d in run.mismatch for d in datasets):
         flags.append("baseline on other items")
     if run.profile:
@@ -119,6 +125,52 @@ def perf_drop(run: Run) -> Optional[Drop]:
     if run.perf is None:
         return None
     return Drop(100.0 - run.perf, run.perf_stderr, run.perf_datasets, "slmq_perf", run)
+
+
+@dataclass
+class DropDifference:
+    """d(r2) - d(r1): the difference of two runs' mean relative drops (%), paired item by item where both
+    runs were scored on the same items against the same baseline (the baseline's outcomes cancel, leaving
+    mean_t 100 (A_t^1 - A_t^2) / A_t over the tasks, each task's term with its paired SE)."""
+    value: float
+    stderr: Optional[float]
+
+    def interval(self, z: float = 1.96) -> Optional[tuple[float, float]]:
+        return None if self.stderr is None else (self.value - z * self.stderr, self.value + z * self.stderr)
+
+
+def paired_drop_difference(r1: Run, r2: Run, tasks) -> Optional[DropDifference]:
+    """``mean_drop(r2) - mean_drop(r1)`` over ``tasks`` with its paired SE, or None unless both runs hold
+    per-item outcomes on the same items of the same baseline for every task (``Run.paired_items``)."""
+    from llmc_slm.paired import paired_delta
+    if not tasks:
+        return None
+    terms, var = [], 0.0
+    for t in tasks:
+        p1, p2 = r1.paired_items.get(t), r2.paired_items.get(t)
+        if (p1 is None or p2 is None or p1.tokens is not None or r1.baseline_source.get(t) != r2.baseline_source.get(t)
+                or len(p1.a) != len(p2.a) or list(p1.a) != list(p2.a)):
+            return None
+        base = r1.baseline[t].value                       # percent
+        d = paired_delta(p2.b, p1.b)                      # mean(A1 - A2) per item, as a fraction
+        if d.stderr is None or not base:
+            return None
+        k = 100.0 * 100.0 / base
+        terms.append(k * d.delta)
+        var += (k * d.stderr) ** 2
+    n = len(terms)
+    return DropDifference(sum(terms) / n, math.sqrt(var) / n)
+
+
+def _decided(diff: float, pair: Optional[DropDifference], noise_text: str) -> tuple[bool, str]:
+    """Whether ``diff > 0``, decided on the paired 95% interval when there is one (an interval across 0
+    keeps the point estimate and says so), with the text to append."""
+    if pair is None or pair.interval() is None:
+        return diff > 0, noise_text
+    lo, hi = pair.interval()
+    across = lo <= 0 <= hi
+    return diff > 0, (f" (paired 95% interval [{lo:+.2f}, {hi:+.2f}]"
+                      + (": not decided at 95%" if across else "") + ")")
 
 
 def degradation(runs) -> dict:
@@ -261,9 +313,11 @@ def claim2(R: _Runs) -> Claim:
                 continue
             d8, d4 = d[id(r8)], d[id(r4)]
             diff = d4.value - d8.value
-            parts_a.append(HOLDS if diff > 0 else FAILS)
+            pair = paired_drop_difference(r8, r4, d4.tasks) if d4.kind == "accuracy" else None
+            ok, noise = _decided(diff, pair, " (within combined stderr)" if _within(diff, d4.stderr, d8.stderr)
+                                 else "")
+            parts_a.append(HOLDS if ok else FAILS)
             ratio = f", {d4.value / d8.value:.1f}x" if d8.value >= 0.1 else ""
-            noise = " (within combined stderr)" if _within(diff, d4.stderr, d8.stderr) else ""
             lines.append(f"{method}: W4A8 {d4.text()} vs W8A8 {d8.text()}: {diff:+.2f} points{ratio}{noise}")
         # (b) SpinQuant degrades least at W4A8
         w4 = {m: R.get(model, m, "W4A8") for m in PAPER_METHODS}
@@ -285,7 +339,9 @@ def claim2(R: _Runs) -> Claim:
                 ok = ranked[0] == "SpinQuant"
                 parts_b.append(HOLDS if ok else FAILS)
                 within = _within(other.value - spin.value, spin.stderr, other.stderr)
-                noise = " (within combined stderr)" if within else ""
+                pair = (paired_drop_difference(present["SpinQuant"], present[best_other], spin.tasks)
+                        if spin.kind == "accuracy" else None)
+                _, noise = _decided(other.value - spin.value, pair, " (within combined stderr)" if within else "")
                 perf = ", ".join(f"{m} {present[m].perf:.2f}" for m in ranked if present[m].perf is not None)
                 extra = [r for r in R.extras(model, "W4A8")]
                 dx = degradation(list(present.values()) + extra) if extra else {}
@@ -339,6 +395,13 @@ def claim3(R: _Runs) -> Claim:
         c, b = run.values["wikitext2"].value, run.baseline["wikitext2"].value
         factor = c / b if c is not None and math.isfinite(c) else math.inf
         collapsed = factor > COLLAPSE_FACTOR
+        decided = ""
+        wiki = run.paired.get("wikitext2")
+        if math.isfinite(factor) and wiki is not None and wiki.interval() is not None:
+            # the ratio's paired 95% interval: exp of the per-token log-perplexity difference's interval
+            lo, hi = (math.exp(x) for x in wiki.interval())
+            decided = (f"; paired 95% interval of the ratio [{lo:.2f}, {hi:.2f}]x"
+                       + (": not decided at 95%" if lo <= COLLAPSE_FACTOR < hi else ""))
         parts.append(HOLDS if collapsed else FAILS)
         table = compression_table(model)
         p, pf = (row(table, "OmniQuant", "W4A8"), row(table, "Full Prec.")) if table else (None, None)
@@ -347,7 +410,7 @@ def claim3(R: _Runs) -> Claim:
         ours = f"{c:.2f} vs float {b:.2f} ({factor:.2f}x" if math.isfinite(factor) else \
             f"{c} (diverged) vs float {b:.2f} (not finite"
         evidence.append(f"{model}: OmniQuant W4A8 ppl {ours}, {'>' if collapsed else '<='} {COLLAPSE_FACTOR:g}x)"
-                        f"{_flags(run, ('wikitext2',))}{paper}")
+                        f"{decided}{_flags(run, ('wikitext2',))}{paper}")
     verdict, partial = _combine(parts)
     return Claim(3, CLAIMS[3], verdict, " — ".join(evidence) or "no quantized runs", partial)
 
@@ -448,7 +511,26 @@ def evaluate(coll: Collection) -> list[Claim]:
     return [claim1(R), claim2(R), claim3(R), claim4(R), claim5(R)]
 
 
-def claims_table(claims) -> Table:
+def subset_note(coll: Collection) -> Optional[str]:
+    """The items of every dataset evaluated on a subset by a complete run, named once (a dataset's runs
+    mostly share one sample; different ones are all listed)."""
+    seen: dict[str, list[str]] = {}
+    for run in coll.runs:
+        if not run.complete:
+            continue
+        for d, v in run.values.items():
+            if v.subset and d in LABELS:
+                items = seen.setdefault(LABELS[d], [])
+                if v.describe_items() not in items:
+                    items.append(v.describe_items())
+    if not seen:
+        return None
+    return "'subset': evaluated on a subset of the items: " + "; ".join(
+        f"{label} {' or '.join(items)}" for label, items in seen.items()) + "."
+
+
+def claims_table(claims, coll: Optional[Collection] = None) -> Table:
+    """The claims as a table; with ``coll``, a note names the subsets the evidence's runs were scored on."""
     t = Table("claims", "The paper's claims, tested on these runs", ["#", "Claim", "Verdict", "Evidence"], left=4)
     for c in claims:
         t.add([str(c.number), c.text, c.verdict_text, c.evidence])
@@ -456,4 +538,7 @@ def claims_table(claims) -> Table:
                    "RTN/GPTQ shown as extra). Mean drop = mean over tasks of (A - A_c) / A in %. "
                    "'partial': some of the runs the claim covers are missing. 'within noise': the difference is "
                    "smaller than the combined standard error.")
+    note = subset_note(coll) if coll is not None else None
+    if note:
+        t.notes.append(note)
     return t
