@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # CPU wheel 2.13.0 here; on a CUDA machine set TORCH="torch" (or a CUDA build) before the first run.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test llamacpp clean-venv
+.PHONY: setup demo test reports llamacpp clean-venv
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,17 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# The reference folders' generated reports (tables/, compare.md, plots/) and the README's results section, from
+# the committed results only (nothing is re-run): `make reports` after adding runs to a folder.
+REPORT_FOLDERS ?= results/reference/issue18_smollm
+reports: setup
+	for d in $(REPORT_FOLDERS); do \
+	    $(BIN)/python tools/make_tables.py $$d --paired --stderr --format markdown --out $$d/tables && \
+	    $(BIN)/python tools/compare_published.py $$d --out $$d/compare.md > /dev/null && \
+	    $(BIN)/python tools/make_plots.py $$d --out $$d/plots > /dev/null || exit 1; \
+	done
+	$(BIN)/python tools/readme_results.py
 
 # llama.cpp's Python binding (Track 2 in llama.cpp: benchmarks/edge_runtimes.py, tests/test_llamacpp.py). PyPI has
 # no wheel: this compiles llama.cpp for this CPU (GGML_NATIVE), about 12.5 min on 2 free cores (README), without

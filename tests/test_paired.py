@@ -397,6 +397,27 @@ def test_claims_2_and_3_pair_two_quantized_runs(tmp_path):
     assert f"[{lo:.2f}, {hi:.2f}]x" in c3.evidence and lo > 10
 
 
+def test_paired_changes_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    from llmc_slm.reports import collect
+    from llmc_slm.reports.plots import make_plots, paired_data, score_data
+    a = [1.0] * 150 + [0.0] * 150
+    b = list(a)
+    for i in range(12):
+        b[i] = 0.0
+    _write_run(tmp_path, "fp16", None, a, [0] * 300, [40.0] * 5)
+    _write_run(tmp_path, "w8a8", "SmoothQuant", b, [0] * 300, [40.5] * 5)
+    coll = collect.collect(tmp_path)
+    run = next(r for r in coll.runs if not r.is_float)
+    model = run.model
+    cell = paired_data(coll, model)["W8A8"]["SmoothQuant"]["arc_easy"]
+    assert cell == (run.paired["arc_easy"].delta, run.paired["arc_easy"].stderr) and cell[0] == pytest.approx(-4.0)
+    ci = score_data(coll, model)["W8A8"]["SmoothQuant"]["perf_ci"]
+    assert ci == (run.perf_interval["low"], run.perf_interval["high"]) and ci[0] < run.perf < ci[1]
+    names = {p.name for p in make_plots(coll, tmp_path / "plots")}
+    assert {f"paired_changes_{model}.png", f"paired_changes_{model}.pdf"} <= names
+
+
 def test_paired_drop_difference_needs_the_same_items(tmp_path):
     from llmc_slm.reports import claims, collect
     a = [1.0, 0.0, 1.0, 1.0] * 10

@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from llmc_slm.reports.claims import claims_table, evaluate  # noqa: E402
 from llmc_slm.reports.cli import run_reporting  # noqa: E402
 from llmc_slm.reports.collect import ReportError, collect  # noqa: E402
 from llmc_slm.reports.edge import edge_tables  # noqa: E402
@@ -34,7 +35,8 @@ END = "<!-- END GENERATED -->"
 class Block:
     """One committed folder in the README: an introduction, then the named tables. ``kind`` ``runs``: a
     folder of results files (``table1``, ``table1_paired``, ... as ``all_tables`` names them;
-    ``evaluations``: ``evaluation_table``); ``edge``: the edge-runtime JSON files (``edge_runtimes``,
+    ``evaluations``: ``evaluation_table``; ``claims``: the paper's claims decided on the folder,
+    ``llmc_slm.reports.claims``); ``edge``: the edge-runtime JSON files (``edge_runtimes``,
     ``edge_perplexity``: ``llmc_slm.reports.edge``)."""
     folder: str
     intro: str
@@ -47,8 +49,10 @@ BLOCKS = (
           "The SmolLM2 reference grid (issue 18), as far as it is made: SmolLM2-135M-Instruct in bfloat16, the "
           "CPU calibration profile, 1,000 sampled items of each table task and the whole WikiText-2 test "
           "split, Tracks 2 and 3 (the folder's README says how it is run and resumed). Accuracies, then the "
-          "paired changes against the float model on the same items, then the deployed models' Track 2.",
-          ("table1", "table1_paired", "table3", "table3_w4a8")),
+          "paired changes against the float model on the same items, then the deployed models' Track 2, then "
+          "the paper's claims decided on these runs (`compare.md` in the folder sets our tables beside the "
+          "paper's; `plots/` has the figures).",
+          ("table1", "table1_paired", "table3", "table3_w4a8", "claims")),
     Block("results/reference/issue16_track1/acc1000",
           "SmolLM2-135M-Instruct, float32, 1,000 sampled items per task (the same items in every run; "
           "SmoothQuant W8A8 and RTN W4A8 with the CPU calibration profile): accuracies, then the paired "
@@ -84,6 +88,7 @@ def render_block(block: Block, root: Path = ROOT) -> str:
         tables = {t.name: t for t in all_tables(coll, with_stderr=True, paired=True)}
         tables["evaluations"] = evaluation_table(coll)
         tables["stage_times"] = stage_time_table(coll)
+        tables["claims"] = claims_table(evaluate(coll), coll)
         what = f"{len(coll.runs)} runs"
     missing = [n for n in block.tables if n not in tables]
     if missing:

@@ -2,8 +2,12 @@
 
 - ``slmq_scores_<model>``: the three SLMQ scores (perf, infer measured, quant) per method, grouped bars, one
   panel per bit width; a score that is missing is not drawn and is annotated ``n/a``;
+  SLMQ_perf carries its paired bootstrap 95% interval where the run has one;
 - ``accuracy_vs_bits_<model>``: each task's value against the weight bit width (16 = float, 8, 4), one
-  line per method, one panel per task; WikiText-2 perplexity in its own panel, log scale.
+  line per method, one panel per task; WikiText-2 perplexity in its own panel, log scale;
+- ``paired_changes_<model>``: each run's accuracy change against the float model on the same items, in
+  points, with its paired 95% interval (``llmc_slm.paired``), one panel per bit setting, one bar per
+  method and task: the figure that ranks methods whose accuracies differ by less than their own errors.
 
 One run per model, method and bits (:func:`~llmc_slm.reports.collect.primary_runs`), complete ones only.
 """
@@ -43,9 +47,11 @@ def score_data(coll: Collection, model: str) -> dict:
     quant, _ = cost_scores(runs)
     data: dict = {}
     for r in sorted(runs, key=lambda r: (bits_rank(r), method_rank(r.method))):
+        ci = r.perf_interval
         data.setdefault(r.bits, {})[r.method] = {
             "perf": r.perf, "infer": (r.inference or {}).get("measured"),
-            "quant": (quant.get(r.rel) or {}).get("slmq_quant")}
+            "quant": (quant.get(r.rel) or {}).get("slmq_quant"),
+            "perf_ci": (ci["low"], ci["high"]) if ci else None}
     return data
 
 
@@ -60,7 +66,9 @@ def plot_scores(coll: Collection, model: str, out: Path) -> list[Path]:
                              gridspec_kw={"width_ratios": counts})
     width = 0.26
     colors = ("#4C72B0", "#DD8452", "#55A868")
-    values = [v for methods in data.values() for m in methods.values() for v in m.values() if v is not None]
+    values = [m[key] for methods in data.values() for m in methods.values() for key, _ in SCORES
+              if m[key] is not None]
+    values += [m["perf_ci"][1] for methods in data.values() for m in methods.values() if m["perf_ci"]]
     top = max(values + [100.0])
     log = top > 400
     for ax, (bits, methods) in zip(axes[0], data.items()):
@@ -74,7 +82,12 @@ def plot_scores(coll: Collection, model: str, out: Path) -> list[Path]:
                             rotation=90, color="0.4")
                 else:
                     ax.bar(x, v, width, color=color)
-                    ax.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=6)
+                    ci = methods[name]["perf_ci"] if key == "perf" else None
+                    if ci:      # the paired bootstrap 95% interval of SLMQ_perf
+                        ax.errorbar(x, v, yerr=[[v - ci[0]], [ci[1] - v]], fmt="none", ecolor="black",
+                                    elinewidth=0.8, capsize=2)
+                    ax.text(x + width * 0.08 if ci else x, ci[1] if ci else v, f"{v:.0f}", ha="center",
+                            va="bottom", fontsize=6)
         ax.axhline(100, color="0.5", lw=0.8, ls="--")
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=20)
@@ -86,10 +99,13 @@ def plot_scores(coll: Collection, model: str, out: Path) -> list[Path]:
         else:
             ax.set_ylim(0, top * 1.15)
     axes[0][0].set_ylabel("score (100 = reference)" + (", log scale" if log else ""))
-    axes[0][-1].legend([Patch(color=c) for c in colors], [label for _, label in SCORES], fontsize=7, loc="upper right")
+    fig.legend([Patch(color=c) for c in colors], [label for _, label in SCORES], fontsize=7, loc="lower center",
+               ncol=len(SCORES), frameon=False)
+    whiskers = any(m["perf_ci"] for methods in data.values() for m in methods.values())
     fig.suptitle(f"SLMQ scores, {model} (n/a: not measured, or RTN's SLMQ_quant: no calibration, not scored; "
-                 "SLMQ_perf uncapped)", fontsize=10)
-    fig.tight_layout()
+                 "SLMQ_perf uncapped)" + ("\nwhiskers: SLMQ_perf's paired bootstrap 95% interval" if whiskers else ""),
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     paths = _save(fig, out, f"slmq_scores_{slug(model)}")
     plt.close(fig)
     return paths
@@ -196,11 +212,61 @@ def plot_bits(coll: Collection, model: str, out: Path) -> list[Path]:
     return paths
 
 
+def paired_data(coll: Collection, model: str) -> dict:
+    """{bits: {method label: {dataset: (delta in points, paired SE)}}} for ``model``'s runs with paired
+    accuracy changes against their float baseline (``Run.paired``), in the table order."""
+    from .collect import ACC_DATASETS
+    runs = [r for r in primary_runs(coll.runs).values() if r.model == model and r.complete and not r.is_float]
+    out: dict = {}
+    for r in sorted(runs, key=lambda r: (bits_rank(r), method_rank(r.method))):
+        cells = {ds: (r.paired[ds].delta, r.paired[ds].stderr) for ds in ACC_DATASETS
+                 if ds in r.paired and r.paired[ds].stderr is not None}
+        if cells:
+            out.setdefault(r.bits, {})[r.method] = cells
+    return out
+
+
+def plot_paired(coll: Collection, model: str, out: Path, z: float = 1.96) -> list[Path]:
+    plt = _pyplot()
+    from .collect import ACC_DATASETS
+    data = paired_data(coll, model)
+    if not data:
+        return []
+    methods = [m for m in METHOD_ORDER if any(m in row for row in data.values())]
+    methods += sorted({m for row in data.values() for m in row} - set(methods))
+    cmap = plt.get_cmap("tab10")
+    color = {m: cmap(i % 10) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(data), figsize=(5.2 * len(data), 3.8), squeeze=False, sharey=True)
+    for ax, (bits, row) in zip(axes[0], data.items()):
+        names = [m for m in methods if m in row]
+        width = 0.8 / len(names)
+        for k, name in enumerate(names):
+            xs = [i + (k - (len(names) - 1) / 2) * width for i, ds in enumerate(ACC_DATASETS) if ds in row[name]]
+            cells = [row[name][ds] for ds in ACC_DATASETS if ds in row[name]]
+            ax.bar(xs, [c[0] for c in cells], width, color=color[name], label=name)
+            ax.errorbar(xs, [c[0] for c in cells], yerr=[z * c[1] for c in cells], fmt="none", ecolor="black",
+                        elinewidth=0.8, capsize=2)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_xticks(range(len(ACC_DATASETS)))
+        ax.set_xticklabels([LABELS[ds] for ds in ACC_DATASETS], rotation=20)
+        ax.set_title(bits)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("accuracy change vs float (points)")
+    fig.suptitle(f"{model}: accuracy change against the float model on the same items "
+                 f"(whiskers: paired 95% interval, ± {z:g} SE)", fontsize=10)
+    fig.tight_layout()
+    paths = _save(fig, out, f"paired_changes_{slug(model)}")
+    plt.close(fig)
+    return paths
+
+
 def make_plots(coll: Collection, out) -> list[Path]:
-    """Both figures for every model of the folder; returns the files written."""
+    """The figures for every model of the folder (the paired one where runs have paired items); returns
+    the files written."""
     out = Path(out)
     paths = []
     for model in coll.models():
         paths += plot_scores(coll, model, out)
         paths += plot_bits(coll, model, out)
+        paths += plot_paired(coll, model, out)
     return paths
