@@ -98,6 +98,9 @@ class EvalConfig:
     subset: Literal["random", "first"] = "random"   # eval.limit items: a seeded sample, or the first N
     subset_seed: int = 1234
     paired: bool = True            # quantized runs: WikiText-2 KLD etc. against a CPU copy of the float model
+    # paired runs: keep the float model's final hidden states on the windows in <save.save_path>/.reference_cache,
+    # so that later runs of the same model, windows and settings skip its blocks (bit-identical figures)
+    reference_cache: bool = True
     num_fewshot: int = 0
     inference_per_block: bool = False
     inference: bool = False        # Track 2: profile the deployed integer model (needs save.save_real)

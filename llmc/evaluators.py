@@ -12,6 +12,8 @@ or window) is moved by the pipeline into the run's items file (``llmc.results.Ru
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .config import Config
 from .data.sources import find_dataset
 from .data.wikitext2 import evaluation_text
@@ -21,11 +23,16 @@ from .registry import EVALUATOR_REGISTRY, register_evaluator
 from .utils import progress_disabled
 
 
+REFERENCE_CACHE = ".reference_cache"    # under save.save_path (eval.reference_cache)
+
+
 @register_evaluator("wikitext2")
 class WikiText2Perplexity:
     """Perplexity on the raw WikiText-2 test split, seq_len windows (protocol.md). Given the float
     ``reference`` (``llmc.eval.reference``, at a quantized position with ``eval.paired``), also the KL
-    divergence from it, top-1 agreement and the paired log-perplexity difference (``vs_float``)."""
+    divergence from it, top-1 agreement and the paired log-perplexity difference (``vs_float``). With
+    ``eval.reference_cache`` the reference's final hidden states are kept in ``<save.save_path>/.reference_cache``
+    for the next run of the same model and windows (``llmc.eval.reference_cache``)."""
 
     uses_reference = True
 
@@ -48,8 +55,9 @@ class WikiText2Perplexity:
             result = perplexity(adapter.model, windows, bs=self.cfg.eval.bs, progress=not progress_disabled())
         else:
             with reference.on(next(adapter.model.parameters()).device) as ref:
+                cache = Path(self.cfg.save.save_path) / REFERENCE_CACHE if self.cfg.eval.reference_cache else None
                 result = perplexity(adapter.model, windows, bs=self.cfg.eval.bs, progress=not progress_disabled(),
-                                    reference=ref)
+                                    reference=ref, reference_cache=cache)
             result["vs_float"]["reference"] = reference.description
         result["limit"] = limit if limit and limit < self._windows.shape[0] else None
         result["windows_in_split"] = int(self._windows.shape[0])

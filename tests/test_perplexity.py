@@ -6,6 +6,7 @@ import pytest
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from conftest import tiny_hf_model
 from llmc.data.wikitext2 import read_rows
@@ -87,3 +88,35 @@ def test_logits_budget_splits_the_batch_without_changing_the_result():
     assert split["tokens"] == whole["tokens"] == 6 * 15
     tiny_budget = perplexity(model, windows, bs=6, progress=False, max_logits_bytes=1)
     assert tiny_budget["micro_batch"] == 1 and tiny_budget["ppl"] == pytest.approx(whole["ppl"], rel=1e-6)
+
+
+def _whole_window_stats(logits, target, ref_logits):
+    """The comparison as it was computed over whole windows (before token_stats): the oracle of the chunked one."""
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
+                          reduction="none").view(target.shape).sum(1)
+    lp = F.log_softmax(logits.float(), dim=-1)
+    ref = F.log_softmax(ref_logits.float(), dim=-1)
+    return {"nll": nll.tolist(), "ref_nll": (-ref.gather(-1, target[..., None]).squeeze(-1)).sum(1).tolist(),
+            "top1": (lp.argmax(-1) == ref.argmax(-1)).sum(1).tolist(),
+            "kl": F.kl_div(lp, ref, reduction="none", log_target=True).sum(-1).sum(1).tolist()}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("T,vocab,chunk", [(300, 49152, 128), (77, 1000, 16), (5, 300, 128)])
+def test_chunked_token_stats_are_bit_identical_to_whole_windows(dtype, threads, T, vocab, chunk):
+    from llmc.eval.perplexity import token_stats
+    g = torch.Generator().manual_seed(T)
+    logits = (3 * torch.randn(2, T, vocab, generator=g)).to(dtype)
+    ref_logits = (logits.float() + 0.3 * torch.randn(2, T, vocab, generator=g)).to(dtype)
+    target = torch.randint(0, vocab, (2, T), generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = token_stats(logits, target, ref_logits, chunk=chunk)
+        want = _whole_window_stats(logits, target, ref_logits)
+    finally:
+        torch.set_num_threads(before)
+    assert {k: got[k].sum(1).tolist() for k in want} == want        # exactly, not approximately
+    assert torch.equal(token_stats(logits, target, chunk=chunk)["nll"], got["nll"])
+    assert 0 < sum(want["top1"]) < 2 * T and min(want["kl"]) > 0

@@ -47,7 +47,8 @@ def micro_batch_size(model, seq_len: int, bs: int, max_logits_bytes: int = MAX_L
 
 @torch.no_grad()
 def perplexity(model, windows: torch.Tensor, bs: int = 1, desc: str = "wikitext2 ppl",
-               progress: bool = True, max_logits_bytes: int = MAX_LOGITS_BYTES, reference=None) -> dict:
+               progress: bool = True, max_logits_bytes: int = MAX_LOGITS_BYTES, reference=None,
+               reference_cache=None) -> dict:
     """Perplexity of ``model`` (an HF causal LM) over ``windows`` [n, seq_len], ``bs`` windows per forward
     pass at most (fewer where their logits would exceed ``max_logits_bytes``).
 
@@ -58,37 +59,48 @@ def perplexity(model, windows: torch.Tensor, bs: int = 1, desc: str = "wikitext2
     same, ``ref_ppl``, ``delta_log_ppl``: mean over windows of the per-token log-perplexity difference
     (model - reference) with its paired ``delta_log_ppl_stderr``, ``windows``}, what llama.cpp's perplexity
     tool reports as KLD and "same top p"; ``per_item`` gains ``ref_window_nll``, ``window_kl`` (summed
-    over the window's tokens) and ``window_top1`` (tokens that agree)."""
+    over the window's tokens) and ``window_top1`` (tokens that agree). ``reference_cache``: a folder where
+    the reference's final hidden states are kept between runs (``llmc.eval.reference_cache``: the same
+    figures, bit for bit, without the reference's transformer blocks); ``vs_float`` then says how it was
+    used (``reference_cache``)."""
     device = next(model.parameters()).device
     budget = max_logits_bytes if reference is None else max_logits_bytes // 4   # two models' log-probs, KL
     bs = micro_batch_size(model, windows.shape[1], bs, budget)
     total_nll = 0.0
     total_tokens = 0
     cols: dict[str, list] = {"window_nll": [], "window_tokens": []}
+    ref_outputs = None
     if reference is not None:
+        from .reference_cache import ReferenceOutputs
         cols.update(ref_window_nll=[], window_kl=[], window_top1=[])
+        ref_outputs = ReferenceOutputs(reference, windows, bs, reference_cache)
     start = time.perf_counter()
     bar = tqdm(range(0, windows.shape[0], bs), desc=desc, disable=not progress, leave=False)
     for i in bar:
         batch = windows[i:i + bs].to(device)
         target = batch[:, 1:]
         logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
-                              reduction="none").view(target.shape).sum(1)
+        ref_logits = None if ref_outputs is None else ref_outputs.logits(i, batch)[:, :-1].to(device)
+        stats = token_stats(logits, target, ref_logits)
+        nll = stats["nll"].sum(1)
         cols["window_nll"] += nll.tolist()
         cols["window_tokens"] += [target.shape[1]] * target.shape[0]
         total_nll += nll.sum().item()
         total_tokens += target.numel()
-        if reference is not None:
-            _compare(cols, logits, reference(input_ids=batch.to(next(reference.parameters()).device),
-                                             use_cache=False).logits[:, :-1].to(device), target)
+        if ref_outputs is not None:
+            cols["ref_window_nll"] += stats["ref_nll"].sum(1).tolist()
+            cols["window_top1"] += stats["top1"].sum(1).tolist()
+            cols["window_kl"] += stats["kl"].sum(1).tolist()
         bar.set_postfix(ppl=f"{math.exp(total_nll / total_tokens):.3f}")
     mean_nll = total_nll / total_tokens
     out = {"ppl": _ppl(mean_nll), "nll": mean_nll,
            "windows": int(windows.shape[0]), "seq_len": int(windows.shape[1]), "tokens": total_tokens,
            "micro_batch": bs, "seconds": time.perf_counter() - start}
-    if reference is not None:
+    if ref_outputs is not None:
+        ref_outputs.save()
         out["vs_float"] = versus_reference(cols)
+        if reference_cache is not None:
+            out["vs_float"]["reference_cache"] = ref_outputs.describe()
     out["per_item"] = cols
     return out
 
@@ -97,14 +109,35 @@ def _ppl(mean_nll: float) -> float:
     return math.exp(mean_nll) if mean_nll < 700 else float("inf")
 
 
-def _compare(cols: dict, logits, ref_logits, target) -> None:
-    """Per window: the reference's NLL, KL(p_ref || p) summed over tokens, tokens with the same argmax."""
-    lp = F.log_softmax(logits.float(), dim=-1)
-    ref = F.log_softmax(ref_logits.float(), dim=-1)
-    cols["ref_window_nll"] += (-ref.gather(-1, target[..., None]).squeeze(-1)).sum(1).tolist()
-    cols["window_top1"] += (lp.argmax(-1) == ref.argmax(-1)).sum(1).tolist()
-    kl = F.kl_div(lp, ref, reduction="none", log_target=True).sum(-1)   # sum_v p_ref (log p_ref - log p)
-    cols["window_kl"] += kl.sum(1).tolist()
+TOKEN_CHUNK = 64
+
+
+def token_stats(logits, target, ref_logits=None, chunk: int = TOKEN_CHUNK) -> dict:
+    """Per predicted token [bs, T]: ``nll`` (the cross-entropy of ``target``), and with the reference's logits
+    ``ref_nll``, ``kl`` = KL(p_ref || p) = sum_v p_ref (log p_ref - log p) and ``top1`` (the same argmax).
+
+    The float32 log-softmaxes are taken ``chunk`` tokens at a time: each token's figures are the same
+    operations on the same row as over the whole window (so the same bits: ``tests/test_perplexity.py``), but
+    the [chunk, vocab] temporaries stay in cache instead of streaming four or five [T, vocab] float32 tensors
+    (0.4 GB each for SmolLM2 at 2,048 tokens) through memory, which made the comparison cost as much as a
+    forward pass."""
+    bs, T = target.shape
+    out = {"nll": torch.empty(bs, T, dtype=torch.float32, device=logits.device)}
+    if ref_logits is not None:
+        out.update(ref_nll=torch.empty_like(out["nll"]), kl=torch.empty_like(out["nll"]),
+                   top1=torch.empty(bs, T, dtype=torch.bool, device=logits.device))
+    for a in range(0, T, chunk):
+        c = slice(a, min(a + chunk, T))
+        tgt = target[:, c, None]
+        lp = F.log_softmax(logits[:, c].float(), dim=-1)
+        out["nll"][:, c] = -lp.gather(-1, tgt).squeeze(-1)
+        if ref_logits is None:
+            continue
+        ref = F.log_softmax(ref_logits[:, c].float(), dim=-1)
+        out["ref_nll"][:, c] = -ref.gather(-1, tgt).squeeze(-1)
+        out["top1"][:, c] = lp.argmax(-1) == ref.argmax(-1)
+        out["kl"][:, c] = F.kl_div(lp, ref, reduction="none", log_target=True).sum(-1)
+    return out
 
 
 def _mean_se(xs: list) -> tuple[float, float | None]:
