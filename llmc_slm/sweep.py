@@ -243,10 +243,27 @@ def _flatten(d, prefix="") -> dict:
     return out
 
 
-def config_diff(old: dict | None, new: dict, most: int = 4) -> str:
-    """``eval.limit: 100 -> 200, ...`` (empty when equal)."""
+# Config keys that decide how fast a run goes, never its figures (each one's tests show the same bits either
+# way): a complete run recorded with another value, or before the key existed, is not rerun for them.
+SPEED_ONLY_KEYS = frozenset({"eval.reference_cache"})
+
+
+def same_config(old: dict | None, new: dict) -> bool:
+    """Whether a recorded config and the one the sweep would run give the same figures: equal but for
+    :data:`SPEED_ONLY_KEYS`."""
+    return old == new or (old is not None and not _differing_keys(old, new))
+
+
+def _differing_keys(old: dict | None, new: dict) -> list[str]:
     a, b = _flatten(old or {}), _flatten(new)
-    keys = [k for k in dict.fromkeys([*b, *a]) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    return [k for k in dict.fromkeys([*b, *a])
+            if k not in SPEED_ONLY_KEYS and a.get(k, "<unset>") != b.get(k, "<unset>")]
+
+
+def config_diff(old: dict | None, new: dict, most: int = 4) -> str:
+    """``eval.limit: 100 -> 200, ...`` (empty when equal but for :data:`SPEED_ONLY_KEYS`)."""
+    a, b = _flatten(old or {}), _flatten(new)
+    keys = _differing_keys(old, new)
     parts = [f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}" for k in keys[:most]]
     return ", ".join(parts) + (f" (+{len(keys) - most} more)" if len(keys) > most else "")
 
@@ -276,7 +293,7 @@ def decide(runs: list[Run], retry_failed: bool = False, previous: dict | None = 
             r.reason = "unreadable results, rerun" if r.result.exists() else "no results yet"
             continue
         status = data.get("status")
-        same = data.get("config") == r.expected
+        same = same_config(data.get("config"), r.expected)
         if status == "complete":
             if same:
                 r.action, r.status, r.reason = "skip", "complete", "complete"

@@ -201,6 +201,23 @@ def test_changed_config_is_rerun(fake):
     assert rc == 0 and len(fake.launches()) == 6
 
 
+def test_speed_only_keys_do_not_rerun_complete_runs(fake):
+    """eval.reference_cache decides speed, not figures: a run recorded without the key (before it existed)
+    or with the other value is kept; any other key still reruns."""
+    sweep_once(fake)
+    for r in make_runs(fake):
+        data = json.loads(r.result.read_text())
+        data["config"]["eval"].pop("reference_cache")
+        r.result.write_text(json.dumps(data))
+    runs = make_runs(fake, sets=["eval.reference_cache=false"])
+    sw.decide(runs)
+    assert all(r.action == "skip" and r.status == "complete" for r in runs)
+    runs = make_runs(fake, sets=["eval.reference_cache=false", "eval.bs=2"])
+    sw.decide(runs)
+    assert all(r.action == "run" and r.reason == "config changed (eval.bs: 1 -> 2), rerun" for r in runs)
+    assert sw.same_config({"a": 1}, {"a": 1}) and not sw.same_config(None, {"a": 1})
+
+
 def test_killed_child_is_recorded_failed_and_retried(fake):
     fake.control(rtn_w8a8_cpu="kill")
     rc, runs = sweep_once(fake)
