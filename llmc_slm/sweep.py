@@ -137,8 +137,12 @@ def plan(models: list[str], methods: list[str] | None = None, bits: list[str] | 
          results: str | Path = "results", configs_dir: str | Path | None = None, profile: str | None = None,
          limit: int | None = None, eval_names: list[str] | None = None, inference: bool = False,
          sets: list[str] | None = None, baseline: bool = True, engine: list[str] | None = None,
-         seeds: list[int] | None = None) -> list[Run]:
+         seeds: list[int] | None = None, skip_missing: bool = False) -> list[Run]:
     """Expand the grid into runs, each with its command, results file and resolved config.
+
+    ``skip_missing``: method x bits combinations without a config file (``awq_w4a16`` exists,
+    ``quarot_w4a16`` does not) are left out with a line on stderr instead of failing the sweep; a grid
+    left with no method run is still an error.
 
     ``seeds``: each method run once per seed, with ``base.seed`` and ``calib.seed`` set to it (and
     ``quant.special.rotation_seed`` for a method that draws random rotations: SpinQuant, QuaRot) and the
@@ -175,8 +179,12 @@ def plan(models: list[str], methods: list[str] | None = None, bits: list[str] | 
                 for seed in seeds or [None]:
                     grid.append((model, method, b, configs_dir / model / f"{method}_{b}.yml", seed))
     missing = _dedupe(str(g[3]) for g in grid if not g[3].is_file())
-    if missing:
-        raise UserError(f"missing config file{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    if missing and skip_missing and any(g[3].is_file() for g in grid if g[1] != BASELINE):
+        print(f"skipped (no config): {', '.join(missing)}", file=sys.stderr)
+        grid = [g for g in grid if g[3].is_file()]
+    elif missing:
+        raise UserError(f"missing config file{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
+                        + ("" if skip_missing else " (--skip-missing leaves such combinations out)"))
 
     # the baseline gets the profile only if the profile has something for it (its `default` entry);
     # otherwise it would only rename the file (fp16_cpu.json) without changing the run
@@ -657,6 +665,8 @@ def build_parser():
                    help="Track 2 for method runs: --save.save_real true --eval.inference true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", nargs="+",
                    help="config override for every run, e.g. --set eval.bs=16 model.torch_dtype=float32")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave out method x bits combinations that have no config file (listed on stderr)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands, skip/run) and exit")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     p.add_argument("--timeout", type=float, default=None, help="seconds per run; then SIGTERM, then SIGKILL")
@@ -675,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
                     profile=args.profile, limit=args.limit, eval_names=args.eval_names,
                     inference=args.inference, sets=[s for group in args.set for s in group],
                     baseline=args.baseline, engine=shlex.split(args.engine_cmd) if args.engine_cmd else None,
-                    seeds=args.seeds)
+                    seeds=args.seeds, skip_missing=args.skip_missing)
         sweep = Sweep(runs, args.results, timeout=args.timeout, retry_failed=args.retry_failed,
                       quiet=args.quiet, argv=list(sys.argv if argv is None else argv), executor=executor)
         sweep.decide()

@@ -163,6 +163,18 @@ def test_missing_config_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and "rtn_w3a8.yml" in lines[0] and "Traceback" not in proc.stderr
 
 
+def test_skip_missing_leaves_out_combinations_without_a_config(tmp_path, capsys):
+    runs = sw.plan(["smollm"], ["awq", "quarot", "spin"], ["w4a16", "w4a8kv4"], results=tmp_path / "r",
+                   configs_dir=CONFIGS, skip_missing=True)
+    assert [r.name for r in runs] == [f"smollm/{n}" for n in ("fp16", "awq_w4a16", "quarot_w4a8kv4", "spin_w4a8kv4")]
+    err = capsys.readouterr().err
+    assert "skipped (no config)" in err and "quarot_w4a16.yml" in err and "awq_w4a8kv4.yml" in err
+    with pytest.raises(UserError, match="--skip-missing"):
+        sw.plan(["smollm"], ["awq", "quarot"], ["w4a16"], results=tmp_path / "r", configs_dir=CONFIGS)
+    with pytest.raises(UserError, match="rtn_w3a8.yml"):          # nothing left to run: still an error
+        sw.plan(["smollm"], ["rtn"], ["w3a8"], results=tmp_path / "r", configs_dir=CONFIGS, skip_missing=True)
+
+
 def test_real_command_line_is_what_the_engine_resolves(tmp_path):
     """The command built for a run, given to the real `python -m llmc` (--print-config: nothing runs), resolves
     to exactly the config the sweep expects the results to record."""
