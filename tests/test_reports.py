@@ -611,6 +611,33 @@ def test_seed_spread_pairs_learned_and_random_rotations_seed_by_seed(tmp_path):
     assert "SpinQuant lower on 2 of 3 seeds" in paired[0]
 
 
+def test_seed_spread_compares_learned_and_fixed_rotations_on_kld_and_perf(tmp_path):
+    """QuaRot against SpinQuant over seeds (issue 22): the KLD from the float model and SLMQ_perf join the
+    perplexity, and the seed-by-seed note pairs the KLDs too."""
+    d = tmp_path / "r"
+    write(d, "fp16.json", result(values={"wikitext2": 20.0}, windows=100))
+    for s, (q, sp) in enumerate([((30.0, 0.50), (28.0, 0.40)), ((31.0, 0.55), (29.0, 0.42)),
+                                 ((29.0, 0.45), (29.5, 0.47))]):
+        for method, (ppl, kld) in (("QuaRot", q), ("SpinQuant", sp)):
+            rec = _spin(True, s, ppl)
+            rec["config"]["quant"]["method"] = method
+            rec["task_id"] = f"{method.lower()}_s{s}"
+            rec["metrics"]["fake_quant"]["wikitext2"]["vs_float"] = {"kld": kld}
+            write(d, f"{method}_{s}.json", rec)
+    t = calibration.seed_spread_table(collect.collect(d).runs)
+    assert t.header[-2:] == ["KLD mean ± sd", "SLMQ_perf mean ± sd"]
+    rows = {r[1]: r for r in t.rows}
+    assert rows["QuaRot"][-2] == "0.5000 ± 0.0500"
+    assert rows["SpinQuant"][-1] == _sd_text([100 * 20 / p for p in (28.0, 29.0, 29.5)])
+    note = next(n for n in t.notes if "seed by seed" in n)
+    assert "KLD QuaRot − SpinQuant: +0.1000, +0.1300, -0.0200" in note and "QuaRot lower on 1 of 3 seeds." in note
+
+
+def _sd_text(values):
+    import statistics
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
 def test_make_tables_calibration_option(tmp_path):
     d = tmp_path / "r"
     write(d, "omni.json", _omni(False, [{"loss_init": 1.0, "loss_final": 2.0}], 30.0))

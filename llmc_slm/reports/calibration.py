@@ -113,24 +113,45 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def run_kld(r: Run) -> Optional[float]:
+    """The run's WikiText-2 KL divergence from the float model (``eval.paired``), if it measured one."""
+    v = r.values.get("wikitext2")
+    return (v.vs_float or {}).get("kld") if v is not None else None
+
+
+def _spread(values: list, digits: int) -> str:
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else DASH
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
 def seed_spread_table(runs: list[Run]) -> Optional[Table]:
-    """WikiText-2 perplexity per seed for every setting run with two or more seeds; None if there is none.
-    Settings that differ only in the method label and share seeds get a paired-difference note."""
+    """WikiText-2 perplexity per seed for every setting run with two or more seeds; None if there is none;
+    with the KLD from the float model and SLMQ_perf over seeds where the runs have them. Settings that differ
+    only in the method label and share seeds get a paired-difference note."""
     groups = {k: v for k, v in seed_groups(runs).items() if len(v) >= 2}
     if not groups:
         return None
     seeds = sorted({s for g in groups.values() for s in g})
+    grouped = [r for g in groups.values() for r in g.values()]
+    extra = [(name, fn, digits) for name, fn, digits in (("KLD mean ± sd", run_kld, 4),
+                                                         ("SLMQ_perf mean ± sd", lambda r: r.perf, 2))
+             if any(fn(r) is not None for r in grouped)]
     rows = []
     for (model, method, bits, profile, _), by_seed in groups.items():
         ppl = [by_seed[s].value("wikitext2") for s in sorted(by_seed)]
         rows.append([model, method, bits]
                     + [f"{by_seed[s].value('wikitext2'):.3f}" if s in by_seed else DASH for s in seeds]
-                    + [_mean_sd(ppl), f"{max(ppl) - min(ppl):.3f}"])
+                    + [_mean_sd(ppl), f"{max(ppl) - min(ppl):.3f}"]
+                    + [_spread([fn(r) for r in by_seed.values()], digits) for _, fn, digits in extra])
     notes = ["WikiText-2 perplexity of each seed's run (the rotation seed for rotation methods, else base.seed); "
-             "mean ± sample standard deviation over seeds; range = max - min."]
+             "mean ± sample standard deviation over seeds; range = max - min."
+             + (" KLD: WikiText-2 KL divergence from the float model; SLMQ_perf over the run's datasets."
+                if extra else "")]
     notes.extend(paired_label_notes(groups))
     table = Table("calibration_seeds", "Spread over seeds", ["Model", "Method", "Bits"] + [f"seed {s}" for s in seeds]
-                  + ["mean ± sd", "range"], notes=notes, left=3)
+                  + ["mean ± sd", "range"] + [name for name, _, _ in extra], notes=notes, left=3)
     for row in rows:
         table.add(row)
     return table
@@ -152,10 +173,17 @@ def paired_label_notes(groups: dict[tuple, dict[int, Run]]) -> list[str]:
                     continue
                 diffs = [labels[a][s].value("wikitext2") - labels[b][s].value("wikitext2") for s in shared]
                 wins = sum(d < 0 for d in diffs)
+                kld = [(run_kld(labels[a][s]), run_kld(labels[b][s])) for s in shared]
+                kld_txt = ""
+                if all(x is not None and y is not None for x, y in kld):
+                    kd = [x - y for x, y in kld]
+                    kld_txt = (f" KLD {a} − {b}: " + ", ".join(f"{d:+.4f}" for d in kd)
+                               + f"; mean {statistics.mean(kd):+.4f} ± {statistics.stdev(kd):.4f} (sd); "
+                               + f"{a} lower on {sum(d < 0 for d in kd)} of {len(shared)} seeds.")
                 notes.append(f"{model} {bits}: {a} − {b}, seed by seed ({', '.join(map(str, shared))}): "
                              + ", ".join(f"{d:+.3f}" for d in diffs)
                              + f"; mean {statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f} (sd); "
-                             + f"{a} lower on {wins} of {len(shared)} seeds.")
+                             + f"{a} lower on {wins} of {len(shared)} seeds." + kld_txt)
     return notes
 
 
