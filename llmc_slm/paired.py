@@ -158,3 +158,36 @@ def perf_bootstrap(items: Mapping[str, PerfItems], n_boot: int = 2000, seed: int
     low, high = (np.quantile(reps, [q, 1 - q]) if reps.size else (math.nan, math.nan))
     return {"perf": perf_point(items, lower_is_better), "low": float(low), "high": float(high), "level": level,
             "n_boot": n_boot, "seed": seed, "n": {n: len(items[n].a) for n in names}}
+
+
+def perf_difference(items_a: Mapping[str, PerfItems], items_b: Mapping[str, PerfItems], n_boot: int = 1000,
+                    seed: int = 0, lower_is_better=PERPLEXITY_DATASETS, level: float = 0.95, chunk: int = 250) -> dict:
+    """SLMQ_perf(a) - SLMQ_perf(b) for two compressed models scored on the same items against the same
+    baseline, with a paired bootstrap interval: each replicate resamples every dataset's items once and
+    scores the baseline and both models on them, so what the two models share cancels. Datasets are those
+    both have; each must hold the same baseline outcomes (the same items) in both, else ValueError.
+    Returns ``{"diff", "low", "high", "level", "n_boot", "seed", "datasets"}``."""
+    names = [n for n in items_a if n in items_b]
+    if not names:
+        raise ValueError("no dataset scored in both")
+    for n in names:
+        a, b = items_a[n], items_b[n]
+        same_tokens = (a.tokens is None) == (b.tokens is None) and (a.tokens is None or list(a.tokens) == list(b.tokens))
+        if len(a.a) != len(b.a) or list(a.a) != list(b.a) or not same_tokens:
+            raise ValueError(f"{n}: the two runs were not scored on the same items against the same baseline")
+    ia, ib = {n: items_a[n] for n in names}, {n: items_b[n] for n in names}
+    ppl = np.array([n in set(lower_is_better) for n in names])
+    rng = np.random.default_rng(seed)
+    reps = []
+    for start in range(0, n_boot, chunk):
+        size = min(chunk, n_boot - start)
+        idx = {n: rng.integers(0, len(ia[n].a), size=(size, len(ia[n].a))) for n in names}
+        base, comp_a = _stats(ia, names, idx)
+        _, comp_b = _stats(ib, names, idx)
+        reps.append(_perf_from_stats(base, comp_a, ppl) - _perf_from_stats(base, comp_b, ppl))
+    reps = np.concatenate(reps)
+    reps = reps[np.isfinite(reps)]
+    q = (1 - level) / 2
+    low, high = (np.quantile(reps, [q, 1 - q]) if reps.size else (math.nan, math.nan))
+    return {"diff": perf_point(ia, lower_is_better) - perf_point(ib, lower_is_better), "low": float(low),
+            "high": float(high), "level": level, "n_boot": n_boot, "seed": seed, "datasets": names}

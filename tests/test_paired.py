@@ -418,6 +418,49 @@ def test_paired_changes_figure(tmp_path):
     assert {f"paired_changes_{model}.png", f"paired_changes_{model}.pdf"} <= names
 
 
+def test_perf_difference_pairs_two_compressed_runs():
+    rng = np.random.default_rng(4)
+    base = (rng.random(400) < 0.6).astype(float)
+    a = base.copy()
+    a[:10] = 0.0                                      # A loses a few items the float model had right ...
+    b = a.copy()
+    b[np.flatnonzero(a)[:15]] = 0.0                   # ... B loses those and 15 more
+    nll = rng.normal(40, 2, 30)
+    items_a = {"arc_easy": paired.PerfItems(base, a), "wikitext2": paired.PerfItems(nll, nll + 1, [15] * 30)}
+    items_b = {"arc_easy": paired.PerfItems(base, b), "wikitext2": paired.PerfItems(nll, nll + 1.2, [15] * 30)}
+    d = paired.perf_difference(items_a, items_b, n_boot=500)
+    assert d["diff"] == pytest.approx(paired.perf_point(items_a) - paired.perf_point(items_b))
+    assert 0 < d["low"] < d["diff"] < d["high"] and d["datasets"] == ["arc_easy", "wikitext2"]
+    # narrower than the two runs' own intervals against the float model combined as if independent
+    ia, ib = paired.perf_bootstrap(items_a, n_boot=500), paired.perf_bootstrap(items_b, n_boot=500)
+    assert d["high"] - d["low"] < math.hypot(ia["high"] - ia["low"], ib["high"] - ib["low"])
+    other = {"arc_easy": paired.PerfItems(1 - base, b)}
+    with pytest.raises(ValueError, match="same items"):
+        paired.perf_difference(items_a, other)
+
+
+def test_ranking_table_compares_neighbours_on_the_same_items(tmp_path):
+    from llmc_slm.reports import collect
+    from llmc_slm.reports.ranking import ranking_table
+    a = [1.0] * 200 + [0.0] * 200
+    rtn, smooth, gptq = list(a), list(a), list(a)
+    for i in range(3):
+        smooth[i] = 0.0
+    for i in range(40):
+        gptq[i] = 0.0
+    nll = np.random.default_rng(2).normal(40, 2, 20).tolist()
+    _write_run(tmp_path, "fp16", None, a, [0] * 400, nll)
+    _write_run(tmp_path, "rtn", "RTN", rtn, [0] * 400, [x + 0.1 for x in nll])
+    _write_run(tmp_path, "smooth", "SmoothQuant", smooth, [0] * 400, [x + 0.1 for x in nll])
+    _write_run(tmp_path, "gptq", "GPTQ", gptq, [0] * 400, [x + 0.1 for x in nll])
+    coll = collect.collect(tmp_path)
+    t = ranking_table(coll, next(r.model for r in coll.runs), "t", 1)
+    assert [(r[1], r[2]) for r in t.rows] == [("RTN", "SmoothQuant"), ("SmoothQuant", "GPTQ")]
+    assert t.rows[0][3] == "+0.75 ± 0.43 (1 of 5 tasks)" and t.rows[0][-1] == "not decided"
+    assert t.rows[1][3].startswith("+9.25 ± ") and t.rows[1][-1] == "SmoothQuant ahead"
+    assert t.rows[1][4] == "+0.0000 ± 0.0000"
+
+
 def test_paired_drop_difference_needs_the_same_items(tmp_path):
     from llmc_slm.reports import claims, collect
     a = [1.0, 0.0, 1.0, 1.0] * 10

@@ -457,7 +457,7 @@ def cost_table(coll: Collection, bits: str = "W8A8", name: str = "table4") -> Ta
 
 def all_tables(coll: Collection, with_stderr: bool = False, paired: bool = False) -> list[Table]:
     """Tables 1, 2 and 2b (one per model), each followed by its paired version with ``paired``
-    (:func:`paired_table`), 3 and 4 (W8A8), and the extra W4A8 versions of 3 and 4 when the folder holds
+    (:func:`paired_table`) and the ranking of its methods (``ranking.ranking_table``), 3 and 4 (W8A8), and the extra W4A8 versions of 3 and 4 when the folder holds
     such runs."""
     tables = []
     by_number: dict[str, list[str]] = {}
@@ -469,7 +469,11 @@ def all_tables(coll: Collection, with_stderr: bool = False, paired: bool = False
             name = f"table{number}" if len(models) == 1 else f"table{number}_{slug(model)}"
             tables.append(compression_table(coll, model, name, number, with_stderr))
             if paired:
+                from .ranking import ranking_table
                 tables.append(paired_table(coll, model, f"{name}_paired", number))
+                ranking = ranking_table(coll, model, f"{name}_ranking", number)
+                if ranking is not None:
+                    tables.append(ranking)
     if paired and len(coll.models()) > 1:
         from .sensitivity import sensitivity_table
         tables.append(sensitivity_table(coll))

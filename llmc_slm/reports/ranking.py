@@ -1,0 +1,96 @@
+"""Which method is better than which: the quantized runs of one model and bit setting ranked by SLMQ_perf,
+each compared with the next on the same items (``llmc_slm.paired``).
+
+Two runs scored on the same items against the same float baseline are compared directly, item by item:
+what the two quantized models get right or wrong together cancels, so differences far below either run's
+own standard error are decided. Each row gives, for ranked neighbours A (higher SLMQ_perf) and B:
+
+- the mean accuracy difference over the tasks both were paired on, in points, ± its paired standard error
+  (each task's mean(A_i - B_i) with SE sd(A_i - B_i)/sqrt(n), the tasks taken as independent);
+- WikiText-2's per-token log-perplexity difference (A - B) ± its paired SE over windows;
+- SLMQ_perf(A) - SLMQ_perf(B) with its paired bootstrap 95% interval (``paired.perf_difference``), and the
+  verdict: "A ahead" when the interval lies above 0, else "not decided".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from llmc_slm.paired import paired_delta, perf_difference, window_log_ppl_delta
+
+from .collect import ACC_DATASETS, BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, Collection, Run, sort_key
+from .render import Table
+
+
+def _same_items(a: Run, b: Run, ds: str) -> bool:
+    pa, pb = a.paired_items.get(ds), b.paired_items.get(ds)
+    return (pa is not None and pb is not None and a.baseline_source.get(ds) == b.baseline_source.get(ds)
+            and list(pa.a) == list(pb.a))
+
+
+def accuracy_difference(a: Run, b: Run) -> Optional[tuple[float, float, int]]:
+    """(mean over tasks of acc(A) - acc(B) in points, its paired SE, tasks) on the tasks both share items on."""
+    terms = []
+    for ds in ACC_DATASETS:
+        if _same_items(a, b, ds):
+            d = paired_delta(b.paired_items[ds].b, a.paired_items[ds].b).scaled(100.0)
+            if d.stderr is not None:
+                terms.append(d)
+    if not terms:
+        return None
+    k = len(terms)
+    return sum(d.delta for d in terms) / k, math.sqrt(sum(d.stderr ** 2 for d in terms)) / k, k
+
+
+def wiki_difference(a: Run, b: Run):
+    """The paired per-token log-perplexity difference A - B over the same windows, or None."""
+    if not _same_items(a, b, "wikitext2"):
+        return None
+    pa, pb = a.paired_items["wikitext2"], b.paired_items["wikitext2"]
+    return window_log_ppl_delta(pb.b, pa.b, pa.tokens)
+
+
+def ranking_table(coll: Collection, model: str, name: str, number) -> Optional[Table]:
+    """Per bit setting, the complete quantized runs with a paired SLMQ_perf ranked, each against the next;
+    None when no bit setting has two such runs."""
+    runs = [r for r in sorted(coll.of_model(model), key=sort_key)
+            if r.complete and not r.is_float and r.perf is not None and r.paired_items]
+    by_bits: dict[str, list[Run]] = {}
+    for r in runs:
+        by_bits.setdefault(r.bits, []).append(r)
+    t = Table(name, f"Table {number} (ranking): methods ranked by SLMQ_perf, each against the next on the same "
+              f"items, {model}", ["Bits", "A", "B", "Acc A - B (pts)", "Wiki Δln ppl A - B",
+                                  "SLMQ_perf A - B [95% CI]", "Verdict"], left=3)
+    for bits, group in by_bits.items():
+        ranked = sorted(group, key=lambda r: -r.perf)
+        first = True
+        for a, b in zip(ranked, ranked[1:]):
+            acc = accuracy_difference(a, b)
+            wiki = wiki_difference(a, b)
+            try:
+                diff = perf_difference({d: a.paired_items[d] for d in a.perf_datasets if d in a.paired_items},
+                                       {d: b.paired_items[d] for d in b.perf_datasets if d in b.paired_items},
+                                       n_boot=BOOTSTRAP_SAMPLES, seed=BOOTSTRAP_SEED)
+            except ValueError:
+                diff = None
+            acc_text = "—" if acc is None else f"{acc[0]:+.2f} ± {acc[1]:.2f}" + (
+                f" ({acc[2]} of {len(ACC_DATASETS)} tasks)" if acc[2] < len(ACC_DATASETS) else "")
+            wiki_text = "—" if wiki is None or wiki.stderr is None else f"{wiki.delta:+.4f} ± {wiki.stderr:.4f}"
+            if diff is None:
+                perf_text, verdict = f"{a.perf - b.perf:+.2f} (not paired)", "not paired"
+            else:
+                perf_text = f"{diff['diff']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]"
+                verdict = f"{a.label} ahead" if diff["low"] > 0 else "not decided"
+            t.add([bits, a.label, b.label, acc_text, wiki_text, perf_text, verdict], new_group=first)
+            first = False
+    if not t.rows:
+        return None
+    t.notes.append("Runs of one bit setting ranked by SLMQ_perf; each row compares a run (A) with the next (B) on "
+                   "the same items, item by item: what both models share cancels. Acc: mean over the tasks of "
+                   "acc(A) - acc(B) ± paired SE; Wiki: per-token log-perplexity difference ± paired SE over "
+                   "windows (negative: A predicts the text better); SLMQ_perf: the difference with a paired "
+                   f"bootstrap 95% interval ({BOOTSTRAP_SAMPLES} replicates, seed {BOOTSTRAP_SEED}; the items of "
+                   "every dataset resampled once for the float run and both runs). 'ahead': the interval lies "
+                   "above 0.")
+    return t
