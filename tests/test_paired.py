@@ -276,7 +276,7 @@ def test_reference_is_kept_only_when_used():
 
 
 # ------------------------------------------------------------------------------------- reports
-def _write_run(folder, name, method, acc_items, preds, nll, ids=None, vs_float=None, wbit=8):
+def _write_run(folder, name, method, acc_items, preds, nll, ids=None, vs_float=None, wbit=8, kl=None):
     from llmc.results import RunRecord
     from llmc_slm.tasks import TABLE_METRIC
     pos = "pretrain" if method is None else "fake_quant"
@@ -298,7 +298,8 @@ def _write_run(folder, name, method, acc_items, preds, nll, ids=None, vs_float=N
     w = {"ppl": math.exp(sum(nll) / (15 * len(nll))), "windows": len(nll), "windows_in_split": 148, "seq_len": 16}
     if vs_float:
         w["vs_float"] = vs_float
-    w["items_file"] = rec.set_items(pos, "wikitext2", {"window_nll": nll, "window_tokens": [15] * len(nll)})
+    w["items_file"] = rec.set_items(pos, "wikitext2", {"window_nll": nll, "window_tokens": [15] * len(nll),
+                                                       **({"window_kl": kl} if kl is not None else {})})
     rec.set_metric(pos, "wikitext2", w)
     rec.finish()
 
@@ -450,8 +451,9 @@ def test_ranking_table_compares_neighbours_on_the_same_items(tmp_path):
         gptq[i] = 0.0
     nll = np.random.default_rng(2).normal(40, 2, 20).tolist()
     _write_run(tmp_path, "fp16", None, a, [0] * 400, nll)
-    _write_run(tmp_path, "rtn", "RTN", rtn, [0] * 400, [x + 0.1 for x in nll])
-    _write_run(tmp_path, "smooth", "SmoothQuant", smooth, [0] * 400, [x + 0.1 for x in nll])
+    kl = np.random.default_rng(3).uniform(1, 2, 20)
+    _write_run(tmp_path, "rtn", "RTN", rtn, [0] * 400, [x + 0.1 for x in nll], kl=(kl * 15).tolist())
+    _write_run(tmp_path, "smooth", "SmoothQuant", smooth, [0] * 400, [x + 0.1 for x in nll], kl=(kl * 15 + 3).tolist())
     _write_run(tmp_path, "gptq", "GPTQ", gptq, [0] * 400, [x + 0.1 for x in nll])
     coll = collect.collect(tmp_path)
     t = ranking_table(coll, next(r.model for r in coll.runs), "t", 1)
@@ -459,6 +461,7 @@ def test_ranking_table_compares_neighbours_on_the_same_items(tmp_path):
     assert t.rows[0][3] == "+0.75 ± 0.43 (1 of 5 tasks)" and t.rows[0][-1] == "not decided"
     assert t.rows[1][3].startswith("+9.25 ± ") and t.rows[1][-1] == "SmoothQuant ahead"
     assert t.rows[1][4] == "+0.0000 ± 0.0000"
+    assert t.rows[0][5] == "-0.2000 ± 0.0000" and t.rows[1][5] == "—"     # per token: 3 / 15; GPTQ has no KL
 
 
 def test_paired_drop_difference_needs_the_same_items(tmp_path):

@@ -7,7 +7,8 @@ own standard error are decided. Each row gives, for ranked neighbours A (higher 
 
 - the mean accuracy difference over the tasks both were paired on, in points, ± its paired standard error
   (each task's mean(A_i - B_i) with SE sd(A_i - B_i)/sqrt(n), the tasks taken as independent);
-- WikiText-2's per-token log-perplexity difference (A - B) ± its paired SE over windows;
+- WikiText-2's per-token log-perplexity difference (A - B) ± its paired SE over windows, and the same for
+  their KL divergences from the float model (``window_kl`` of the items files, where the runs measured it);
 - SLMQ_perf(A) - SLMQ_perf(B) with its paired bootstrap 95% interval (``paired.perf_difference``), and the
   verdict: "A ahead" when the interval lies above 0, else "not decided".
 """
@@ -51,6 +52,19 @@ def wiki_difference(a: Run, b: Run):
     return window_log_ppl_delta(pb.b, pa.b, pa.tokens)
 
 
+def kld_difference(a: Run, b: Run):
+    """The paired difference of the two runs' KL divergences from the float model (A - B, per token) over the
+    same windows, from their items files (``window_kl``), or None."""
+    from .collect import run_items
+    if not _same_items(a, b, "wikitext2"):
+        return None
+    ia, ib = (run_items(r, r.position, r.values["wikitext2"].source) for r in (a, b))
+    if not ia or not ib or "window_kl" not in ia or "window_kl" not in ib:
+        return None
+    tokens = a.paired_items["wikitext2"].tokens
+    return window_log_ppl_delta(ib["window_kl"], ia["window_kl"], tokens)
+
+
 def ranking_table(coll: Collection, model: str, name: str, number) -> Optional[Table]:
     """Per bit setting, the complete quantized runs with a paired SLMQ_perf ranked, each against the next;
     None when no bit setting has two such runs."""
@@ -60,7 +74,7 @@ def ranking_table(coll: Collection, model: str, name: str, number) -> Optional[T
     for r in runs:
         by_bits.setdefault(r.bits, []).append(r)
     t = Table(name, f"Table {number} (ranking): methods ranked by SLMQ_perf, each against the next on the same "
-              f"items, {model}", ["Bits", "A", "B", "Acc A - B (pts)", "Wiki Δln ppl A - B",
+              f"items, {model}", ["Bits", "A", "B", "Acc A - B (pts)", "Wiki Δln ppl A - B", "KLD A - B",
                                   "SLMQ_perf A - B [95% CI]", "Verdict"], left=3)
     for bits, group in by_bits.items():
         ranked = sorted(group, key=lambda r: -r.perf)
@@ -77,19 +91,23 @@ def ranking_table(coll: Collection, model: str, name: str, number) -> Optional[T
             acc_text = "—" if acc is None else f"{acc[0]:+.2f} ± {acc[1]:.2f}" + (
                 f" ({acc[2]} of {len(ACC_DATASETS)} tasks)" if acc[2] < len(ACC_DATASETS) else "")
             wiki_text = "—" if wiki is None or wiki.stderr is None else f"{wiki.delta:+.4f} ± {wiki.stderr:.4f}"
+            kld = kld_difference(a, b)
+            kld_text = "—" if kld is None or kld.stderr is None else f"{kld.delta:+.4f} ± {kld.stderr:.4f}"
             if diff is None:
                 perf_text, verdict = f"{a.perf - b.perf:+.2f} (not paired)", "not paired"
             else:
                 perf_text = f"{diff['diff']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]"
                 verdict = f"{a.label} ahead" if diff["low"] > 0 else "not decided"
-            t.add([bits, a.label, b.label, acc_text, wiki_text, perf_text, verdict], new_group=first)
+            t.add([bits, a.label, b.label, acc_text, wiki_text, kld_text, perf_text, verdict], new_group=first)
             first = False
     if not t.rows:
         return None
     t.notes.append("Runs of one bit setting ranked by SLMQ_perf; each row compares a run (A) with the next (B) on "
                    "the same items, item by item: what both models share cancels. Acc: mean over the tasks of "
                    "acc(A) - acc(B) ± paired SE; Wiki: per-token log-perplexity difference ± paired SE over "
-                   "windows (negative: A predicts the text better); SLMQ_perf: the difference with a paired "
+                   "windows (negative: A predicts the text better); KLD: the difference of their per-token KL "
+                   "divergences from the float model ± paired SE over windows (negative: A is closer to it); "
+                   "SLMQ_perf: the difference with a paired "
                    f"bootstrap 95% interval ({BOOTSTRAP_SAMPLES} replicates, seed {BOOTSTRAP_SEED}; the items of "
                    "every dataset resampled once for the float run and both runs). 'ahead': the interval lies "
                    "above 0.")
