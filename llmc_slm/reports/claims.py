@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from .collect import ACC_DATASETS, LABELS, PAPER_METHODS, Collection, Run, perf_on, primary_runs
+from .collect import ACC_DATASETS, LABELS, PAPER_METHODS, Collection, Run, perf_on, primary_runs, same_items
 from .published import CLAIMS
 from .render import Table
 from .tables import is_smollm
@@ -147,10 +147,9 @@ def paired_drop_difference(r1: Run, r2: Run, tasks) -> Optional[DropDifference]:
         return None
     terms, var = [], 0.0
     for t in tasks:
-        p1, p2 = r1.paired_items.get(t), r2.paired_items.get(t)
-        if (p1 is None or p2 is None or p1.tokens is not None or r1.baseline_source.get(t) != r2.baseline_source.get(t)
-                or len(p1.a) != len(p2.a) or list(p1.a) != list(p2.a)):
+        if not same_items(r1, r2, t) or r1.paired_items[t].tokens is not None:
             return None
+        p1, p2 = r1.paired_items[t], r2.paired_items[t]
         base = r1.baseline[t].value                       # percent
         d = paired_delta(p2.b, p1.b)                      # mean(A1 - A2) per item, as a fraction
         if d.stderr is None or not base:

@@ -507,6 +507,14 @@ def _pair(r: Run, ds: str, base_run: Run) -> None:
         r.notes.append(f"{LABELS[ds]}: per-item outcomes not usable ({type(e).__name__}: {e}): unpaired")
 
 
+def same_items(a: Run, b: Run, ds: str) -> bool:
+    """Whether two runs hold per-item outcomes of ``ds`` on the same items against the same baseline (so that
+    they can be compared with each other item by item: ``Run.paired_items``)."""
+    pa, pb = a.paired_items.get(ds), b.paired_items.get(ds)
+    return (pa is not None and pb is not None and a.baseline_source.get(ds) == b.baseline_source.get(ds)
+            and len(pa.a) == len(pb.a) and list(pa.a) == list(pb.a))
+
+
 BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0
 
 

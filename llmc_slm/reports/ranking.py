@@ -20,21 +20,15 @@ from typing import Optional
 
 from llmc_slm.paired import paired_delta, perf_difference, window_log_ppl_delta
 
-from .collect import ACC_DATASETS, BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, Collection, Run, sort_key
+from .collect import ACC_DATASETS, BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, Collection, Run, same_items, sort_key
 from .render import Table
-
-
-def _same_items(a: Run, b: Run, ds: str) -> bool:
-    pa, pb = a.paired_items.get(ds), b.paired_items.get(ds)
-    return (pa is not None and pb is not None and a.baseline_source.get(ds) == b.baseline_source.get(ds)
-            and list(pa.a) == list(pb.a))
 
 
 def accuracy_difference(a: Run, b: Run) -> Optional[tuple[float, float, int]]:
     """(mean over tasks of acc(A) - acc(B) in points, its paired SE, tasks) on the tasks both share items on."""
     terms = []
     for ds in ACC_DATASETS:
-        if _same_items(a, b, ds):
+        if same_items(a, b, ds):
             d = paired_delta(b.paired_items[ds].b, a.paired_items[ds].b).scaled(100.0)
             if d.stderr is not None:
                 terms.append(d)
@@ -46,7 +40,7 @@ def accuracy_difference(a: Run, b: Run) -> Optional[tuple[float, float, int]]:
 
 def wiki_difference(a: Run, b: Run):
     """The paired per-token log-perplexity difference A - B over the same windows, or None."""
-    if not _same_items(a, b, "wikitext2"):
+    if not same_items(a, b, "wikitext2"):
         return None
     pa, pb = a.paired_items["wikitext2"], b.paired_items["wikitext2"]
     return window_log_ppl_delta(pb.b, pa.b, pa.tokens)
@@ -56,7 +50,7 @@ def kld_difference(a: Run, b: Run):
     """The paired difference of the two runs' KL divergences from the float model (A - B, per token) over the
     same windows, from their items files (``window_kl``), or None."""
     from .collect import run_items
-    if not _same_items(a, b, "wikitext2"):
+    if not same_items(a, b, "wikitext2"):
         return None
     ia, ib = (run_items(r, r.position, r.values["wikitext2"].source) for r in (a, b))
     if not ia or not ib or "window_kl" not in ia or "window_kl" not in ib:
