@@ -145,19 +145,30 @@ def perf_bootstrap(items: Mapping[str, PerfItems], n_boot: int = 2000, seed: int
         if len(it.a) != len(it.b) or not len(it.a) or (it.tokens is not None and len(it.tokens) != len(it.a)):
             raise ValueError(f"{name}: paired items need equal non-empty lists")
     ppl = np.array([n in set(lower_is_better) for n in names])
+
+    def replicate(idx):
+        return _perf_from_stats(*_stats(items, names, idx), ppl)
+
+    low, high = _percentiles(replicate, {n: len(items[n].a) for n in names}, n_boot, seed, chunk, level)
+    return {"perf": perf_point(items, lower_is_better), "low": low, "high": high, "level": level,
+            "n_boot": n_boot, "seed": seed, "n": {n: len(items[n].a) for n in names}}
+
+
+def _percentiles(replicate, sizes: Mapping[str, int], n_boot: int, seed: int, chunk: int,
+                 level: float) -> tuple[float, float]:
+    """The (1 - level)/2 and (1 + level)/2 percentiles of ``replicate(idx)`` over ``n_boot`` draws, where
+    ``idx`` maps each dataset to [draws, items] indices resampled with replacement (``chunk`` draws at a
+    time, from one seeded generator); non-finite replicates are dropped."""
     rng = np.random.default_rng(seed)
     reps = []
     for start in range(0, n_boot, chunk):
         size = min(chunk, n_boot - start)
-        idx = {n: rng.integers(0, len(items[n].a), size=(size, len(items[n].a))) for n in names}
-        base, comp = _stats(items, names, idx)
-        reps.append(_perf_from_stats(base, comp, ppl))
+        reps.append(replicate({n: rng.integers(0, k, size=(size, k)) for n, k in sizes.items()}))
     reps = np.concatenate(reps)
     reps = reps[np.isfinite(reps)]
     q = (1 - level) / 2
     low, high = (np.quantile(reps, [q, 1 - q]) if reps.size else (math.nan, math.nan))
-    return {"perf": perf_point(items, lower_is_better), "low": float(low), "high": float(high), "level": level,
-            "n_boot": n_boot, "seed": seed, "n": {n: len(items[n].a) for n in names}}
+    return float(low), float(high)
 
 
 def perf_difference(items_a: Mapping[str, PerfItems], items_b: Mapping[str, PerfItems], n_boot: int = 1000,
@@ -177,17 +188,12 @@ def perf_difference(items_a: Mapping[str, PerfItems], items_b: Mapping[str, Perf
             raise ValueError(f"{n}: the two runs were not scored on the same items against the same baseline")
     ia, ib = {n: items_a[n] for n in names}, {n: items_b[n] for n in names}
     ppl = np.array([n in set(lower_is_better) for n in names])
-    rng = np.random.default_rng(seed)
-    reps = []
-    for start in range(0, n_boot, chunk):
-        size = min(chunk, n_boot - start)
-        idx = {n: rng.integers(0, len(ia[n].a), size=(size, len(ia[n].a))) for n in names}
+
+    def replicate(idx):
         base, comp_a = _stats(ia, names, idx)
         _, comp_b = _stats(ib, names, idx)
-        reps.append(_perf_from_stats(base, comp_a, ppl) - _perf_from_stats(base, comp_b, ppl))
-    reps = np.concatenate(reps)
-    reps = reps[np.isfinite(reps)]
-    q = (1 - level) / 2
-    low, high = (np.quantile(reps, [q, 1 - q]) if reps.size else (math.nan, math.nan))
-    return {"diff": perf_point(ia, lower_is_better) - perf_point(ib, lower_is_better), "low": float(low),
-            "high": float(high), "level": level, "n_boot": n_boot, "seed": seed, "datasets": names}
+        return _perf_from_stats(base, comp_a, ppl) - _perf_from_stats(base, comp_b, ppl)
+
+    low, high = _percentiles(replicate, {n: len(ia[n].a) for n in names}, n_boot, seed, chunk, level)
+    return {"diff": perf_point(ia, lower_is_better) - perf_point(ib, lower_is_better), "low": low,
+            "high": high, "level": level, "n_boot": n_boot, "seed": seed, "datasets": names}

@@ -36,7 +36,9 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         p = out / f"{stem}.{ext}"
-        fig.savefig(p, dpi=150 if ext == "png" else None, bbox_inches="tight")
+        # no creation date in the PDF: regenerating a figure from the same runs gives the same bytes
+        fig.savefig(p, dpi=150 if ext == "png" else None, bbox_inches="tight",
+                    metadata={"CreationDate": None} if ext == "pdf" else None)
         paths.append(p)
     return paths
 
