@@ -5,12 +5,14 @@ window is scored independently, every token but the first predicted from its pre
 
     ppl = exp( sum_w sum_t NLL(x_{w,t} | x_{w,<t}) / (n * (seq_len - 1)) )
 
-Logits may be computed in bfloat16; the log-softmax is taken in float32.
+Logits may be computed in bfloat16; the log-softmax is taken in float32, ``TOKEN_CHUNK`` tokens at a time
+(:func:`token_stats`).
 
 Memory: a batch's logits are ``bs x seq_len x vocab`` (SmolLM2 at 2048 tokens: 0.2 GB per window in
-bfloat16, 0.4 GB more for the float32 log-softmax), so ``eval.bs`` is split into micro-batches that keep
-them under ``max_logits_bytes`` (1 GiB by default; the result records ``micro_batch``). Windows are
-scored independently, so the split changes nothing but the summation order.
+bfloat16; the float32 log-softmaxes only ever hold a chunk of tokens), so ``eval.bs`` is split into
+micro-batches that keep them under ``max_logits_bytes`` (1 GiB by default, a quarter of it with a reference
+model, as before the chunking, so that the recorded ``micro_batch`` and the figures stay what they were).
+Windows are scored independently, so the split changes nothing but the summation order.
 """
 
 from __future__ import annotations
