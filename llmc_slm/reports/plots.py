@@ -18,7 +18,7 @@ import re
 
 from pathlib import Path
 
-from .collect import DATASETS, LABELS, METHOD_ORDER, Collection, bits_rank, method_rank, primary_runs
+from .collect import ACC_DATASETS, DATASETS, LABELS, METHOD_ORDER, Collection, bits_rank, method_rank, primary_runs
 from .tables import cost_scores, slug
 
 SCORES = (("perf", "SLMQ_perf"), ("infer", "SLMQ_infer (measured)"), ("quant", "SLMQ_quant"))
@@ -217,7 +217,6 @@ def plot_bits(coll: Collection, model: str, out: Path) -> list[Path]:
 def paired_data(coll: Collection, model: str) -> dict:
     """{bits: {method label: {dataset: (delta in points, paired SE)}}} for ``model``'s runs with paired
     accuracy changes against their float baseline (``Run.paired``), in the table order."""
-    from .collect import ACC_DATASETS
     runs = [r for r in primary_runs(coll.runs).values() if r.model == model and r.complete and not r.is_float]
     out: dict = {}
     for r in sorted(runs, key=lambda r: (bits_rank(r), method_rank(r.method))):
@@ -230,7 +229,6 @@ def paired_data(coll: Collection, model: str) -> dict:
 
 def plot_paired(coll: Collection, model: str, out: Path, z: float = 1.96) -> list[Path]:
     plt = _pyplot()
-    from .collect import ACC_DATASETS
     data = paired_data(coll, model)
     if not data:
         return []
