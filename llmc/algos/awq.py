@@ -29,8 +29,12 @@ group size, symmetric or not; the official default is asymmetric ``zero_point`` 
 activations as configured (the official code is weight-only; for W4A8 the same transform is followed by
 per-token activation quantization, which the search does not see).
 
-Deviations: calibration text is WikiText-2 (``calib``; the official code draws 128 Pile-validation lines of
-at most 512 tokens, concatenated and cut into 512-token blocks; the Pile is not available here); the
+Deviations: calibration text is WikiText-2 windows (``calib``: the configs' 128 x 512 tokens, 32 x 512 in the
+CPU profile; the official code reads 128 Pile-validation *lines*, skips those over 512 tokens, joins the rest
+and cuts them into 512-token blocks, so it has fewer than 128 blocks of several short documents each; the
+Pile is not available here); SmolLM2's configs use groups of 64, since 128 does not divide its width of 576
+(``pseudo_quantize_tensor`` asserts divisibility; Qwen2.5 and Gemma-3 keep 128); the searches' arithmetic
+is float32 and the block runs in the model's dtype (bfloat16 on AMX CPUs; the official code is float16 throughout); the
 asymmetric grid includes 0 (``llmc.quant.quantizer``; ``pseudo_quantize_tensor`` does not widen the range);
 losses are averaged over calibration batches of ``calib.bs`` windows (the official search passes all
 windows at once; the mean squared error is the same); the partial products of the clipping search are a

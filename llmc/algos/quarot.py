@@ -23,8 +23,9 @@ What the official code does (``spcl/QuaRot``, ``fake_quant/main.py`` with ``--ro
 * R3 with a quantized K cache (``--k_bits < 16``): ``QKRotationWrapper``, a Hadamard on Q and K after RoPE
   (``query_key_transform``, installed with the KV-cache quantizers).
 * Weights: GPTQ on 128 x 2048 WikiText-2 windows (``--nsamples 128``, percdamp 0.01, act_order off,
-  sequential groups q/k/v, o, up/gate, down) unless ``--w_rtn``; ``--w_clip`` is the MSE range search
-  (``calib_algo: mse``). The defaults of ``utils.parser_gen``: symmetric weights and activations
+  sequential groups q/k/v, o, up/gate, down) unless ``--w_rtn``; ``--w_clip`` (off by default, on in the
+  README's example command, as here) is the MSE range search (``calib_algo: mse``). Otherwise the defaults
+  of ``utils.parser_gen``: symmetric weights and activations
   (``--w_asym`` / ``--a_asym`` off), per-channel weights, per-token activations, clip ratio 1.0, lm_head
   in float. ``configs/*/quarot_*.yml`` hold these.
 
