@@ -33,7 +33,7 @@ test: setup
 
 # The reference folders' generated reports (tables/, compare.md, plots/) and the README's results section, from
 # the committed results only (nothing is re-run): `make reports` after adding runs to a folder.
-REPORT_FOLDERS ?= results/reference/issue18_smollm
+REPORT_FOLDERS ?= results/reference/issue18
 reports: setup
 	for d in $(REPORT_FOLDERS); do \
 	    $(BIN)/python tools/make_tables.py $$d --paired --stderr --format markdown --out $$d/tables && \

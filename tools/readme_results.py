@@ -45,7 +45,7 @@ class Block:
 
 
 BLOCKS = (
-    Block("results/reference/issue18_smollm",
+    Block("results/reference/issue18",
           "The SmolLM2 reference grid (issue 18), as far as it is made: SmolLM2-135M-Instruct in bfloat16, the "
           "CPU calibration profile, 1,000 sampled items of each table task and the whole WikiText-2 test "
           "split, Tracks 2 and 3 (the folder's README says how it is run and resumed). Accuracies, then the "
