@@ -361,6 +361,9 @@ def test_claim1_on_the_paired_interval(tmp_path):
     assert d.paired and d.stderr == pytest.approx(100 / 50 * run.paired["arc_easy"].stderr)
     c1 = claims.claim1(claims._Runs(coll))
     assert "paired 95% interval" in c1.evidence and "not decided at 95%" in c1.evidence
+    # the verdict column says the point estimate (0.67% >= 0.5%) is not decided
+    assert c1.verdict == claims.FAILS and c1.undecided
+    assert c1.verdict_text == "does not hold, not decided at 95% (partial)"   # one task of five
 
 
 def test_claims_2_and_3_pair_two_quantized_runs(tmp_path):
@@ -392,10 +395,41 @@ def test_claims_2_and_3_pair_two_quantized_runs(tmp_path):
     assert claims.paired_drop_difference(r8, r4, ("wikitext2",)) is None     # windows, not accuracies
     c2 = claims.claim2(claims._Runs(coll))
     assert "OmniQuant: W4A8" in c2.evidence and "paired 95% interval [+" in c2.evidence
+    assert not c2.undecided and "W4A8 worse than W8A8: holds (partial)" in c2.evidence
     c3 = claims.claim3(claims._Runs(coll))
     assert c3.verdict == claims.HOLDS and "paired 95% interval of the ratio [" in c3.evidence
+    assert not c3.undecided and c3.verdict_text == "holds"
     lo, hi = (math.exp(x) for x in r4.paired["wikitext2"].interval())
     assert f"[{lo:.2f}, {hi:.2f}]x" in c3.evidence and lo > 10
+
+
+def test_claim2_verdict_says_when_the_paired_interval_does_not_decide(tmp_path):
+    """SpinQuant loses 2 items of 300 at W4A8 and OmniQuant 3: SpinQuant degrades least on the point
+    estimates, but their paired interval crosses 0, and the verdict column says so (not only the evidence)."""
+    from llmc_slm.reports import claims, collect
+    a = [1.0] * 150 + [0.0] * 150
+    spin, omni = list(a), list(a)
+    spin[0] = spin[1] = 0.0
+    for i in (2, 3, 4):
+        omni[i] = 0.0
+    nll = [40.0] * 5
+    _write_run(tmp_path, "fp16", None, a, [0] * 300, nll)
+    _write_run(tmp_path, "spin_w4a8", "SpinQuant", spin, [0] * 300, nll, wbit=4)
+    _write_run(tmp_path, "omni_w4a8", "OmniQuant", omni, [0] * 300, nll, wbit=4)
+    c2 = claims.claim2(claims._Runs(coll := collect.collect(tmp_path)))
+    assert "SpinQuant least degraded: holds, not decided at 95%" in c2.evidence
+    assert "SpinQuant vs OmniQuant: +0.67 (paired 95% interval [" in c2.evidence
+    assert c2.verdict == claims.HOLDS and c2.undecided and c2.partial          # no W8A8 runs: partial
+    assert c2.verdict_text == "holds, not decided at 95% (partial)"
+    row = claims.claims_table([c2], coll).rows[0]
+    assert row[2] == "holds, not decided at 95% (partial)"
+    # twenty more items lost by OmniQuant: the interval lies above 0, the verdict is decided
+    for i in range(5, 25):
+        omni[i] = 0.0
+    _write_run(tmp_path, "omni_w4a8", "OmniQuant", omni, [0] * 300, nll, wbit=4)
+    c2 = claims.claim2(claims._Runs(collect.collect(tmp_path)))
+    assert "SpinQuant least degraded: holds — " in c2.evidence and not c2.undecided
+    assert c2.verdict_text == "holds (partial)"
 
 
 def test_paired_changes_figure(tmp_path):

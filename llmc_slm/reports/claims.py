@@ -26,8 +26,9 @@ keeps the point estimate's verdict and says it is not decided at 95%. Claim 2 co
 of the same model: where both were scored on the same items against the same baseline, the difference of
 their drops is paired item by item (:func:`paired_drop_difference`; the baseline cancels) and its 95%
 interval is reported the same way. Claim 3's perplexity ratio gets the interval of the paired per-token
-log-perplexity difference over windows, exponentiated. Claim 4 compares different models (nothing to pair)
-and claim 5 single timings.
+log-perplexity difference over windows, exponentiated. A verdict that rests on such an interval crossing the
+claim's line is labelled "not decided at 95%" in the verdict itself (``Claim.undecided``), not only in the
+evidence. Claim 4 compares different models (nothing to pair) and claim 5 single timings.
 Runs evaluated on subsets are tagged in the evidence; the table's note names the items once (:func:`subset_note`).
 """
 
@@ -54,10 +55,14 @@ class Claim:
     verdict: str
     evidence: str
     partial: bool = False
+    undecided: bool = False   # the verdict rests on point estimates whose paired 95% interval crosses the line
 
     @property
     def verdict_text(self) -> str:
-        return self.verdict + (" (partial)" if self.partial and self.verdict != UNTESTABLE else "")
+        if self.verdict == UNTESTABLE:
+            return self.verdict
+        return (self.verdict + (", not decided at 95%" if self.undecided else "")
+                + (" (partial)" if self.partial else ""))
 
 
 @dataclass
@@ -161,15 +166,26 @@ def paired_drop_difference(r1: Run, r2: Run, tasks) -> Optional[DropDifference]:
     return DropDifference(sum(terms) / n, math.sqrt(var) / n)
 
 
-def _decided(diff: float, pair: Optional[DropDifference], noise_text: str) -> tuple[bool, str]:
+def _decided(diff: float, pair: Optional[DropDifference], noise_text: str) -> tuple[bool, str, bool]:
     """Whether ``diff > 0``, decided on the paired 95% interval when there is one (an interval across 0
-    keeps the point estimate and says so), with the text to append."""
+    keeps the point estimate and says so), the text to append, and whether that interval crosses 0."""
     if pair is None or pair.interval() is None:
-        return diff > 0, noise_text
+        return diff > 0, noise_text, False
     lo, hi = pair.interval()
     across = lo <= 0 <= hi
     return diff > 0, (f" (paired 95% interval [{lo:+.2f}, {hi:+.2f}]"
-                      + (": not decided at 95%" if across else "") + ")")
+                      + (": not decided at 95%" if across else "") + ")"), across
+
+
+def _undecided(verdict: str, parts, soft) -> bool:
+    """Whether a combined verdict rests on parts whose paired 95% interval crosses the claim's line
+    (``soft``: the verdicts of those parts): "holds" needs every part decided, "does not hold" one failing
+    part decided."""
+    if verdict == HOLDS:
+        return bool(soft)
+    if verdict == FAILS:
+        return parts.count(FAILS) == soft.count(FAILS)
+    return False
 
 
 def degradation(runs) -> dict:
@@ -225,7 +241,7 @@ class _Runs:
 
 
 def claim1(R: _Runs) -> Claim:
-    parts, evidence = [], []
+    parts, evidence, soft = [], [], []
     for model in R.models:
         lines, missing = [], []
         for method in PAPER_METHODS:
@@ -245,6 +261,8 @@ def claim1(R: _Runs) -> Claim:
                 noise = (f" (paired 95% interval [{lo:.2f}, {hi:.2f}]%"
                          + (", across the 0.5% threshold: not decided at 95%" if lo < W8_THRESHOLD <= hi else "")
                          + ")")
+                if lo < W8_THRESHOLD <= hi:
+                    soft.append(HOLDS if ok else FAILS)
             parts.append(HOLDS if ok else FAILS)
             if len(d.tasks) < len(ACC_DATASETS):
                 parts.append(UNTESTABLE)        # the claim is over five tasks: partial
@@ -260,7 +278,7 @@ def claim1(R: _Runs) -> Claim:
         evidence.append(f"{model}: " + "; ".join(lines) + context)
     verdict, partial = _combine(parts)
     evidence.append(_paper_w8a8_drops())
-    return Claim(1, CLAIMS[1], verdict, " — ".join(evidence), partial)
+    return Claim(1, CLAIMS[1], verdict, " — ".join(evidence), partial, _undecided(verdict, parts, soft))
 
 
 def _paper_w8a8_drops() -> str:
@@ -293,7 +311,7 @@ def _ppl_context(R: _Runs, model, bits) -> str:
 
 
 def claim2(R: _Runs) -> Claim:
-    parts_a, parts_b, evidence = [], [], []
+    parts_a, parts_b, evidence, soft_a, soft_b = [], [], [], [], []
     for model in R.models:
         lines = []
         # (a) W4A8 worse than W8A8 for every method
@@ -313,9 +331,11 @@ def claim2(R: _Runs) -> Claim:
             d8, d4 = d[id(r8)], d[id(r4)]
             diff = d4.value - d8.value
             pair = paired_drop_difference(r8, r4, d4.tasks) if d4.kind == "accuracy" else None
-            ok, noise = _decided(diff, pair, " (within combined stderr)" if _within(diff, d4.stderr, d8.stderr)
-                                 else "")
+            ok, noise, across = _decided(diff, pair, " (within combined stderr)"
+                                         if _within(diff, d4.stderr, d8.stderr) else "")
             parts_a.append(HOLDS if ok else FAILS)
+            if across:
+                soft_a.append(parts_a[-1])
             ratio = f", {d4.value / d8.value:.1f}x" if d8.value >= 0.1 else ""
             lines.append(f"{method}: W4A8 {d4.text()} vs W8A8 {d8.text()}: {diff:+.2f} points{ratio}{noise}")
         # (b) SpinQuant degrades least at W4A8
@@ -340,7 +360,10 @@ def claim2(R: _Runs) -> Claim:
                 within = _within(other.value - spin.value, spin.stderr, other.stderr)
                 pair = (paired_drop_difference(present["SpinQuant"], present[best_other], spin.tasks)
                         if spin.kind == "accuracy" else None)
-                _, noise = _decided(other.value - spin.value, pair, " (within combined stderr)" if within else "")
+                _, noise, across = _decided(other.value - spin.value, pair,
+                                            " (within combined stderr)" if within else "")
+                if across:
+                    soft_b.append(parts_b[-1])
                 perf = ", ".join(f"{m} {present[m].perf:.2f}" for m in ranked if present[m].perf is not None)
                 extra = [r for r in R.extras(model, "W4A8")]
                 dx = degradation(list(present.values()) + extra) if extra else {}
@@ -361,9 +384,14 @@ def claim2(R: _Runs) -> Claim:
     vb, pb = _combine(parts_b)
     verdict, partial = _combine([va, vb])
     partial = partial or pa or pb
-    summary = f"W4A8 worse than W8A8: {va}{' (partial)' if pa and va != UNTESTABLE else ''}; " \
-              f"SpinQuant least degraded: {vb}{' (partial)' if pb and vb != UNTESTABLE else ''}"
-    return Claim(2, CLAIMS[2], verdict, summary + " — " + " — ".join(evidence), partial)
+    ua, ub = _undecided(va, parts_a, soft_a), _undecided(vb, parts_b, soft_b)
+    summary = (f"W4A8 worse than W8A8: {va}{', not decided at 95%' if ua else ''}"
+               f"{' (partial)' if pa and va != UNTESTABLE else ''}; "
+               f"SpinQuant least degraded: {vb}{', not decided at 95%' if ub else ''}"
+               f"{' (partial)' if pb and vb != UNTESTABLE else ''}")
+    halves = [(va, ua), (vb, ub)]
+    undecided = _undecided(verdict, [v for v, _ in halves], [v for v, u in halves if u])
+    return Claim(2, CLAIMS[2], verdict, summary + " — " + " — ".join(evidence), partial, undecided)
 
 
 def _task_drops(runs) -> str:
@@ -381,7 +409,7 @@ def _task_drops(runs) -> str:
 
 
 def claim3(R: _Runs) -> Claim:
-    parts, evidence = [], []
+    parts, evidence, soft = [], [], []
     from .published import compression_table, row
     for model in R.models:
         run = R.get(model, "OmniQuant", "W4A8")
@@ -401,6 +429,8 @@ def claim3(R: _Runs) -> Claim:
             lo, hi = (math.exp(x) for x in wiki.interval())
             decided = (f"; paired 95% interval of the ratio [{lo:.2f}, {hi:.2f}]x"
                        + (": not decided at 95%" if lo <= COLLAPSE_FACTOR < hi else ""))
+            if lo <= COLLAPSE_FACTOR < hi:
+                soft.append(HOLDS if collapsed else FAILS)
         parts.append(HOLDS if collapsed else FAILS)
         table = compression_table(model)
         p, pf = (row(table, "OmniQuant", "W4A8"), row(table, "Full Prec.")) if table else (None, None)
@@ -411,7 +441,8 @@ def claim3(R: _Runs) -> Claim:
         evidence.append(f"{model}: OmniQuant W4A8 ppl {ours}, {'>' if collapsed else '<='} {COLLAPSE_FACTOR:g}x)"
                         f"{decided}{_flags(run, ('wikitext2',))}{paper}")
     verdict, partial = _combine(parts)
-    return Claim(3, CLAIMS[3], verdict, " — ".join(evidence) or "no quantized runs", partial)
+    return Claim(3, CLAIMS[3], verdict, " — ".join(evidence) or "no quantized runs", partial,
+                 _undecided(verdict, parts, soft))
 
 
 def claim4(R: _Runs) -> Claim:
@@ -536,7 +567,8 @@ def claims_table(claims, coll: Optional[Collection] = None) -> Table:
     t.notes.append("Claims are about SmoothQuant, OmniQuant and SpinQuant (one run per model, method and bits; "
                    "RTN/GPTQ shown as extra). Mean drop = mean over tasks of (A - A_c) / A in %. "
                    "'partial': some of the runs the claim covers are missing. 'within noise': the difference is "
-                   "smaller than the combined standard error.")
+                   "smaller than the combined standard error. 'not decided at 95%': the verdict follows the point "
+                   "estimates, but a paired 95% interval it rests on crosses the claim's line.")
     note = subset_note(coll) if coll is not None else None
     if note:
         t.notes.append(note)
