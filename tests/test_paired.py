@@ -493,9 +493,35 @@ def test_ranking_table_compares_neighbours_on_the_same_items(tmp_path):
     t = ranking_table(coll, next(r.model for r in coll.runs), "t", 1)
     assert [(r[1], r[2]) for r in t.rows] == [("RTN", "SmoothQuant"), ("SmoothQuant", "GPTQ")]
     assert t.rows[0][3] == "+0.75 ± 0.43 (1 of 5 tasks)" and t.rows[0][-1] == "not decided"
-    assert t.rows[1][3].startswith("+9.25 ± ") and t.rows[1][-1] == "SmoothQuant ahead"
+    # SmoothQuant and GPTQ differ on ARC-e only: without it their SLMQ_perf interval includes 0
+    assert t.rows[1][3].startswith("+9.25 ± ") and t.rows[1][-1] == "SmoothQuant ahead (not decided without ARC-e)"
     assert t.rows[1][4] == "+0.0000 ± 0.0000"
     assert t.rows[0][5] == "-0.2000 ± 0.0000" and t.rows[1][5] == "—"     # per token: 3 / 15; GPTQ has no KL
+
+
+def test_ranking_verdict_that_rests_on_no_single_dataset(tmp_path):
+    """A ahead of B on ARC-e (40 items of 400) and on WikiText-2 (every window): leaving out either one still
+    decides, so the verdict carries no '(not decided without ...)'; B against C differs on WikiText-2 only."""
+    from llmc_slm.reports import collect
+    from llmc_slm.reports.ranking import fragile_datasets, ranking_table
+    base = [1.0] * 200 + [0.0] * 200
+    b = list(base)
+    for i in range(40):
+        b[i] = 0.0
+    nll = np.random.default_rng(4).normal(40, 2, 20).tolist()
+    _write_run(tmp_path, "fp16", None, base, [0] * 400, nll)
+    _write_run(tmp_path, "a", "RTN", base, [0] * 400, [x + 0.1 for x in nll])
+    _write_run(tmp_path, "b", "GPTQ", b, [0] * 400, [x + 3.0 for x in nll])
+    _write_run(tmp_path, "c", "SmoothQuant", b, [0] * 400, [x + 9.0 for x in nll])
+    coll = collect.collect(tmp_path)
+    t = ranking_table(coll, next(r.model for r in coll.runs), "t", 1)
+    assert [(r[1], r[2], r[-1]) for r in t.rows] == [
+        ("RTN", "GPTQ", "RTN ahead"),
+        ("GPTQ", "SmoothQuant", "GPTQ ahead (not decided without Wiki ppl)")]
+    runs = {r.method: r for r in coll.runs}
+    items = {m: {d: runs[m].paired_items[d] for d in runs[m].perf_datasets} for m in ("RTN", "GPTQ")}
+    assert fragile_datasets(items["RTN"], items["GPTQ"]) == []
+    assert "(not decided without X)" in t.notes[0]
 
 
 def test_paired_drop_difference_needs_the_same_items(tmp_path):

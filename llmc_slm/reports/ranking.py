@@ -20,7 +20,7 @@ from typing import Optional
 
 from llmc_slm.paired import paired_delta, perf_difference, window_log_ppl_delta
 
-from .collect import ACC_DATASETS, BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, Collection, Run, same_items, sort_key
+from .collect import ACC_DATASETS, BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LABELS, Collection, Run, same_items, sort_key
 from .render import Table
 
 
@@ -59,6 +59,22 @@ def kld_difference(a: Run, b: Run):
     return window_log_ppl_delta(ib["window_kl"], ia["window_kl"], tokens)
 
 
+def fragile_datasets(items_a: dict, items_b: dict) -> list[str]:
+    """The datasets without which a decided SLMQ_perf difference is no longer decided: for each dataset left
+    out in turn, the paired bootstrap interval of the difference over the others includes 0 (the same
+    replicates and seed). A ranking that rests on one task (e.g. one near chance level) shows here."""
+    out = []
+    for left_out in items_a:
+        rest_a = {d: v for d, v in items_a.items() if d != left_out}
+        rest_b = {d: v for d, v in items_b.items() if d != left_out}
+        if not rest_a:
+            continue
+        diff = perf_difference(rest_a, rest_b, n_boot=BOOTSTRAP_SAMPLES, seed=BOOTSTRAP_SEED)
+        if diff["low"] <= 0:
+            out.append(left_out)
+    return out
+
+
 def ranking_table(coll: Collection, model: str, name: str, number) -> Optional[Table]:
     """Per bit setting, the complete quantized runs with a paired SLMQ_perf ranked, each against the next;
     None when no bit setting has two such runs."""
@@ -76,10 +92,10 @@ def ranking_table(coll: Collection, model: str, name: str, number) -> Optional[T
         for a, b in zip(ranked, ranked[1:]):
             acc = accuracy_difference(a, b)
             wiki = wiki_difference(a, b)
+            items_a = {d: a.paired_items[d] for d in a.perf_datasets if d in a.paired_items}
+            items_b = {d: b.paired_items[d] for d in b.perf_datasets if d in b.paired_items}
             try:
-                diff = perf_difference({d: a.paired_items[d] for d in a.perf_datasets if d in a.paired_items},
-                                       {d: b.paired_items[d] for d in b.perf_datasets if d in b.paired_items},
-                                       n_boot=BOOTSTRAP_SAMPLES, seed=BOOTSTRAP_SEED)
+                diff = perf_difference(items_a, items_b, n_boot=BOOTSTRAP_SAMPLES, seed=BOOTSTRAP_SEED)
             except ValueError:
                 diff = None
             acc_text = "—" if acc is None else f"{acc[0]:+.2f} ± {acc[1]:.2f}" + (
@@ -92,6 +108,9 @@ def ranking_table(coll: Collection, model: str, name: str, number) -> Optional[T
             else:
                 perf_text = f"{diff['diff']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]"
                 verdict = f"{a.label} ahead" if diff["low"] > 0 else "not decided"
+                fragile = fragile_datasets(items_a, items_b) if diff["low"] > 0 else []
+                if fragile:
+                    verdict += f" (not decided without {', '.join(LABELS.get(d, d) for d in fragile)})"
             t.add([bits, a.label, b.label, acc_text, wiki_text, kld_text, perf_text, verdict], new_group=first)
             first = False
     if not t.rows:
@@ -104,5 +123,6 @@ def ranking_table(coll: Collection, model: str, name: str, number) -> Optional[T
                    "SLMQ_perf: the difference with a paired "
                    f"bootstrap 95% interval ({BOOTSTRAP_SAMPLES} replicates, seed {BOOTSTRAP_SEED}; the items of "
                    "every dataset resampled once for the float run and both runs). 'ahead': the interval lies "
-                   "above 0.")
+                   "above 0; '(not decided without X)': with dataset X left out of SLMQ_perf (each in turn, the "
+                   "same bootstrap), the interval includes 0, so the ranking rests on X.")
     return t
