@@ -258,10 +258,10 @@ def claim1(R: _Runs) -> Claim:
                 # lies at or above it; an interval across the threshold leaves the point estimate's verdict
                 lo, hi = d.interval()
                 ok = hi < W8_THRESHOLD or (lo < W8_THRESHOLD and ok)
+                across = lo < W8_THRESHOLD <= hi
                 noise = (f" (paired 95% interval [{lo:.2f}, {hi:.2f}]%"
-                         + (", across the 0.5% threshold: not decided at 95%" if lo < W8_THRESHOLD <= hi else "")
-                         + ")")
-                if lo < W8_THRESHOLD <= hi:
+                         + (", across the 0.5% threshold: not decided at 95%" if across else "") + ")")
+                if across:
                     soft.append(HOLDS if ok else FAILS)
             parts.append(HOLDS if ok else FAILS)
             if len(d.tasks) < len(ACC_DATASETS):
@@ -427,9 +427,10 @@ def claim3(R: _Runs) -> Claim:
         if math.isfinite(factor) and wiki is not None and wiki.interval() is not None:
             # the ratio's paired 95% interval: exp of the per-token log-perplexity difference's interval
             lo, hi = (math.exp(x) for x in wiki.interval())
+            across = lo <= COLLAPSE_FACTOR < hi
             decided = (f"; paired 95% interval of the ratio [{lo:.2f}, {hi:.2f}]x"
-                       + (": not decided at 95%" if lo <= COLLAPSE_FACTOR < hi else ""))
-            if lo <= COLLAPSE_FACTOR < hi:
+                       + (": not decided at 95%" if across else ""))
+            if across:
                 soft.append(HOLDS if collapsed else FAILS)
         parts.append(HOLDS if collapsed else FAILS)
         table = compression_table(model)

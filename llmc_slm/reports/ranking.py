@@ -10,7 +10,9 @@ own standard error are decided. Each row gives, for ranked neighbours A (higher 
 - WikiText-2's per-token log-perplexity difference (A - B) ± its paired SE over windows, and the same for
   their KL divergences from the float model (``window_kl`` of the items files, where the runs measured it);
 - SLMQ_perf(A) - SLMQ_perf(B) with its paired bootstrap 95% interval (``paired.perf_difference``), and the
-  verdict: "A ahead" when the interval lies above 0, else "not decided".
+  verdict: "A ahead" when the interval lies above 0, else "not decided". A decided verdict names the
+  datasets it rests on (:func:`fragile_datasets`): those without which, left out of SLMQ_perf one at a time
+  with the same bootstrap, the interval would include 0.
 """
 
 from __future__ import annotations
