@@ -59,10 +59,14 @@ class Claim:
 
     @property
     def verdict_text(self) -> str:
-        if self.verdict == UNTESTABLE:
-            return self.verdict
-        return (self.verdict + (", not decided at 95%" if self.undecided else "")
-                + (" (partial)" if self.partial else ""))
+        return verdict_label(self.verdict, self.undecided, self.partial)
+
+
+def verdict_label(verdict: str, undecided: bool = False, partial: bool = False) -> str:
+    """``holds``, ``holds, not decided at 95%``, ``does not hold (partial)``, ...; not testable as it is."""
+    if verdict == UNTESTABLE:
+        return verdict
+    return verdict + (", not decided at 95%" if undecided else "") + (" (partial)" if partial else "")
 
 
 @dataclass
@@ -385,10 +389,8 @@ def claim2(R: _Runs) -> Claim:
     verdict, partial = _combine([va, vb])
     partial = partial or pa or pb
     ua, ub = _undecided(va, parts_a, soft_a), _undecided(vb, parts_b, soft_b)
-    summary = (f"W4A8 worse than W8A8: {va}{', not decided at 95%' if ua else ''}"
-               f"{' (partial)' if pa and va != UNTESTABLE else ''}; "
-               f"SpinQuant least degraded: {vb}{', not decided at 95%' if ub else ''}"
-               f"{' (partial)' if pb and vb != UNTESTABLE else ''}")
+    summary = (f"W4A8 worse than W8A8: {verdict_label(va, ua, pa)}; "
+               f"SpinQuant least degraded: {verdict_label(vb, ub, pb)}")
     halves = [(va, ua), (vb, ub)]
     undecided = _undecided(verdict, [v for v, _ in halves], [v for v, u in halves if u])
     return Claim(2, CLAIMS[2], verdict, summary + " — " + " — ".join(evidence), partial, undecided)
