@@ -714,3 +714,29 @@ def test_the_bits_figure_has_a_kld_panel_and_standard_errors(tmp_path):
     data = bits_data(collect.collect(d), SMOL)
     assert data[KLD]["RTN"] == [(16, 0.0, None), (4, 0.9, None)]
     assert data["arc_easy"]["RTN"][-1] == (4, 45.0, 1.5)
+
+
+def test_stage_times_total_each_model_then_the_folder(tmp_path):
+    from llmc_slm.reports.evaluations import stage_time_table
+    d = tmp_path / "results"
+    stages = {SMOL: [(10, 100, 1000), (20, 300, 900)], QWEN: [(40, 2000, 3000)]}
+    for model, runs in stages.items():
+        for i, (load, quantize, evaluate) in enumerate(runs):
+            data = result(model, "RTN", 8, 8, {"wikitext2": 20.0})
+            data["timings"] = {"stages": {"load": load, "quantize": quantize, "evaluate": evaluate}}
+            write(d / model, f"run{i}.json", data)
+    table = stage_time_table(collect.collect(d))
+    rows = {r[0]: r for r in table.rows}
+    col = {name: i for i, name in enumerate(table.header)}
+    smol, qwen, both = rows[f"total, {SMOL}"], rows[f"total, {QWEN}"], rows["total, all models"]
+    assert (smol[col["load"]], smol[col["quantize"]], smol[col["evaluate"]], smol[col["total"]]) == \
+        ("30", "400", "1900", "2330")
+    assert (qwen[col["quantize"]], qwen[col["total"]]) == ("2000", "5040")
+    assert (both[col["evaluate"]], both[col["total"]]) == ("4900", "7370")
+    # each model's runs come before its total, and the folder's total is last
+    names = [r[0] for r in table.rows]
+    assert names.index(f"total, {SMOL}") > names.index(f"{SMOL}/run1")
+    assert names[-1] == "total, all models"
+    # one model: its total only
+    one = stage_time_table(collect.collect(d / SMOL))
+    assert [r[0] for r in one.rows if r[0].startswith("total")] == [f"total, {SMOL}"]

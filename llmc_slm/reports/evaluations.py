@@ -89,24 +89,36 @@ def _span_seconds(started, finished):
 
 
 def stage_time_table(coll: Collection, name: str = "stage_times") -> Table:
-    """Wall time of every run by stage, and the folder's total per stage: what the results cost to make."""
+    """Wall time of every run by stage, each model's total per stage (the cost of its grid) and, with more
+    than one model, the folder's: what the results cost to make."""
     t = Table(name, "Time by stage: wall seconds of every run (load, calibration text, quantization, evaluation, "
                     "exports, Track 2)", ["Run", *STAGE_COLUMNS, "other", "total", "threads"], left=1)
-    totals: dict = {}
-    for run in sorted(coll.runs, key=lambda r: r.rel):
-        sec = stage_seconds(run.result)
-        if not sec:
-            continue
-        other = sum(v for k, v in sec.items() if k not in STAGE_COLUMNS)
-        row = [sec.get(k) for k in STAGE_COLUMNS] + [other or None, sum(sec.values())]
-        for k, v in zip((*STAGE_COLUMNS, "other", "total"), row):
-            if v:
-                totals[k] = totals.get(k, 0.0) + v
-        t.add([run.rel.removesuffix(".json"), *[fmt(v, 0) if v else "—" for v in row],
-               str(run.result.environment.torch_threads or "—")], source=run.rel)
-    if totals:
-        t.add(["total", *[fmt(totals.get(k), 0) if totals.get(k) else "—" for k in (*STAGE_COLUMNS, "other", "total")],
-               ""], new_group=True)
+    keys = (*STAGE_COLUMNS, "other", "total")
+
+    def total_row(label: str, totals: dict) -> None:
+        t.add([label, *[fmt(totals.get(k), 0) if totals.get(k) else "—" for k in keys], ""], new_group=True)
+
+    overall: dict = {}
+    timed_models = 0
+    for model in coll.models():
+        totals: dict = {}
+        for run in sorted(coll.of_model(model), key=lambda r: r.rel):
+            sec = stage_seconds(run.result)
+            if not sec:
+                continue
+            other = sum(v for k, v in sec.items() if k not in STAGE_COLUMNS)
+            row = [sec.get(k) for k in STAGE_COLUMNS] + [other or None, sum(sec.values())]
+            for k, v in zip(keys, row):
+                if v:
+                    totals[k] = totals.get(k, 0.0) + v
+                    overall[k] = overall.get(k, 0.0) + v
+            t.add([run.rel.removesuffix(".json"), *[fmt(v, 0) if v else "—" for v in row],
+                   str(run.result.environment.torch_threads or "—")], source=run.rel)
+        if totals:
+            timed_models += 1
+            total_row(f"total, {model}", totals)
+    if timed_models > 1:
+        total_row("total, all models", overall)
     t.notes.append("post-run: Track 2 (the deployed model profiled in fresh processes, with its float baseline); "
                    "quantize: the method's transform and fake quantization (Track 3 measures the same span); "
                    "evaluate: every evaluation position. Runs written before stages were recorded show load, the "
