@@ -197,3 +197,35 @@ def perf_difference(items_a: Mapping[str, PerfItems], items_b: Mapping[str, Perf
     low, high = _percentiles(replicate, {n: len(ia[n].a) for n in names}, n_boot, seed, chunk, level)
     return {"diff": perf_point(ia, lower_is_better) - perf_point(ib, lower_is_better), "low": low,
             "high": high, "level": level, "n_boot": n_boot, "seed": seed, "datasets": names}
+
+
+def perf_difference_independent(items_a: Mapping[str, PerfItems], items_b: Mapping[str, PerfItems],
+                                n_boot: int = 1000, seed: int = 0, lower_is_better=PERPLEXITY_DATASETS,
+                                level: float = 0.95, chunk: int = 250) -> dict:
+    """SLMQ_perf(a) - SLMQ_perf(b) for two compressed models each scored against its own baseline (two
+    different models: nothing is shared to pair across them), with a bootstrap interval: each replicate
+    resamples every dataset of ``a`` and of ``b`` independently, each jointly with its own baseline (the
+    paired bootstrap of :func:`perf_bootstrap` within each model), and takes the difference. Datasets are
+    those both have. Where the two models happen to share items this ignores their correlation across
+    models, which is weak (different models miss different items) and only widens the interval.
+    Returns ``{"diff", "low", "high", "level", "n_boot", "seed", "datasets"}``."""
+    names = [n for n in items_a if n in items_b]
+    if not names:
+        raise ValueError("no dataset scored in both")
+    for side, items in (("first", items_a), ("second", items_b)):
+        for n in names:
+            it = items[n]
+            if len(it.a) != len(it.b) or not len(it.a):
+                raise ValueError(f"{n}: the {side} model's paired items need equal non-empty lists")
+    ppl = np.array([n in set(lower_is_better) for n in names])
+    ia, ib = {n: items_a[n] for n in names}, {n: items_b[n] for n in names}
+    sizes = {("a", n): len(ia[n].a) for n in names} | {("b", n): len(ib[n].a) for n in names}
+
+    def replicate(idx):
+        perf = [_perf_from_stats(*_stats(it, names, {n: idx[(side, n)] for n in names}), ppl)
+                for side, it in (("a", ia), ("b", ib))]
+        return perf[0] - perf[1]
+
+    low, high = _percentiles(replicate, sizes, n_boot, seed, chunk, level)
+    return {"diff": perf_point(ia, lower_is_better) - perf_point(ib, lower_is_better), "low": low,
+            "high": high, "level": level, "n_boot": n_boot, "seed": seed, "datasets": names}

@@ -13,7 +13,8 @@ Definitions (relative drop of task i: (A_i - A_i^c) / A_i, A = float baseline, c
    Without accuracy results the degradation is 100 - SLMQ_perf on the datasets there are (said so).
 3. OmniQuant collapses at W4A8: WikiText-2 perplexity above 10x the float baseline's (or not finite).
 4. SmolLM is more robust than Qwen at W4A8: SmolLM's SLMQ_perf is higher, for every method run on both,
-   both scored over the datasets the two runs share.
+   both scored over the datasets the two runs share; the difference's 95% interval comes from a bootstrap
+   that resamples each model's items against its own float run, the two models independently.
 5. SmoothQuant is the cheapest to quantize: the lowest W8A8 quantization time; the OmniQuant / SpinQuant
    time ratios are reported, and whether they fall in the paper's 6-7x.
 
@@ -28,7 +29,9 @@ their drops is paired item by item (:func:`paired_drop_difference`; the baseline
 interval is reported the same way. Claim 3's perplexity ratio gets the interval of the paired per-token
 log-perplexity difference over windows, exponentiated. A verdict that rests on such an interval crossing the
 claim's line is labelled "not decided at 95%" in the verdict itself (``Claim.undecided``), not only in the
-evidence. Claim 4 compares different models (nothing to pair) and claim 5 single timings.
+evidence. Claim 4 compares different models: nothing pairs across them, so its interval is the independent
+bootstrap above (``paired.perf_difference_independent``), and a verdict on an interval across 0 is "not
+decided at 95%" as well; claim 5 compares single timings.
 Runs evaluated on subsets are tagged in the evidence; the table's note names the items once (:func:`subset_note`).
 """
 
@@ -455,7 +458,7 @@ def claim4(R: _Runs) -> Claim:
     if not smol or not other:
         return Claim(4, CLAIMS[4], UNTESTABLE, "needs W4A8 runs of a SmolLM model and of another (Qwen) model; "
                      f"models with quantized runs here: {', '.join(R.models) or 'none'}")
-    parts, evidence = [], []
+    parts, evidence, soft = [], [], []
     for s in smol:
         for q in other:
             for method in PAPER_METHODS:
@@ -474,11 +477,36 @@ def claim4(R: _Runs) -> Claim:
                 parts.append(HOLDS if diff > 0 else FAILS)
                 on = "" if common == rs.perf_datasets == rq.perf_datasets else \
                     f" (both scored on the datasets they share: {', '.join(LABELS[d] for d in common)})"
-                noise = " (within combined stderr)" if _within(diff, ses, seq) else ""
+                interval = _model_difference(rs, rq, common)
+                if interval is None:
+                    noise = " (within combined stderr)" if _within(diff, ses, seq) else ""
+                else:
+                    lo, hi = interval
+                    noise = (f" (95% interval [{lo:+.2f}, {hi:+.2f}], each model bootstrapped against its own "
+                             f"float run" + (": not decided at 95%" if lo <= 0 <= hi else "") + ")")
+                    if lo <= 0 <= hi:
+                        soft.append(parts[-1])
                 evidence.append(f"{method}: SLMQ_perf {s} {ps:.2f}{_flags(rs, common)} vs {q} "
                                 f"{pq:.2f}{_flags(rq, common)}: {diff:+.2f}{on}{noise}")
     verdict, partial = _combine(parts)
-    return Claim(4, CLAIMS[4], verdict, "; ".join(evidence), partial)
+    return Claim(4, CLAIMS[4], verdict, "; ".join(evidence), partial, _undecided(verdict, parts, soft))
+
+
+def _model_difference(rs: Run, rq: Run, datasets) -> Optional[tuple[float, float]]:
+    """The 95% bootstrap interval of SLMQ_perf(rs) - SLMQ_perf(rq) over ``datasets`` for runs of two
+    different models (``paired.perf_difference_independent``), or None unless both runs hold per-item
+    outcomes for every dataset."""
+    from llmc_slm.paired import perf_difference_independent
+    from .collect import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED
+    if not all(ds in r.paired_items for r in (rs, rq) for ds in datasets):
+        return None
+    try:
+        d = perf_difference_independent({ds: rs.paired_items[ds] for ds in datasets},
+                                        {ds: rq.paired_items[ds] for ds in datasets},
+                                        n_boot=BOOTSTRAP_SAMPLES, seed=BOOTSTRAP_SEED)
+    except ValueError:
+        return None
+    return d["low"], d["high"]
 
 
 def _times(R: _Runs, model, bits) -> dict:
