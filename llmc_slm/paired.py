@@ -206,8 +206,8 @@ def perf_difference_independent(items_a: Mapping[str, PerfItems], items_b: Mappi
     different models: nothing is shared to pair across them), with a bootstrap interval: each replicate
     resamples every dataset of ``a`` and of ``b`` independently, each jointly with its own baseline (the
     paired bootstrap of :func:`perf_bootstrap` within each model), and takes the difference. Datasets are
-    those both have. Where the two models happen to share items this ignores their correlation across
-    models, which is weak (different models miss different items) and only widens the interval.
+    those both have. Where the two models happen to share items, any correlation of their outcomes across
+    the models is ignored: the two samples are treated as independent.
     Returns ``{"diff", "low", "high", "level", "n_boot", "seed", "datasets"}``."""
     names = [n for n in items_a if n in items_b]
     if not names:
