@@ -122,6 +122,9 @@ class SaveConfig:
     real_embed_bit: Optional[int] = 8
     # more export formats by name (registered exporters, beside LLMC's save_trans / save_fake / save_real)
     formats: list[str] = field(default_factory=list)
+    # quantized runs: keep the fake-quantized model beside the results (<stem>.resume.pt, deleted when the
+    # run completes) so that a run interrupted after quantization resumes there (llmc.resume)
+    resume: bool = True
 
 
 @dataclass

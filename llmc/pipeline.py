@@ -2,8 +2,11 @@
 
     plan (+ writable targets, resource estimate) -> load -> evaluate(pretrain) -> calibrate
          -> quantize (the method; Track 3 measured around it) -> evaluate(transformed) -> export
-         -> fake-quantize -> evaluate(fake_quant) -> export -> deploy (integer kernels)
+         -> fake-quantize -> [checkpoint] -> evaluate(fake_quant) -> export -> deploy (integer kernels)
          -> evaluate(real_quant) -> post-run hooks (Track 2) -> record
+
+``[checkpoint]`` is the resume point (``save.resume``, ``llmc.resume``): a run interrupted after it starts
+there again, with the evaluations it finished kept.
 
 ``plan_run`` checks everything the user can get wrong (config, model path, data files, method, exporters)
 before a model is loaded; ``check_writable`` and ``llmc.estimate.check_resources`` what the world around
@@ -14,12 +17,10 @@ rewritten after every stage (atomically), so a run that stops keeps what it fini
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import catalog
@@ -55,6 +56,7 @@ class QuantizedModel:
     input_transforms: dict           # "blocks.i.<path>" -> online transform (SpinQuant's R4)
     cost: dict = field(default_factory=dict)   # Track 3: time and peak memory of the quantization
     report: dict = field(default_factory=dict)  # the method's own figures, by record section
+    exports: list = field(default_factory=list)  # paths written after the transform (save_trans, ...)
 
 
 def plan_run(cfg: Config) -> RunPlan:
@@ -174,21 +176,18 @@ def check_writable(cfg: Config) -> None:
             raise UserError(f"{key}: cannot write to {folder}: {e.strerror or type(e).__name__}") from None
 
 
-def _previous_run(path) -> None:
+def _previous_run(previous: Optional[dict], path) -> None:
     """Say so when the last run writing this results file was killed from outside (its record is still
     ``running`` and its process is gone): this run replaces it."""
     from .results import effective_status
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(data, dict) and effective_status(data) == "killed":
+    if previous is not None and effective_status(previous) == "killed":
         log.warning("the previous run writing %s was killed during stage '%s' (out of memory or SIGKILL?); "
-                    "running it again", path, data.get("stage") or "?")
+                    "running it again", path, previous.get("stage") or "?")
 
 
 def run(cfg: Config) -> dict:
     """One experiment from its config; returns the results record's data."""
+    from . import resume
     from .estimate import check_resources
     from .paths import results_path
     from .results import RunRecord, environment, git_info
@@ -200,9 +199,11 @@ def run(cfg: Config) -> dict:
     plan = plan_run(cfg)
     check_writable(cfg)
     estimate = check_resources(cfg, plan)
-    _previous_run(results_path(cfg))
+    path = results_path(cfg)
+    previous = resume.read_previous(path)
+    _previous_run(previous, path)
     record = RunRecord.start(
-        results_path(cfg), task_id=cfg.task_id, profile=cfg.profile, config=config_as_dict(cfg), config_file=cfg.source,
+        path, task_id=cfg.task_id, profile=cfg.profile, config=config_as_dict(cfg), config_file=cfg.source,
         environment=environment(plan.device, plan.dtype), git=git_info(),
         data={name: ev.describe() for name, ev in plan.evaluators.items()})
     if estimate is not None:
@@ -215,20 +216,25 @@ def run(cfg: Config) -> dict:
         record.data["model"] = {**plan.source.describe(), "arch": adapter.arch_facts()}
         record.save()
         log.info("model %s (%s): %s", plan.source.name, plan.source.origin, arch_line(adapter.arch_facts()))
+        fingerprint, resumed = _resume_point(cfg, plan, adapter, record, previous)
         reference = _float_reference(cfg, plan, adapter)   # before the method changes the model in place
         evaluate = _evaluator(cfg, plan, record, adapter, reference)   # at every position in eval.eval_pos
         evaluate("pretrain")
         if cfg.quant is not None:
-            record.stage("calibrate")
-            calib = calibrate(plan, adapter)
-            if calib is not None:
-                record.data["calibration"] = calib.info
-            quantize_stages(adapter, cfg, calib, evaluate, record)
+            if resumed is not None:
+                after_quantization(adapter, cfg, _restore(resumed, adapter, record), evaluate, record)
+            else:
+                record.stage("calibrate")
+                calib = calibrate(plan, adapter)
+                if calib is not None:
+                    record.data["calibration"] = calib.info
+                quantize_stages(adapter, cfg, calib, evaluate, record, checkpoint=_checkpointer(record, fingerprint))
             for hook in post_run_hooks():
                 record.stage(f"post-run: {getattr(hook, '__name__', hook)}")
                 hook(cfg, record, plan.device, plan.dtype)
         record.stage("done")
         record.finish("complete")
+        resume.remove_checkpoint(path)
     except UserError as e:
         _finish_quietly(record, "failed", f"user error: {e}")
         raise
@@ -240,6 +246,83 @@ def run(cfg: Config) -> dict:
         raise
     print_summary(record.data, record.path)
     return record.data
+
+
+# ------------------------------------------------------------------------------- resuming (llmc.resume)
+def _resume_point(cfg, plan, adapter, record, previous):
+    """With ``save.resume`` on a quantized run: ``(fingerprint, attempt)``, this run's fingerprint (for the
+    checkpoint it will write; None when the code cannot be identified) and the interrupted attempt to resume
+    from (``llmc.resume.Resumable``, or None). That attempt's finished evaluations and stage times are
+    carried into ``record`` now, so that the evaluations skip them."""
+    from . import resume
+    from .results import ResultsError, read_items
+    if cfg.quant is None or not cfg.save.resume:
+        return None, None
+    fp = resume.fingerprint(record.data["config"], resume.model_identity(plan.source, adapter.model),
+                            record.data["git"], record.data["environment"], resume.source_digest())
+    found = resume.find_resumable(record.path, previous, fp)
+    if found is None:
+        return fp, None
+    prev = found.previous
+    try:   # the interrupted attempt's per-item outcomes (this run has not written its own yet)
+        items = read_items(record.items_path) if record.items_path.exists() else {}
+    except ResultsError:
+        items = {}
+    for pos, by_name in found.finished_metrics().items():
+        for name, metric in by_name.items():
+            if not isinstance(metric, dict) or (metric.get("items_file") and name not in items.get(pos, {})):
+                continue   # its per-item outcomes are lost: evaluated again
+            record.data["metrics"].setdefault(pos, {})[name] = metric
+            if metric.get("items_file"):
+                record.set_items(pos, name, items[pos][name])
+    timings = prev.get("timings") if isinstance(prev.get("timings"), dict) else {}
+    stages = record.data["timings"].setdefault("stages", {})
+    for kind, seconds in (timings.get("stages") or {}).items():
+        if isinstance(seconds, (int, float)):
+            stages[kind] = stages.get(kind, 0.0) + seconds
+    for section in ("calibration", "method"):
+        if section in prev:
+            record.data[section] = prev[section]
+    kept = sorted(f"{pos}/{name}" for pos, by in record.data["metrics"].items() for name in by)
+    attempts = prev.get("resumed") if isinstance(prev.get("resumed"), list) else []
+    record.data["resumed"] = attempts + [{
+        "from_status": found.previous_status, "previous_started": prev.get("started"),
+        "previous_stage": prev.get("stage"), "previous_process": prev.get("process"), "kept": kept}]
+    record.data["resume_checkpoint"] = prev["resume_checkpoint"]
+    record.save()
+    log.warning("resuming %s from its quantized model (%s); kept: %s", record.path.name, found.checkpoint.name,
+                ", ".join(kept) or "no evaluation")
+    return fp, found
+
+
+def _restore(found, adapter, record) -> QuantizedModel:
+    """The checkpointed quantized model in ``adapter`` (``llmc.resume.load_checkpoint``)."""
+    from . import resume
+    record.stage("resume: load quantized model")
+    try:
+        return resume.load_checkpoint(found, adapter)
+    except ValueError as e:
+        raise UserError(f"{found.checkpoint}: cannot resume from it: {e}; delete it to quantize again") from None
+
+
+def _checkpointer(record, fp):
+    """The ``checkpoint`` callback of :func:`quantize_stages` (None without a fingerprint: ``save.resume``
+    off, or code that cannot be identified): write the quantized model for resuming, name it in the record."""
+    from . import resume
+    if fp is None:
+        return None
+
+    def checkpoint(adapter, quantized):
+        path = resume.checkpoint_path(record.path)
+        t = time.perf_counter()
+        why = resume.write_checkpoint(path, fp, adapter, quantized)
+        if why:
+            log.warning("no resume checkpoint (%s): an interrupted run will quantize again", why)
+            return
+        record.set_section("resume_checkpoint", {"file": path.name, "fingerprint": fp,
+                                                 "bytes": path.stat().st_size,
+                                                 "seconds": round(time.perf_counter() - t, 2)})
+    return checkpoint
 
 
 def _finish_quietly(record, status: str, error: str) -> None:
@@ -266,6 +349,9 @@ def _evaluator(cfg, plan, record, adapter, reference=None) -> Callable[[str], No
         if pos not in cfg.eval.eval_pos:
             return
         for name, ev in plan.evaluators.items():
+            if name in record.data["metrics"].get(pos, {}):   # finished by the attempt this run resumes
+                log.info("%s at %s: kept from the interrupted attempt", name, pos)
+                continue
             record.stage(f"evaluate: {name} at {pos}")
             log.info("evaluating %s at %s", name, pos)
             t = time.perf_counter()
@@ -280,44 +366,59 @@ def _evaluator(cfg, plan, record, adapter, reference=None) -> Callable[[str], No
 
 
 def quantize_stages(adapter, cfg: Config, calib, evaluate: Callable[[str], None] = lambda pos: None,
-                    record=None) -> QuantizedModel:
+                    record=None, checkpoint: Optional[Callable] = None) -> QuantizedModel:
     """Everything after loading and calibration text for a quantized run: transform, evaluate at
-    ``transformed``, export, fake-quantize, evaluate at ``fake_quant``, export, deploy and evaluate at
-    ``real_quant`` (if asked for). ``evaluate(position)`` is called at each position; the results record,
-    if given, gets the method, the quantization cost (Track 3), the method's report and the exports."""
-    def stage(name):
-        if record is not None:
-            record.stage(name)
-
-    def save(**sections):
-        if record is not None:
-            for name, value in sections.items():
-                record.set_section(name, value, save=False)
-            record.save()
-
-    from .results import MethodInfo, QuantCost
+    ``transformed``, export, fake-quantize, then (``checkpoint(adapter, quantized)`` if given: the resume
+    point, ``llmc.resume``) :func:`after_quantization`. ``evaluate(position)`` is called at each position;
+    the results record, if given, gets the method, the quantization cost (Track 3), the method's report and
+    the exports."""
+    from .results import MethodInfo
     spec = METHODS[cfg.quant.method]
-    save(method=MethodInfo(name=spec.name, label=spec.label_for(cfg), calibrated=spec.needs_calib))
-    stage("quantize: transform")
+    _save(record, method=MethodInfo(name=spec.name, label=spec.label_for(cfg), calibrated=spec.needs_calib))
+    _stage(record, "quantize: transform")
     quantized = transform(adapter, cfg, calib)
     evaluate("transformed")
-    stage("export: transformed")
-    exported = export(adapter, quantized, cfg, "transformed")
-    stage("quantize: fake-quantize")
+    _stage(record, "export: transformed")
+    quantized.exports = export(adapter, quantized, cfg, "transformed")
+    _stage(record, "quantize: fake-quantize")
     fake_quantize(adapter, quantized, calib)
-    save(quant_cost=QuantCost.from_dict(quantized.cost), **quantized.report)
     c = quantized.cost
     log.info("quantization took %.1f s, peak memory %.0f MB (%s)", c["time_s"], c["peak_mem_mb"], c["memory_kind"])
+    if checkpoint is not None:
+        _stage(record, "checkpoint: for resuming")
+        checkpoint(adapter, quantized)
+    after_quantization(adapter, cfg, quantized, evaluate, record)
+    return quantized
+
+
+def after_quantization(adapter, cfg: Config, quantized: QuantizedModel,
+                       evaluate: Callable[[str], None] = lambda pos: None, record=None) -> None:
+    """From the fake-quantized model on (where a resumed run starts, ``llmc.resume``): record the cost and
+    the method's report, evaluate at ``fake_quant``, export, deploy and evaluate at ``real_quant`` (if
+    asked for)."""
+    from .results import QuantCost
+    _save(record, quant_cost=QuantCost.from_dict(quantized.cost), **quantized.report)
     evaluate("fake_quant")
-    stage("export: fake_quant")
-    exported += export(adapter, quantized, cfg, "fake_quant")
+    _stage(record, "export: fake_quant")
+    exported = quantized.exports + export(adapter, quantized, cfg, "fake_quant")
     if exported:
-        save(exports=exported)
+        _save(record, exports=exported)
     if "real_quant" in cfg.eval.eval_pos:
-        stage("deploy")
+        _stage(record, "deploy")
         deploy(adapter, cfg)
         evaluate("real_quant")
-    return quantized
+
+
+def _stage(record, name: str) -> None:
+    if record is not None:
+        record.stage(name)
+
+
+def _save(record, **sections) -> None:
+    if record is not None:
+        for name, value in sections.items():
+            record.set_section(name, value, save=False)
+        record.save()
 
 
 def arch_line(a: dict) -> str:

@@ -17,6 +17,10 @@ What happens to a run, decided from its results file before anything is launched
 - ``running``: rerun when stale (the process the previous sweep started for it is gone); skipped and
   reported while that process is still alive (an orphan of a sweep killed with SIGKILL).
 
+An interrupted or stale run that got past its quantization left its quantized model beside its results
+(``llmc.resume``): the engine starts it there, with the evaluations it finished kept (the plan says
+"from its quantized model").
+
 A child that exits non-zero normally leaves ``status: failed`` written by the engine. When it was killed
 (signal 9: out of memory?) or timed out, its file may still say ``running`` or not exist: the sweep then
 writes ``status: failed`` with the ``error`` and a ``sweep`` block (command, return code, log) itself.
@@ -253,7 +257,7 @@ def _flatten(d, prefix="") -> dict:
 
 # Config keys that decide how fast a run goes, never its figures (each one's tests show the same bits either
 # way): a complete run recorded with another value, or before the key existed, is not rerun for them.
-SPEED_ONLY_KEYS = frozenset({"eval.reference_cache"})
+SPEED_ONLY_KEYS = frozenset({"eval.reference_cache", "save.resume"})
 
 
 def same_config(old: dict | None, new: dict) -> bool:
@@ -323,11 +327,18 @@ def decide(runs: list[Run], retry_failed: bool = False, previous: dict | None = 
                 r.action, r.status, r.reason = "skip", "running", f"still running elsewhere (pid {pid})"
                 r.pid = pid
             else:
-                r.reason = "stale 'running' record (its process is gone), rerun"
+                r.reason = "stale 'running' record (its process is gone), rerun" + _resume_note(r.result)
         elif status == "interrupted":
-            r.reason = "interrupted before, rerun"
+            r.reason = "interrupted before, rerun" + _resume_note(r.result)
         else:
             r.reason = f"status {status!r}, rerun"
+
+
+def _resume_note(result: Path) -> str:
+    """Where a rerun starts when the interrupted run left its quantized model (``llmc.resume``; the engine
+    decides whether it fits)."""
+    from llmc.resume import checkpoint_path
+    return " (from its quantized model)" if checkpoint_path(result).exists() else ""
 
 
 def _record_seconds(data: dict) -> float | None:

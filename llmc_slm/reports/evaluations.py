@@ -123,5 +123,11 @@ def stage_time_table(coll: Collection, name: str = "stage_times") -> Table:
                    "quantize: the method's transform and fake quantization (Track 3 measures the same span); "
                    "evaluate: every evaluation position. Runs written before stages were recorded show load, the "
                    "quantization cost and the evaluations, and the rest of their wall time (started to finished, "
-                   "whole seconds) as other: Track 2, calibration text and exports.")
+                   "whole seconds) as other: Track 2, calibration text and exports. Writing the quantized model for "
+                   "resuming, and reloading it, count as other.")
+    resumed = [f"{run.rel.removesuffix('.json')} ({len(run.result.section('resumed'))}x)"
+               for run in sorted(coll.runs, key=lambda r: r.rel) if isinstance(run.result.section("resumed"), list)]
+    if resumed:
+        t.notes.append("Resumed after their quantization (llmc.resume; both attempts' stage times are counted, "
+                       "the quantization once): " + ", ".join(resumed) + ".")
     return t
