@@ -300,7 +300,7 @@ def _restore(found, adapter, record) -> QuantizedModel:
     from . import resume
     record.stage("resume: load quantized model")
     try:
-        return resume.load_checkpoint(found, adapter)
+        return QuantizedModel(algorithm=None, **resume.load_checkpoint(found, adapter))
     except ValueError as e:
         raise UserError(f"{found.checkpoint}: cannot resume from it: {e}; delete it to quantize again") from None
 

@@ -196,13 +196,12 @@ def find_resumable(results: Path, previous: Optional[dict], fp: Optional[str]) -
     return Resumable(ckpt, fp, previous, status)
 
 
-def load_checkpoint(resumable: Resumable, adapter):
-    """Swap the checkpointed model into ``adapter`` and return the ``QuantizedModel`` it stands for;
-    restores the random state of the moment it was written. Raises ``ValueError`` when the file does not
-    hold this run's model (another fingerprint, the probe logits differ)."""
+def load_checkpoint(resumable: Resumable, adapter) -> dict:
+    """Swap the checkpointed model into ``adapter``; return what the quantization produced besides it
+    (``label``, ``input_transforms``, ``cost``, ``report``, ``exports``: the pipeline's ``QuantizedModel``
+    fields) and restore the random state of the moment it was written. Raises ``ValueError`` when the file
+    does not hold this run's model (another fingerprint, the probe logits differ)."""
     import torch
-
-    from .pipeline import QuantizedModel
     try:
         payload = torch.load(resumable.checkpoint, map_location=adapter.device, weights_only=False)
     except Exception as e:   # truncated, not a torch file, a class that moved
@@ -219,8 +218,7 @@ def load_checkpoint(resumable: Resumable, adapter):
         raise ValueError("the reloaded model's logits differ from those recorded when it was written")
     del float_model
     _set_rng_state(payload["rng"])
-    return QuantizedModel(None, payload["label"], payload["input_transforms"], payload["cost"], payload["report"],
-                          list(payload["exports"]))
+    return {k: payload[k] for k in ("label", "input_transforms", "cost", "report", "exports")}
 
 
 def remove_checkpoint(results: Path) -> None:

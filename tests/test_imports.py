@@ -22,7 +22,7 @@ LAYERS = [
      "llmc.data.sources", "llmc.data.wikitext2", "llmc_slm.tasks"],
     ["llmc.catalog"],
     ["llmc.config"],
-    ["llmc.quant", "llmc.data", "llmc.profiling", "llmc.results", "llmc.eval", "llmc.estimate"],
+    ["llmc.quant", "llmc.data", "llmc.profiling", "llmc.results", "llmc.eval", "llmc.estimate", "llmc.resume"],
     ["llmc.models"],
     ["llmc.algos", "llmc.export", "llmc.deploy", "llmc.evaluators"],
     ["llmc.pipeline"],
