@@ -176,6 +176,8 @@ def find_resumable(results: Path, previous: Optional[dict], fp: Optional[str]) -
     but cannot serve is deleted with one log line saying why (the record that named it is being replaced)."""
     from .results import effective_status
     ckpt = checkpoint_path(results)
+    for partial in ckpt.parent.glob(f".{ckpt.name}.*.tmp"):   # a write killed half-way (SIGKILL, power)
+        partial.unlink(missing_ok=True)
     if not ckpt.exists():
         return None
     status = effective_status(previous) if previous is not None else "unreadable"

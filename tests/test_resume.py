@@ -216,11 +216,14 @@ def test_a_run_killed_in_its_evaluations_resumes_from_its_checkpoint(tmp_path, t
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert read_result(out).status == "killed"
+    partial = out.parent / ".run.resume.pt.abc123.tmp"      # as a kill during the checkpoint's write leaves it
+    partial.write_bytes(b"half a model")
     rerun = subprocess.run([sys.executable, "-m", "llmc", "--config", cfg], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     done = read_result(out)
     assert done.status == "complete" and done.sections["resumed"][0]["from_status"] == "killed"
+    assert not partial.exists()
     assert done.at("fake_quant")["wikitext2"].ppl == uninterrupted[0].at("fake_quant")["wikitext2"].ppl
     assert done.at("fake_quant")["piqa"].acc == uninterrupted[0].at("fake_quant")["piqa"].acc
 
