@@ -256,7 +256,8 @@ def _resume_point(cfg, plan, adapter, record, previous):
     carried into ``record`` now, so that the evaluations skip them."""
     from . import resume
     from .results import ResultsError, read_items
-    if cfg.quant is None or not cfg.save.resume:
+    if cfg.quant is None or not cfg.save.resume:   # an earlier attempt's checkpoint can serve no rerun now
+        resume.discard_checkpoint(record.path, "save.resume is off" if cfg.quant is not None else "no quantization")
         return None, None
     fp = resume.fingerprint(record.data["config"], resume.model_identity(plan.source, adapter.model),
                             record.data["git"], record.data["environment"], resume.source_digest())

@@ -176,8 +176,7 @@ def find_resumable(results: Path, previous: Optional[dict], fp: Optional[str]) -
     but cannot serve is deleted with one log line saying why (the record that named it is being replaced)."""
     from .results import effective_status
     ckpt = checkpoint_path(results)
-    for partial in ckpt.parent.glob(f".{ckpt.name}.*.tmp"):   # a write killed half-way (SIGKILL, power)
-        partial.unlink(missing_ok=True)
+    _remove_partial_writes(ckpt)
     if not ckpt.exists():
         return None
     status = effective_status(previous) if previous is not None else "unreadable"
@@ -225,3 +224,19 @@ def load_checkpoint(resumable: Resumable, adapter) -> dict:
 
 def remove_checkpoint(results: Path) -> None:
     checkpoint_path(results).unlink(missing_ok=True)
+
+
+def discard_checkpoint(results: Path, why: str) -> None:
+    """Delete an earlier attempt's checkpoint (and half-written ones) that this run will neither resume from
+    nor replace, with one log line saying why: the record that named it is being replaced."""
+    ckpt = checkpoint_path(results)
+    _remove_partial_writes(ckpt)
+    if ckpt.exists():
+        log.warning("not resuming from %s (%s): deleted", ckpt.name, why)
+        ckpt.unlink(missing_ok=True)
+
+
+def _remove_partial_writes(ckpt: Path) -> None:
+    """The temporary files a checkpoint write killed half-way (SIGKILL, power) leaves beside it."""
+    for partial in ckpt.parent.glob(f".{ckpt.name}.*.tmp"):
+        partial.unlink(missing_ok=True)

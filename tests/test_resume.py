@@ -201,6 +201,20 @@ def test_no_checkpoint_without_save_resume(tmp_path, tiny_model_dir, monkeypatch
     assert not resume.checkpoint_path(out).exists() and "resume_checkpoint" not in read_result(out).sections
 
 
+def test_a_rerun_without_save_resume_deletes_the_earlier_checkpoint(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """The record that named it is replaced: kept, the file would only hold disk until a later resumable run."""
+    from llmc.__main__ import main
+    out = tmp_path / "results" / "run.json"
+    interrupt_piqa_once(monkeypatch)
+    assert main(["--config", write_cfg(tmp_path, tiny_model_dir), "--quiet"]) == 130
+    assert resume.checkpoint_path(out).exists()
+    interrupt_piqa_once(monkeypatch)
+    with caplog.at_level("INFO", logger="llmc"):
+        assert main(["--config", write_cfg(tmp_path, tiny_model_dir, extra=", resume: false"), "--quiet"]) == 130
+    assert "not resuming from run.resume.pt (save.resume is off): deleted" in caplog.text
+    assert not resume.checkpoint_path(out).exists() and "resume_checkpoint" not in read_result(out).sections
+
+
 def test_a_run_killed_in_its_evaluations_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, uninterrupted):
     """SIGKILL (a machine taken back, out of memory): the record stays 'running', its writer is gone."""
     cfg = write_cfg(tmp_path, tiny_model_dir)
