@@ -17,6 +17,10 @@ What happens to a run, decided from its results file before anything is launched
 - ``running``: rerun when stale (the process the previous sweep started for it is gone); skipped and
   reported while that process is still alive (an orphan of a sweep killed with SIGKILL).
 
+The manifest ``<results>/sweep.json`` lists this sweep's runs and carries, under ``earlier_runs``, the
+entries of earlier sweeps into the same folder that this one does not plan (:func:`earlier_runs`): a grid
+run cell by cell keeps one manifest, and a run still alive from an earlier sweep is recognised.
+
 An interrupted or stale run that got past its quantization left its quantized model beside its results
 (``llmc.resume``): the engine starts it there, with the evaluations it finished kept (the plan says
 "from its quantized model").
@@ -295,9 +299,27 @@ def _pid_alive(pid: int | None, config: Path) -> bool:
         return True
 
 
+def _entries(manifest: dict | None, key: str) -> list[dict]:
+    listed = manifest.get(key) if isinstance(manifest, dict) else None
+    return [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+
+
+def earlier_runs(previous: dict | None, runs: list[Run]) -> list[dict]:
+    """The previous manifest's entries for results this sweep does not plan (its own runs, each with the
+    command line of its sweep as ``argv``, and those it carried): a grid run in several invocations into one
+    folder keeps one manifest of all its runs, each as its last sweep left it (the results files say more)."""
+    planned = {str(r.result) for r in runs}
+    own = [{**e, "argv": previous.get("argv")} for e in _entries(previous, "runs")]
+    kept: dict = {}
+    for e in own + _entries(previous, "earlier_runs"):
+        if e.get("result") not in planned:
+            kept.setdefault(e.get("result"), e)
+    return list(kept.values())
+
+
 def decide(runs: list[Run], retry_failed: bool = False, previous: dict | None = None) -> None:
     """Set each run's ``action``, ``reason`` and (for skipped runs) ``status`` from its results file."""
-    prev = {e.get("result"): e for e in (previous or {}).get("runs", []) if isinstance(e, dict)}
+    prev = {e.get("result"): e for e in _entries(previous, "earlier_runs") + _entries(previous, "runs")}
     for r in runs:
         data = read_json(r.result)
         r.action, r.status, r.reason = "run", "pending", ""
@@ -411,6 +433,7 @@ class Sweep:
         self.argv = argv
         self.out = out or (lambda s: print(s, flush=True))
         self.manifest_path = self.results / MANIFEST
+        self.earlier: list[dict] = []   # the manifest's entries of runs this sweep does not plan (decide())
         self._stop = 0          # number of stop signals received
         self._done = 0
         self._bar = None
@@ -421,7 +444,9 @@ class Sweep:
 
     # ---------------------------------------------------------------- planning output
     def decide(self) -> None:
-        decide(self.runs, self.retry_failed, read_json(self.manifest_path))
+        previous = read_json(self.manifest_path)
+        self.earlier = earlier_runs(previous, self.runs)
+        decide(self.runs, self.retry_failed, previous)
 
     def print_plan(self) -> None:
         n = len(self.runs)
@@ -611,7 +636,7 @@ class Sweep:
         atomic_write_json(self.manifest_path, {
             "status": status, "updated": _now(), "argv": self.argv, "executor": self.executor.name,
             "workers": self.workers, "timeout": self.timeout, "counts": counts,
-            "runs": [r.manifest_entry() for r in self.runs]})
+            "runs": [r.manifest_entry() for r in self.runs], "earlier_runs": self.earlier})
 
     def _print(self, line: str) -> None:
         if self._bar is not None and not self._bar.disable:

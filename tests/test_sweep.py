@@ -204,6 +204,41 @@ def test_complete_runs_are_skipped(fake):
     assert rc == 0 and len(fake.launches()) == 3     # nothing launched again
 
 
+def test_a_grid_run_in_several_sweeps_keeps_one_manifest_of_all_its_runs(fake):
+    """Cell by cell (as a long grid is run across sessions): each sweep's manifest lists its own runs and
+    carries the earlier sweeps' with the command line that ran them; a rerun cell is listed once, as its own."""
+    sweep_once(fake, methods=("rtn",))
+    first = json.loads((fake.results / "sweep.json").read_text())
+    sweep_once(fake, methods=("smooth",), baseline=False)
+    sweep_once(fake, methods=("smooth",), bits=("w4a8",), baseline=False)
+    manifest = json.loads((fake.results / "sweep.json").read_text())
+    assert [e["name"] for e in manifest["runs"]] == ["smollm/smooth_w4a8_cpu"]
+    earlier = {e["name"]: e for e in manifest["earlier_runs"]}
+    assert sorted(earlier) == ["smollm/fp16", "smollm/rtn_w8a8_cpu", "smollm/smooth_w8a8_cpu"]
+    assert earlier["smollm/rtn_w8a8_cpu"]["argv"] == first["argv"] and earlier["smollm/fp16"]["status"] == "complete"
+    sweep_once(fake, methods=("rtn",))                       # a planned run is listed as this sweep's only
+    manifest = json.loads((fake.results / "sweep.json").read_text())
+    assert [e["name"] for e in manifest["runs"]] == ["smollm/fp16", "smollm/rtn_w8a8_cpu"]
+    assert sorted(e["name"] for e in manifest["earlier_runs"]) == ["smollm/smooth_w4a8_cpu", "smollm/smooth_w8a8_cpu"]
+
+
+def test_a_run_still_running_from_an_earlier_sweep_is_not_started_again(fake, monkeypatch):
+    """Its pid is in the manifest's carried entries: another sweep over that cell leaves it alone."""
+    sweep_once(fake, methods=("rtn",))
+    sweep_once(fake, methods=("smooth",), baseline=False)
+    runs = make_runs(fake, methods=("rtn",))
+    data = json.loads(runs[1].result.read_text())
+    data["status"] = "running"
+    runs[1].result.write_text(json.dumps(data))
+    manifest = json.loads((fake.results / "sweep.json").read_text())
+    for e in manifest["earlier_runs"]:
+        if e["name"] == "smollm/rtn_w8a8_cpu":
+            e["pid"] = os.getpid()                            # a live process
+    monkeypatch.setattr(sw, "_pid_alive", lambda pid, config: pid == os.getpid())
+    sw.decide(runs, previous=manifest)
+    assert [r.action for r in runs] == ["skip", "skip"] and "still running elsewhere" in runs[1].reason
+
+
 def test_changed_config_is_rerun(fake):
     sweep_once(fake)
     runs = make_runs(fake, sets=["eval.bs=2"])
