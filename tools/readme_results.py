@@ -46,16 +46,16 @@ class Block:
 
 BLOCKS = (
     Block("results/reference/issue18",
-          "The reference grids of issue 18, as far as they are made: SmolLM2-135M-Instruct (complete) at 1,000 "
-          "sampled items of each table task and Qwen2.5-Coder-0.5B-Instruct (started) at 500, both in bfloat16 "
+          "The reference grids of issue 18: SmolLM2-135M-Instruct at 1,000 sampled items of each table task and "
+          "Qwen2.5-Coder-0.5B-Instruct at 500 (both complete; GPTQ on Qwen is not run), both in bfloat16 "
           "with the CPU calibration profile, the whole WikiText-2 test split, Tracks 2 and 3 (the folder's README "
           "says how they are run and resumed). SmolLM2's accuracies, then the paired changes against the float "
           "model on the same items, the methods ranked with each compared to the next on the same items; Qwen's "
-          "table and its paired changes as far as they are run; then the deployed models' Track 2, then the "
+          "table, its paired changes and its ranking; then the deployed models' Track 2, then the "
           "paper's claims decided on these runs (`compare.md` in the folder sets our tables beside the paper's; "
           "`plots/` has the figures).",
-          ("table1", "table1_paired", "table1_ranking", "table2", "table2_paired", "table3", "table3_w4a8",
-           "claims")),
+          ("table1", "table1_paired", "table1_ranking", "table2", "table2_paired", "table2_ranking", "table3",
+           "table3_w4a8", "claims")),
     Block("results/reference/issue16_track1/acc1000",
           "SmolLM2-135M-Instruct, float32, 1,000 sampled items per task (the same items in every run; "
           "SmoothQuant W8A8 and RTN W4A8 with the CPU calibration profile): accuracies, then the paired "
