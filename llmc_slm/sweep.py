@@ -364,6 +364,11 @@ def _resume_note(result: Path) -> str:
 
 
 def _record_seconds(data: dict) -> float | None:
+    """The wall seconds a complete run cost: the sum of its recorded stages (``timings.stages``), which covers
+    every attempt of a run resumed after its quantization (``llmc.resume``), else started to finished."""
+    stages = (data.get("timings") or {}).get("stages")
+    if isinstance(stages, dict) and stages:
+        return float(sum(v for v in stages.values() if isinstance(v, (int, float))))
     try:
         t0 = _dt.datetime.fromisoformat(data["started"])
         t1 = _dt.datetime.fromisoformat(data["finished"])

@@ -204,6 +204,24 @@ def test_complete_runs_are_skipped(fake):
     assert rc == 0 and len(fake.launches()) == 3     # nothing launched again
 
 
+def test_a_skipped_resumed_run_reports_the_seconds_of_all_its_attempts(fake):
+    """A run resumed after its quantization (llmc.resume) started its record again: started to finished is
+    the last attempt only, its stage times cover both, and the skipped run reports their sum."""
+    sweep_once(fake, methods=("rtn",))
+    runs = make_runs(fake, methods=("rtn",))
+    data = json.loads(runs[1].result.read_text())
+    data.update(started="2026-12-02T04:57:16+00:00", finished="2026-12-02T05:12:12+00:00",   # 896 s
+                timings={"stages": {"load": 6.0, "quantize": 1398.0, "evaluate": 2995.0, "post-run": 255.0}},
+                resumed=[{"from_status": "killed", "kept": ["fake_quant/wikitext2"]}])
+    runs[1].result.write_text(json.dumps(data))
+    sw.decide(runs)
+    assert runs[1].action == "skip" and runs[1].seconds == pytest.approx(4654.0)
+    data.pop("timings")                                   # a record without stage times: its wall time
+    runs[1].result.write_text(json.dumps(data))
+    sw.decide(runs)
+    assert runs[1].seconds == pytest.approx(896.0)
+
+
 def test_a_grid_run_in_several_sweeps_keeps_one_manifest_of_all_its_runs(fake):
     """Cell by cell (as a long grid is run across sessions): each sweep's manifest lists its own runs and
     carries the earlier sweeps' with the command line that ran them; a rerun cell is listed once, as its own."""
