@@ -277,11 +277,13 @@ def test_reference_is_kept_only_when_used():
 
 # ------------------------------------------------------------------------------------- reports
 def _write_run(folder, name, method, acc_items, preds, nll, ids=None, vs_float=None, wbit=8, kl=None,
-               model="smollm2-135m"):
+               model="smollm2-135m", group=None):
     from llmc.results import RunRecord
     from llmc_slm.tasks import TABLE_METRIC
     pos = "pretrain" if method is None else "fake_quant"
     quant = None if method is None else {"method": method, "weight": {"bit": wbit}, "act": {"bit": 8}}
+    if group:
+        quant["weight"].update(granularity="per_group", group_size=group)
     rec = RunRecord.start(folder / f"{name}.json", config={"quant": quant, "model": {"path": model}},
                           model={"name": model}, environment={"device": "cpu"})
     n = len(acc_items)
@@ -545,6 +547,28 @@ def test_ranking_table_compares_neighbours_on_the_same_items(tmp_path):
     assert t.rows[1][3].startswith("+9.25 ± ") and t.rows[1][-1] == "SmoothQuant ahead (not decided without ARC-e)"
     assert t.rows[1][4] == "+0.0000 ± 0.0000"
     assert t.rows[0][5] == "-0.2000 ± 0.0000" and t.rows[1][5] == "—"     # per token: 3 / 15; GPTQ has no KL
+
+
+def test_a_group_wise_run_is_its_own_setting_never_ranked_against_per_channel_runs(tmp_path):
+    """AWQ W4A8 in groups of 64 stores a scale per 64 weights: the tables label it W4A8-g64, the ranking
+    does not set it against the per-channel W4A8 runs, and the paper's claims (per-channel W4A8) leave it out."""
+    from llmc_slm.reports import claims, collect, tables
+    from llmc_slm.reports.ranking import ranking_table
+    base = [1.0] * 200 + [0.0] * 200
+    nll = np.random.default_rng(7).normal(40, 2, 20).tolist()
+    _write_run(tmp_path, "fp16", None, base, [0] * 400, nll)
+    _write_run(tmp_path, "rtn", "RTN", base, [0] * 400, [x + 0.5 for x in nll], wbit=4)
+    _write_run(tmp_path, "spin", "SpinQuant", base, [0] * 400, [x + 0.2 for x in nll], wbit=4)
+    _write_run(tmp_path, "awq", "AWQ", base, [0] * 400, [x + 0.1 for x in nll], wbit=4, group=64)
+    coll = collect.collect(tmp_path)
+    assert {r.method: r.bits for r in coll.runs if not r.is_float} == {"RTN": "W4A8", "SpinQuant": "W4A8",
+                                                                      "AWQ": "W4A8-g64"}
+    t = ranking_table(coll, next(r.model for r in coll.runs), "t", 1)
+    assert [(r[0], r[1], r[2]) for r in t.rows] == [("W4A8", "SpinQuant", "RTN")]
+    rows = [r for r in tables.all_tables(coll) if r.name == "table1"][0].rows
+    assert [(r[0], r[1]) for r in rows][1:] == [("RTN", "W4A8"), ("SpinQuant", "W4A8"), ("AWQ", "W4A8-g64")]
+    c2 = {c.number: c for c in claims.evaluate(coll)}[2]
+    assert "AWQ" not in c2.evidence
 
 
 def test_ranking_verdict_that_rests_on_no_single_dataset(tmp_path):

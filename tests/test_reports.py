@@ -504,6 +504,20 @@ def test_make_tables_cli(synthetic, tmp_path, capsys):
     assert make_tables.main([str(synthetic)]) == 0 and (synthetic / "tables" / "table1.md").is_file()
 
 
+def test_make_tables_removes_the_tables_it_no_longer_writes(synthetic, tmp_path, capsys):
+    """A bits setting renamed (W4A16 -> W4A16-g64) leaves no stale table3_w4a16.md behind; files of
+    other names, and formats this command does not write, are kept."""
+    out = tmp_path / "tables"
+    out.mkdir()
+    for name in ("table3_w4a16.md", "stage_times_old.md", "table3_w4a16.tex", "notes.md"):
+        (out / name).write_text("old")
+    assert make_tables.main([str(synthetic), "--out", str(out), "--format", "markdown"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert "table1.md" in names and {"table3_w4a16.md", "stage_times_old.md"}.isdisjoint(names)
+    assert {"table3_w4a16.tex", "notes.md"} <= names
+    assert "removed " in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("tool", [make_tables, compare_published, make_plots])
 def test_cli_user_errors(tool, tmp_path, capsys):
     assert tool.main([str(tmp_path / "missing")]) == 2
@@ -714,6 +728,8 @@ def test_plot_lines_keep_weight_only_and_kv_runs_apart():
     assert series_suffix(SimpleNamespace(abits=8, bits="W4A8")) == ""
     assert series_suffix(SimpleNamespace(abits=16, bits="W4A16")) == " (A16)"
     assert series_suffix(SimpleNamespace(abits=8, bits="W4A8KV4")) == " (KV4)"
+    assert series_suffix(SimpleNamespace(abits=8, bits="W4A8-g64")) == " (g64)"
+    assert series_suffix(SimpleNamespace(abits=16, bits="W4A16-g128")) == " (A16, g128)"
 
 
 def test_the_bits_figure_has_a_kld_panel_and_standard_errors(tmp_path):

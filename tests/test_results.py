@@ -135,15 +135,15 @@ def test_make_tables_on_results_written_before_the_change(tmp_path, capsys):
     for method, vals in (("RTN", {"arc_easy": 44.6, "piqa": 61.8, "wikitext2": 24.5}),
                          ("OmniQuant", {"arc_easy": 46.6, "piqa": 64.4, "wikitext2": 19.875})):
         row = rows[method]
-        assert row[1] == "W4A8" and row[2] == row[3] == row[6] == "—"
+        assert row[1] == "W4A8-g128" and row[2] == row[3] == row[6] == "—"     # those runs' weights: groups of 128
         assert [row[4], row[5], row[7]] == [f"{vals['arc_easy']:.2f}†", f"{vals['piqa']:.2f}†",
                                             f"{vals['wikitext2']:.2f}†"]
         assert row[8] == f"{slmq_perf(base, vals):.2f}§"
     assert rows["RTN"][8] == "85.54§" and rows["OmniQuant"][8] == "93.11§"
     assert [rows["Full Prec."][i] for i in (4, 5, 7, 8)] == ["48.80†", "66.20†", "17.12†", "—"]
-    t3 = {r[0]: r for r in csv.reader(io.StringIO((tmp_path / "t" / "table3_w4a8.csv").read_text()))}
+    t3 = {r[0]: r for r in csv.reader(io.StringIO((tmp_path / "t" / "table3_w4a8-g128.csv").read_text()))}
     assert t3["OmniQuant"][2:9] == ["497.19", "83.94", "28.31", "1210.7", "3.62", "199.4", "396.5"]
-    t4 = {r[0]: r for r in csv.reader(io.StringIO((tmp_path / "t" / "table4_w4a8.csv").read_text()))}
+    t4 = {r[0]: r for r in csv.reader(io.StringIO((tmp_path / "t" / "table4_w4a8-g128.csv").read_text()))}
     assert t4["RTN"][2:5] == ["1246.00", "0.02", "—"] and t4["OmniQuant"][2:5] == ["2957.87", "90.21", "100.0"]
 
 

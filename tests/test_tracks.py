@@ -139,6 +139,9 @@ def test_quant_table_reproduces_the_papers_table_4(tmp_path):
     assert smol["SpinQuant"]["time_ratio"] == pytest.approx(1.0) and smol["SpinQuant"]["methods_compared"] == 3
     assert [r["slmq_quant"] for r in table if r["model"] == "Qwen"] == [pytest.approx(100 * math.sqrt(1.0))]
     assert read_quant_cost(path)["bits"] == "W8A8" and bits_label({"weight": {"bit": 4}, "act": None}) == "W4A16"
+    assert bits_label({"weight": {"bit": 4, "granularity": "per_group", "group_size": 128}, "act": None}) == "W4A16-g128"
+    assert bits_label({"weight": {"bit": 4, "granularity": "per_channel", "group_size": -1}, "act": {"bit": 8},
+                       "kvcache": {"bit": 4}}) == "W4A8KV4"
     assert bits_label({"weight": {"bit": 4}, "act": {"bit": 8}, "kvcache": {"bit": 4}}) == "W4A8KV4"
 
 

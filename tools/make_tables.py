@@ -9,7 +9,9 @@
 
 Table 1: SmolLM models, Table 2: any other model (one per model), Table 3: inference (W8A8), Table 4:
 quantization cost (W8A8); W4A8 versions of 3 and 4 are added (labelled extra) when such runs exist.
-Writes ``<name>.md`` / ``.tex`` / ``.csv`` per table into ``--out`` and prints the markdown. A missing or
+Writes ``<name>.md`` / ``.tex`` / ``.csv`` per table into ``--out`` and prints the markdown; the tables of an
+earlier run in ``--out`` that this one does not write (in the formats it writes) are removed, each named on
+stderr, so that the folder holds the tables its results and options give. A missing or
 empty folder is one line on stderr and exit status 2.
 """
 
@@ -64,13 +66,32 @@ def _write_tables(args) -> int:
             path = out / f"{t.name}{ext}"
             path.write_text(render(t), encoding="utf-8")
             written.append(path)
+    stale = _remove_stale(out, written, [RENDERERS[f][1] for f in formats])
     print("\n".join(to_markdown(t) for t in tables))
+    for path in stale:
+        print(f"removed {path}: an earlier table that this command did not write", file=sys.stderr)
     for w in coll.warnings:
         print(f"warning: {w}", file=sys.stderr)
     for path, why in coll.skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     print(f"{len(coll.runs)} run(s); wrote {len(written)} file(s) to {out}", file=sys.stderr)
     return 0
+
+
+# the names this tool writes besides "table*": a file by another name in --out is never touched
+GENERATED_STEMS = ("sensitivity", "stage_times", "calibration")
+
+
+def _remove_stale(out: Path, written: list[Path], exts: list[str]) -> list[Path]:
+    """Delete the tables of an earlier run of this tool that this one did not write (a bits setting renamed
+    or gone), in the formats written, so that the folder holds what its results give and nothing else."""
+    keep = set(written)
+    stale = [p for p in sorted(out.iterdir()) if p.suffix in exts and p not in keep
+             and (p.stem.startswith("table") or p.stem.startswith(GENERATED_STEMS))]
+    for p in stale:
+        p.unlink()
+    return stale
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -370,7 +370,9 @@ def method_rank(method: str) -> tuple:
 
 
 def bits_rank(run: Run) -> tuple:
-    return (-(run.wbits or 99) if run.bits != "FP" else -100, -(run.abits or 0))
+    """W8 before W4, weight-only before activations at the same weight bits; then the label, so that the runs
+    of one setting stay together (``W4A8``, ``W4A8-g64``, ``W4A8KV4``)."""
+    return (-(run.wbits or 99) if run.bits != "FP" else -100, -(run.abits or 0), run.bits)
 
 
 def sort_key(run: Run) -> tuple:

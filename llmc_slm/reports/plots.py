@@ -115,11 +115,15 @@ def plot_scores(coll: Collection, model: str, out: Path) -> list[Path]:
 
 def series_suffix(run) -> str:
     """What sets a run's line apart besides its method: activation bits other than 8, a quantized KV cache
-    (``W4A8KV4``: " (KV4)"), so that a W4A8 run and a W4A8KV4 run are not one line."""
+    (``W4A8KV4``: " (KV4)"), weights in groups (``W4A8-g64``: " (g64)"), so that a W4A8 run and a W4A8KV4 or
+    group-wise run are not one line."""
     parts = [] if run.abits == 8 else [f"A{run.abits}"]
     kv = re.search(r"KV(\d+)", run.bits or "")
     if kv:
         parts.append(f"KV{kv.group(1)}")
+    group = re.search(r"-g(\d+)$", run.bits or "")
+    if group:
+        parts.append(f"g{group.group(1)}")
     return f" ({', '.join(parts)})" if parts else ""
 
 

@@ -40,12 +40,15 @@ def as_result(result: ResultLike) -> RunResult:
 
 
 def bits_label(quant: Mapping | None) -> str:
-    """``W8A8``, ``W4A16`` (no activation quantizer), ``W4A8KV4`` (a quantized KV cache), ``FP`` (no quant
-    section)."""
+    """``W8A8``, ``W4A16`` (no activation quantizer), ``W4A8KV4`` (a quantized KV cache), ``W4A16-g64`` (weights
+    in groups of 64 along the input: more scales stored, so not the per-channel setting of the same bits and
+    never ranked or tested against it), ``FP`` (no quant section)."""
     if not quant:
         return "FP"
     w, a, kv = quant.get("weight"), quant.get("act"), quant.get("kvcache")
-    return f"W{w['bit'] if w else 16}A{a['bit'] if a else 16}" + (f"KV{kv['bit']}" if kv else "")
+    group = w.get("group_size") if w and w.get("granularity") == "per_group" else None
+    return (f"W{w['bit'] if w else 16}A{a['bit'] if a else 16}" + (f"KV{kv['bit']}" if kv else "")
+            + (f"-g{group}" if isinstance(group, int) and group > 0 else ""))
 
 
 def read_quant_cost(result: ResultLike) -> dict:
