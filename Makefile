@@ -36,7 +36,7 @@ test: setup
 REPORT_FOLDERS ?= results/reference/issue18
 reports: setup
 	for d in $(REPORT_FOLDERS); do \
-	    $(BIN)/python tools/make_tables.py $$d --paired --stderr --format markdown --out $$d/tables && \
+	    $(BIN)/python tools/make_tables.py $$d --paired --stderr --calibration --format markdown --out $$d/tables && \
 	    $(BIN)/python tools/compare_published.py $$d --out $$d/compare.md > /dev/null && \
 	    $(BIN)/python tools/make_plots.py $$d --out $$d/plots > /dev/null || exit 1; \
 	done

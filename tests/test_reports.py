@@ -617,6 +617,13 @@ def test_block_losses_table_shows_where_the_official_procedure_and_keep_best_par
     assert any("kept the parameters reached (blocks 2)" in n for n in run.notes)
     assert not any("restored" in n for n in run.notes)
     assert calibration.block_losses_table([r for r in runs if r.is_float]) is None
+    qwen = _omni(False, official, 40.0)                     # a second model's run: each column names its model
+    qwen["model"] = {"name": "qwen2.5-coder-0.5b-instruct"}
+    qwen["config"]["model"]["path"] = "qwen2.5-coder-0.5b-instruct"
+    write(d, "qwen_omni.json", qwen)
+    t = calibration.block_losses_table(collect.collect(d).runs)
+    assert sorted(t.header[1:]) == ["qwen2.5-coder-0.5b-instruct: OmniQuant W4A8", f"{SMOL}: OmniQuant W4A8",
+                                    f"{SMOL}: OmniQuant+KB W4A8"]
 
 
 def test_seed_spread_pairs_learned_and_random_rotations_seed_by_seed(tmp_path):

@@ -47,8 +47,10 @@ def _block_cell(block: dict) -> str:
     return f"{_loss(block['loss_init'])} → {_loss(block.get('loss_final'))}{marks}"
 
 
-def run_name(run: Run) -> str:
-    return f"{run.method} {run.bits}" + (f" ({run.task_id})" if run.task_id else "")
+def run_name(run: Run, with_model: bool = False) -> str:
+    """``OmniQuant W4A8``; ``smollm2-135m-instruct: OmniQuant W4A8`` where a table holds several models."""
+    name = f"{run.method} {run.bits}" + (f" ({run.task_id})" if run.task_id else "")
+    return f"{run.model}: {name}" if with_model else name
 
 
 def block_losses_table(runs: list[Run]) -> Optional[Table]:
@@ -56,6 +58,7 @@ def block_losses_table(runs: list[Run]) -> Optional[Table]:
     trained = sorted((r for r in runs if trained_blockwise(r)), key=sort_key)
     if not trained:
         return None
+    several = len({r.model for r in trained}) > 1
     n = max(len(_blocks(r)) for r in trained)
     rows = [[str(i)] + [_block_cell(_blocks(r)[i]) if i < len(_blocks(r)) else DASH for r in trained]
             for i in range(n)]
@@ -68,11 +71,11 @@ def block_losses_table(runs: list[Run]) -> Optional[Table]:
         worse = [str(i) for i, b in enumerate(blocks) if "loss_init" in b and b.get("loss_final", 0) > b["loss_init"]]
         diverged = [str(i) for i, b in enumerate(blocks) if b.get("diverged")]
         ppl = r.value("wikitext2")
-        notes.append(f"{run_name(r)}: {len(worse)} of {len(blocks)} blocks ended above their start"
+        notes.append(f"{run_name(r, several)}: {len(worse)} of {len(blocks)} blocks ended above their start"
                      + (f" ({', '.join(worse)})" if worse else "")
                      + (f", {len(diverged)} diverged ({', '.join(diverged)})" if diverged else "")
                      + (f"; WikiText-2 perplexity {ppl:.3f}" if ppl is not None else "") + f" [{r.rel}]")
-    table = Table("calibration_blocks", "Block-wise calibration losses", ["Block"] + [run_name(r) for r in trained],
+    table = Table("calibration_blocks", "Block-wise calibration losses", ["Block"] + [run_name(r, several) for r in trained],
                   notes=notes)
     for row in rows:
         table.add(row)
