@@ -51,11 +51,12 @@ BLOCKS = (
           "with the CPU calibration profile, the whole WikiText-2 test split, Tracks 2 and 3 (the folder's README "
           "says how they are run and resumed). SmolLM2's accuracies, then the paired changes against the float "
           "model on the same items, the methods ranked with each compared to the next on the same items; Qwen's "
-          "table, its paired changes and its ranking; then the deployed models' Track 2, then the "
+          "table, its paired changes and its ranking; then the deployed models' Track 2 (W8A8, W4A8 and the "
+          "quantized KV caches of issue 22's rows, which share SmolLM2's float run), then the "
           "paper's claims decided on these runs (`compare.md` in the folder sets our tables beside the paper's; "
           "`plots/` has the figures).",
           ("table1", "table1_paired", "table1_ranking", "table2", "table2_paired", "table2_ranking", "table3",
-           "table3_w4a8", "claims")),
+           "table3_w4a8", "table3_kv", "claims")),
     Block("results/reference/issue16_track1/acc1000",
           "SmolLM2-135M-Instruct, float32, 1,000 sampled items per task (the same items in every run; "
           "SmoothQuant W8A8 and RTN W4A8 with the CPU calibration profile): accuracies, then the paired "
