@@ -10,7 +10,10 @@ results where the engine puts them: ``llmc.paths.results_path`` of the config th
 What happens to a run, decided from its results file before anything is launched:
 
 - ``complete`` and its recorded ``config`` equals the config this sweep would run: skipped;
-  ``complete`` with a different config: rerun (the log names the keys that differ);
+  ``complete`` with a different config: rerun (the log names the keys that differ). ``torch_dtype: auto``
+  is compared as the dtype it resolved to (the record's ``environment.dtype``, and this machine's for the
+  plan), and a sweep that would leave one model's folder with runs in two dtypes is refused
+  (:func:`check_one_dtype`);
 - ``failed`` with the same config: reported as failed, rerun only with ``retry_failed``
   (a failed run whose config has changed since is rerun);
 - ``interrupted``, no file, an unreadable file: run;
@@ -97,6 +100,7 @@ class Run:
     error: str | None = None
     pid: int | None = None
     seed: int | None = None      # base.seed and calib.seed of this run (``--seeds``); None: the config's
+    dtype: str | None = None     # the dtype it computes in here (model.torch_dtype, ``auto`` resolved)
     node: str | None = None      # where it last ran (Ray: "<ip> <node id>")
     attempts: int = 0            # processes this sweep started for it (more than 1: retried)
 
@@ -231,13 +235,22 @@ def plan(models: list[str], methods: list[str] | None = None, bits: list[str] | 
         runs.append(Run(model=model, method=method, bits=b, config=config, command=command, result=result,
                         log=results / "logs" / model / f"{result.stem}.log",
                         expected=json.loads(json.dumps(_config_dict(cfg))),
-                        eval_pos=cfg.eval.eval_pos[-1] if cfg.eval.eval_pos else pos, seed=seed))
+                        eval_pos=cfg.eval.eval_pos[-1] if cfg.eval.eval_pos else pos, seed=seed,
+                        dtype=resolved_dtype(cfg.model.torch_dtype, cfg.model.device)))
     seen = {}
     for r in runs:
         if r.result in seen:
             raise UserError(f"{r.config} and {seen[r.result]} would write the same results file {r.result}")
         seen[r.result] = r.config
     return runs
+
+
+def resolved_dtype(torch_dtype: str, device: str = "auto") -> str:
+    """What ``model.torch_dtype`` computes in on this machine, as the engine records it
+    (``environment.dtype``): ``auto`` is bfloat16 on a CPU with AMX or AVX512-BF16, float32 on other CPUs,
+    float16 on CUDA (``llmc.utils.pick_dtype``). A Ray cluster of unlike machines should pin the dtype."""
+    from llmc.utils import pick_device, pick_dtype
+    return str(pick_dtype(torch_dtype, pick_device(device))).removeprefix("torch.")
 
 
 # ------------------------------------------------------------------------------------------ deciding
@@ -317,6 +330,30 @@ def earlier_runs(previous: dict | None, runs: list[Run]) -> list[dict]:
     return list(kept.values())
 
 
+def recorded_dtype(data: dict) -> str | None:
+    """The dtype a recorded run computed in: ``environment.dtype``, else an explicit ``model.torch_dtype``."""
+    env = data.get("environment") if isinstance(data.get("environment"), dict) else {}
+    model = (data.get("config") or {}).get("model") if isinstance(data.get("config"), dict) else None
+    asked = model.get("torch_dtype") if isinstance(model, dict) else None
+    return env.get("dtype") or (asked if asked not in (None, "auto") else None)
+
+
+def _with_dtype(config: dict | None, dtype: str | None) -> dict | None:
+    """``config`` with ``model.torch_dtype: auto`` replaced by the dtype it resolved to (when known)."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if dtype and isinstance(model, dict) and model.get("torch_dtype") == "auto":
+        return {**config, "model": {**model, "torch_dtype": dtype}}
+    return config
+
+
+def _compared(data: dict, r: Run) -> tuple[dict | None, dict]:
+    """The recorded config and the planned one with ``auto`` dtypes resolved (the record's where it ran, the
+    plan's here), so that a run recorded as ``auto`` on a bfloat16 CPU matches ``torch_dtype: bfloat16`` and
+    not ``auto`` on a float32 CPU. Records without a dtype compare as written."""
+    done = recorded_dtype(data)
+    return _with_dtype(data.get("config"), done), _with_dtype(r.expected, r.dtype if done else None)
+
+
 def decide(runs: list[Run], retry_failed: bool = False, previous: dict | None = None) -> None:
     """Set each run's ``action``, ``reason`` and (for skipped runs) ``status`` from its results file."""
     prev = {e.get("result"): e for e in _entries(previous, "earlier_runs") + _entries(previous, "runs")}
@@ -327,19 +364,20 @@ def decide(runs: list[Run], retry_failed: bool = False, previous: dict | None = 
             r.reason = "unreadable results, rerun" if r.result.exists() else "no results yet"
             continue
         status = data.get("status")
-        same = same_config(data.get("config"), r.expected)
+        old, new = _compared(data, r)
+        same = same_config(old, new)
         if status == "complete":
             if same:
                 r.action, r.status, r.reason = "skip", "complete", "complete"
                 r.seconds = _record_seconds(data)
             else:
-                r.reason = f"config changed ({config_diff(data.get('config'), r.expected)}), rerun"
+                r.reason = f"config changed ({config_diff(old, new)}), rerun"
         elif status == "failed":
             r.error = data.get("error")
             if retry_failed:
                 r.reason = "failed before, retried (--retry-failed)"
             elif not same:
-                r.reason = f"failed before with another config ({config_diff(data.get('config'), r.expected)}), rerun"
+                r.reason = f"failed before with another config ({config_diff(old, new)}), rerun"
             else:
                 r.action, r.status = "skip", "failed"
                 r.reason = "failed before (rerun with --retry-failed)"
@@ -354,6 +392,34 @@ def decide(runs: list[Run], retry_failed: bool = False, previous: dict | None = 
             r.reason = "interrupted before, rerun" + _resume_note(r.result)
         else:
             r.reason = f"status {status!r}, rerun"
+
+
+def check_one_dtype(runs: list[Run]) -> None:
+    """Refuse (``UserError``) to put runs computing in one dtype into a model's results folder whose complete
+    runs computed in another: the reports pair every quantized run with the folder's float run, and a
+    bfloat16 and a float32 run of one model differ by more than those statistics resolve. It happens
+    silently otherwise: ``torch_dtype: auto`` is bfloat16 on a CPU with AMX and float32 on one without, so a
+    grid continued on another machine would change dtype under the same config. Call after :func:`decide`:
+    results about to be rerun do not count."""
+    rerun = {r.result for r in runs if r.action == "run"}
+    for folder in dict.fromkeys(r.result.parent for r in runs):
+        planned = sorted({r.dtype for r in runs if r.action == "run" and r.result.parent == folder and r.dtype})
+        if not planned:
+            continue
+        kept: dict[str, list[str]] = {}
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            data = None if path in rerun else read_json(path)
+            dtype = recorded_dtype(data) if data and data.get("status") == "complete" else None
+            if dtype:
+                kept.setdefault(dtype, []).append(path.name)
+        clash = {d: names for d, names in kept.items() if d not in planned}
+        if clash:
+            were = "; ".join(f"{len(n)} in {d} ({', '.join(n[:2])}{', ...' if len(n) > 2 else ''})"
+                             for d, n in sorted(clash.items()))
+            raise UserError(f"{folder}: its complete runs computed in another dtype ({were}) than these runs "
+                            f"would here ({', '.join(planned)}; model.torch_dtype auto is bfloat16 only on CPUs "
+                            f"with AMX or AVX512-BF16): pin it, e.g. --set model.torch_dtype={sorted(clash)[0]}, "
+                            f"or use another --results folder")
 
 
 def _resume_note(result: Path) -> str:
@@ -452,6 +518,7 @@ class Sweep:
         previous = read_json(self.manifest_path)
         self.earlier = earlier_runs(previous, self.runs)
         decide(self.runs, self.retry_failed, previous)
+        check_one_dtype(self.runs)
 
     def print_plan(self) -> None:
         n = len(self.runs)

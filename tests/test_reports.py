@@ -143,6 +143,28 @@ def synthetic(tmp_path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- collect
+def test_a_baseline_computed_in_another_dtype_is_a_mismatch_and_the_same_dtype_is_preferred(tmp_path):
+    """torch_dtype auto is bfloat16 on one CPU and float32 on another: a quantized float32 run pairs with the
+    float32 float run when the folder has one, and is marked a mismatch (no paired statistics) when it has
+    only a bfloat16 one."""
+    vals = {"piqa": 60.0, "wikitext2": 20.0}
+    bf16_base, fp32_base = result(values=vals), result(values={"piqa": 61.0, "wikitext2": 19.0})
+    fp32_base["environment"]["dtype"] = "float32"
+    fp32_run = result(method="RTN", values={"piqa": 58.0, "wikitext2": 21.0})
+    fp32_run["environment"]["dtype"] = "float32"
+    write(tmp_path, "fp16_bf16.json", bf16_base)
+    write(tmp_path, "rtn_w8a8.json", fp32_run)
+    coll = collect.collect(tmp_path)
+    rtn = next(r for r in coll.runs if not r.is_float)
+    assert set(rtn.mismatch) == {"piqa", "wikitext2"} and not rtn.paired
+    assert "baseline computed in bfloat16, this run in float32" in rtn.mismatch["piqa"]
+    assert any("rtn_w8a8.json: baseline computed in another dtype" in w for w in coll.warnings)
+    write(tmp_path, "fp16_fp32.json", fp32_base)
+    rtn = next(r for r in collect.collect(tmp_path).runs if not r.is_float)
+    assert not rtn.mismatch and rtn.baseline_source["piqa"] == "fp16_fp32.json (pretrain)"
+    assert rtn.baseline["piqa"].value == pytest.approx(61.0)
+
+
 def test_collect_rows_baselines_and_skips(synthetic):
     coll = collect.collect(synthetic)
     assert len(coll.runs) == 9

@@ -222,6 +222,41 @@ def test_a_skipped_resumed_run_reports_the_seconds_of_all_its_attempts(fake):
     assert runs[1].seconds == pytest.approx(896.0)
 
 
+def test_auto_dtype_is_compared_as_resolved_and_one_folder_keeps_one_dtype(fake, monkeypatch):
+    """A grid made on a CPU with AMX (torch_dtype auto -> bfloat16) and continued on one without (auto ->
+    float32): its complete runs are not the same config any more, and adding float32 runs beside them is
+    refused in one line that says how to pin the dtype; pinned to bfloat16, the complete runs are skipped."""
+    import llmc.utils
+    monkeypatch.setattr(llmc.utils, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    rc, runs = sweep_once(fake, methods=("rtn",))
+    assert rc == 0 and [r.dtype for r in runs] == ["bfloat16", "bfloat16"]
+    for r in runs:                                   # stamped as the engine records it
+        data = json.loads(r.result.read_text())
+        data["environment"] = {"device": "cpu", "dtype": "bfloat16"}
+        r.result.write_text(json.dumps(data))
+    sweep_once(fake, methods=("rtn",))
+    assert len(fake.launches()) == 2                 # same machine kind: skipped
+
+    monkeypatch.setattr(llmc.utils, "cpu_flags", lambda: {"avx2"})
+    runs = make_runs(fake, methods=("rtn",))
+    assert [r.dtype for r in runs] == ["float32", "float32"]
+    sw.decide(runs)
+    assert all(r.action == "run" and "model.torch_dtype: bfloat16 -> float32" in r.reason for r in runs)
+    s = sw.Sweep(make_runs(fake, methods=("smooth",), baseline=False), fake.results, quiet=True,
+                 out=lambda line: None)
+    with pytest.raises(UserError, match=r"2 in bfloat16 \(fp16.json, rtn_w8a8_cpu.json\).*"
+                                        r"--set model.torch_dtype=bfloat16"):
+        s.decide()
+    pinned = make_runs(fake, methods=("rtn", "smooth"), sets=["model.torch_dtype=bfloat16"])
+    s = sw.Sweep(pinned, fake.results, quiet=True, out=lambda line: None)
+    s.decide()
+    assert [r.action for r in pinned] == ["skip", "skip", "run"] and pinned[2].dtype == "bfloat16"
+    elsewhere = make_runs(fake, methods=("smooth",))   # a fresh folder takes float32 runs
+    for r in elsewhere:
+        r.result = fake.results.parent / "fp32" / r.result.name
+    sw.check_one_dtype(elsewhere)
+
+
 def test_a_grid_run_in_several_sweeps_keeps_one_manifest_of_all_its_runs(fake):
     """Cell by cell (as a long grid is run across sessions): each sweep's manifest lists its own runs and
     carries the earlier sweeps' with the command line that ran them; a rerun cell is listed once, as its own."""

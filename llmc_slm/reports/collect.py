@@ -413,11 +413,14 @@ def attach_baselines(runs) -> list[str]:
             warnings.append(f"{model}: no float run (config.quant null) with metrics in the folder: "
                             f"no baseline, no SLMQ_perf")
         for r in quantized:
+            # a float run computed in this run's dtype first: bfloat16 and float32 runs of one model differ by
+            # more than the paired statistics resolve, so a baseline in another dtype is a mismatch
+            same_dtype_first = sorted(floats, key=lambda f: _other_dtype(f, r) is not None)
             for ds, v in r.values.items():
                 if v.value is None:
                     continue
                 chosen = None
-                for f in floats:
+                for f in same_dtype_first:
                     b = f.values.get(ds)
                     if b is not None and b.items == v.items:
                         chosen = (b, f"{f.rel} (pretrain)", None, f)
@@ -425,11 +428,11 @@ def attach_baselines(runs) -> list[str]:
                 if chosen is None:
                     for o, vals in others:
                         b = vals.get(ds)
-                        if b is not None and b.items == v.items:
+                        if b is not None and b.items == v.items and _other_dtype(o, r) is None:
                             chosen = (b, f"{o.rel} (pretrain, same items)", None, o)
                             break
                 if chosen is None:
-                    for f in floats:
+                    for f in same_dtype_first:
                         b = f.values.get(ds)
                         if b is not None and b.source == v.source:
                             chosen = (b, f"{f.rel} (pretrain)",
@@ -443,14 +446,24 @@ def attach_baselines(runs) -> list[str]:
                 b, source, mismatch, base_run = chosen
                 r.baseline[ds] = b
                 r.baseline_source[ds] = source
+                other = _other_dtype(base_run, r)
+                if other and not mismatch:
+                    mismatch = f"{LABELS[ds]}: baseline computed in {other}, this run in {r.environment.dtype}"
                 if mismatch:
                     r.mismatch[ds] = mismatch
-                    warnings.append(f"{r.rel}: baseline evaluated on different items: {mismatch}")
+                    warnings.append(f"{r.rel}: baseline {'computed in another dtype' if other else 'evaluated on different items'}: {mismatch}")
                 else:
                     _pair(r, ds, base_run)
             _score(r)
             _perf_interval(r)
     return warnings
+
+
+def _other_dtype(base: Run, run: Run) -> Optional[str]:
+    """``base``'s compute dtype when both runs recorded theirs and they differ (``environment.dtype``:
+    ``torch_dtype: auto`` is bfloat16 on a CPU with AMX or AVX512-BF16, float32 on other CPUs), else None."""
+    a, b = base.environment.dtype, run.environment.dtype
+    return a if a and b and a != b else None
 
 
 # ------------------------------------------------------------------------------- paired statistics
