@@ -12,7 +12,8 @@ from llmc.config import load_config
 from llmc.data.calib import CalibData
 from llmc.deploy import deploy_integer, deployment_summary, load_deployed, to_compute_dtype
 from llmc.quant.fake_linear import FakeQuantLinear
-from llmc.quant.int_linear import (IntLinear, int_mm, onednn_available, pack_int4_signed, quantize_act_int8,
+from llmc.quant.int_linear import (IntLinear, int4pack_block, int_mm, onednn_available, pack_int4_signed,
+                                   quantize_act_int8, unpack_int4pack_cpu,
                                    unpack_int4_signed)
 from llmc.quant.packed import pack_codes, save_packed_model
 from llmc.quant.quantizer import Quantizer
@@ -104,6 +105,31 @@ def test_fallback_kernels_are_bit_exact(case):
     for x in _inputs():
         with torch.no_grad():
             assert torch.equal(il(x), fq(x))
+
+
+def _int4pack_by_hand(u: torch.Tensor, block: int) -> torch.Tensor:
+    """aten's int4 CPU packing written out: per block of ``block`` rows and per input column, byte ``j``
+    holds row ``j`` in its low nibble and row ``j + block / 2`` in its high one."""
+    out_f, in_f = u.shape
+    rows = u.to(torch.uint8).reshape(out_f // block, block, in_f).transpose(1, 2)     # [blocks, in, block]
+    half = block // 2
+    return (rows[..., :half] | (rows[..., half:] << 4)).reshape(out_f, in_f // 2)
+
+
+@pytest.mark.parametrize("block", [64, 32])
+def test_int4_packing_is_read_in_either_cpu_layout(block):
+    """torch packs int4 weights in blocks of 64 rows with its AVX-512 kernels and of 32 with AVX2 ones (found on
+    an AVX2-only EPYC, where the int4 layers refused to build): both are read back, the right one is found,
+    and a layout that is neither is an error; this machine's own packing is one of them."""
+    g = torch.Generator().manual_seed(block)
+    u = torch.randint(0, 16, (128, 64), generator=g, dtype=torch.int32)
+    packed = _int4pack_by_hand(u, block)
+    assert int4pack_block(packed, u) == block
+    assert torch.equal(unpack_int4pack_cpu(packed, 128, 64, block), u.to(torch.int16))
+    with pytest.raises(RuntimeError, match="not a layout this module reads"):
+        int4pack_block(packed.flip(0), u)
+    native = torch.ops.aten._convert_weight_to_int4pack_for_cpu(u, 1)
+    assert int4pack_block(native, u) in (64, 32)
 
 
 WEIGHT_ONLY = {"w8 sym per-channel": (8, True, "per_channel", -1), "w8 asym per-channel": (8, False, "per_channel", -1),

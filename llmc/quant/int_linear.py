@@ -54,9 +54,11 @@ Kernels (``IntLinear.kind``):
   layer therefore dequantizes its weight from the same codes (0.4 ms) and runs the float GEMM; the result
   is the same function. A 4-bit layer always runs the kernel: unpacking its layout costs as much as the
   kernel itself at 128 tokens (~4 ms), so its prefill is slow and its decoding fast. The int4 kernel's packed layout
-  (``[out / 64, in, 32]`` bytes, rows ``j`` and ``j + 32`` of each 64-row block in the low and high
-  nibble) is checked against the codes when the layer is built; a layer where it does not hold (an
-  output width that is not a multiple of 64) uses ``dequant``.
+  depends on the CPU torch runs on: ``[out / 64, in, 32]`` bytes, rows ``j`` and ``j + 32`` of each 64-row
+  block in the low and high nibble, where torch uses its AVX-512 kernels; blocks of 32 rows (``j`` and
+  ``j + 16``) on a CPU with AVX2 only. The layer finds which one holds against the codes when it is built
+  (so a packed model is packed again on each machine, never shared in aten's layout); a layer with an
+  output width that is not a multiple of 64 uses ``dequant``.
 * ``dequant``: the fallbacks whose scales vary along the reduction dimension, where an integer GEMM with
   one rescale per output does not exist: per-group weights with quantized activations, per-head
   activations, and weight-only layers the two kernels above do not take (e.g. 4-bit per-channel weights). The integer codes stay in memory (int8) and are dequantized at each call;
@@ -305,12 +307,30 @@ def weight_only_kernel(wq: Quantizer, in_features: int) -> bool:
             and in_features % wq.group_size == 0)
 
 
-def unpack_int4pack_cpu(packed: Tensor, out_features: int, in_features: int) -> Tensor:
+INT4PACK_BLOCKS = (64, 32)   # rows per block of aten's int4 CPU packing: AVX-512 builds, then AVX2 ones
+
+
+def unpack_int4pack_cpu(packed: Tensor, out_features: int, in_features: int, block: int = 64) -> Tensor:
     """The codes ``u`` [out, in] (int16, 0..15) of ``aten._convert_weight_to_int4pack_for_cpu``'s layout
-    (module docstring); the caller checks it against the codes it packed."""
-    v = packed.reshape(out_features // 64, in_features, 32)
-    u = torch.cat(((v & 0x0F), (v >> 4)), dim=2).to(torch.int16)           # [blocks, in, 64]
+    (module docstring) with ``block`` rows per block: 64 where torch runs its AVX-512 kernels, 32 on a CPU
+    with AVX2 only (``aten/src/ATen/native/cpu/int4mm_kernel.cpp`` packs per CPU capability). The caller
+    checks it against the codes it packed (:func:`int4pack_block`)."""
+    v = packed.reshape(out_features // block, in_features, block // 2)
+    u = torch.cat(((v & 0x0F), (v >> 4)), dim=2).to(torch.int16)           # [blocks, in, block]
     return u.transpose(1, 2).reshape(out_features, in_features)
+
+
+def int4pack_block(packed: Tensor, codes: Tensor) -> int:
+    """The block size of ``packed`` (aten's int4 CPU packing of ``codes`` [out, in]) that gives back the codes;
+    ``RuntimeError`` when none does (a PyTorch change to the layout)."""
+    out_features, in_features = codes.shape
+    for block in INT4PACK_BLOCKS:
+        if out_features % block == 0 and torch.equal(
+                unpack_int4pack_cpu(packed, out_features, in_features, block), codes.to(torch.int16)):
+            return block
+    raise RuntimeError("IntLinear: aten's int4 CPU packing is not a layout this module reads "
+                       f"(blocks of {' or '.join(map(str, INT4PACK_BLOCKS))} rows; a PyTorch change); the "
+                       "weight_only int4 path must be updated")
 
 
 # ----------------------------------------------------------------------------------- the layer
@@ -433,9 +453,7 @@ class IntLinear(nn.Module):
         g = self.weight_quantizer.group_size
         u = (b.to(torch.int32) + 8).contiguous()                                          # [0, 15]
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(u, 1)
-        if not torch.equal(unpack_int4pack_cpu(packed, self.out_features, self.in_features), u.to(torch.int16)):
-            raise RuntimeError("IntLinear: aten's int4 CPU packing is not the layout this module reads "
-                               "(a PyTorch change); the weight_only int4 path must be updated")
+        self.int4_block_rows = int4pack_block(packed, u)      # this machine's layout; packed again at load
         self.register_buffer("qweight", packed)
         s_g = scale.reshape(self.out_features, self.in_features // g)                    # [out, groups]
         offset = torch.zeros_like(s_g) if zero_shift is None else -s_g * zero_shift.reshape(s_g.shape)
@@ -522,7 +540,8 @@ class IntLinear(nn.Module):
                 w = self.qweight.to(dtype) * self.w_scale.to(dtype).reshape(-1, 1)
                 return w if self.w_zero is None else w - (self.w_scale * self.w_zero).to(dtype).reshape(-1, 1)
             g = self.weight_quantizer.group_size
-            u = unpack_int4pack_cpu(self.qweight, self.out_features, self.in_features).float() - 8
+            u = unpack_int4pack_cpu(self.qweight, self.out_features, self.in_features,
+                                    self.int4_block_rows).float() - 8
             scale, offset = (self.w_scale[..., i].t().repeat_interleave(g, dim=1) for i in (0, 1))
             return (u * scale + offset).to(dtype)
         if self.kind == "int":
