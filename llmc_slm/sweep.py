@@ -396,8 +396,8 @@ def decide(runs: list[Run], retry_failed: bool = False, previous: dict | None = 
 
 def check_one_dtype(runs: list[Run]) -> None:
     """Refuse (``UserError``) to put runs computing in one dtype into a model's results folder whose complete
-    runs computed in another: the reports pair every quantized run with the folder's float run, and a
-    bfloat16 and a float32 run of one model differ by more than those statistics resolve. It happens
+    runs computed in another: the reports pair every quantized run with the folder's float run, and the
+    dtype alone moves the figures, which the paired statistics would count as the method's effect. It happens
     silently otherwise: ``torch_dtype: auto`` is bfloat16 on a CPU with AMX and float32 on one without, so a
     grid continued on another machine would change dtype under the same config. Call after :func:`decide`:
     results about to be rerun do not count."""

@@ -413,8 +413,8 @@ def attach_baselines(runs) -> list[str]:
             warnings.append(f"{model}: no float run (config.quant null) with metrics in the folder: "
                             f"no baseline, no SLMQ_perf")
         for r in quantized:
-            # a float run computed in this run's dtype first: bfloat16 and float32 runs of one model differ by
-            # more than the paired statistics resolve, so a baseline in another dtype is a mismatch
+            # a float run computed in this run's dtype first: the dtype alone moves the figures, and the paired
+            # statistics would count that as the method's effect, so a baseline in another dtype is a mismatch
             same_dtype_first = sorted(floats, key=lambda f: _other_dtype(f, r) is not None)
             for ds, v in r.values.items():
                 if v.value is None:
