@@ -400,8 +400,10 @@ def check_one_dtype(runs: list[Run]) -> None:
     dtype alone moves the figures, which the paired statistics would count as the method's effect. It happens
     silently otherwise: ``torch_dtype: auto`` is bfloat16 on a CPU with AMX and float32 on one without, so a
     grid continued on another machine would change dtype under the same config. Call after :func:`decide`:
-    results about to be rerun do not count."""
-    rerun = {r.result for r in runs if r.action == "run"}
+    results about to be rerun with a dtype asked for by name (not ``auto``) do not count, so rerunning a
+    folder in another dtype is allowed when it is asked for, never by accident."""
+    rerun = {r.result for r in runs
+             if r.action == "run" and (r.expected.get("model") or {}).get("torch_dtype") != "auto"}
     for folder in dict.fromkeys(r.result.parent for r in runs):
         planned = sorted({r.dtype for r in runs if r.action == "run" and r.result.parent == folder and r.dtype})
         if not planned:
@@ -523,7 +525,7 @@ class Sweep:
     def print_plan(self) -> None:
         n = len(self.runs)
         for i, r in enumerate(self.runs, 1):
-            self.out(f"[{i}/{n}] {r.action:4s} {r.model} {r.stem}: {r.reason}")
+            self.out(f"[{i}/{n}] {r.action:4s} {r.model} {r.stem}{f' ({r.dtype})' if r.dtype else ''}: {r.reason}")
             self.out(f"    {shlex.join(r.command)}")
             self.out(f"    -> {r.result}  (log {r.log})")
         todo = sum(r.action == "run" for r in self.runs)

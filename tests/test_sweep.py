@@ -222,7 +222,7 @@ def test_a_skipped_resumed_run_reports_the_seconds_of_all_its_attempts(fake):
     assert runs[1].seconds == pytest.approx(896.0)
 
 
-def test_auto_dtype_is_compared_as_resolved_and_one_folder_keeps_one_dtype(fake, monkeypatch):
+def test_auto_dtype_is_compared_as_resolved_and_one_folder_keeps_one_dtype(fake, monkeypatch, capsys):
     """A grid made on a CPU with AMX (torch_dtype auto -> bfloat16) and continued on one without (auto ->
     float32): its complete runs are not the same config any more, and adding float32 runs beside them is
     refused in one line that says how to pin the dtype; pinned to bfloat16, the complete runs are skipped."""
@@ -251,6 +251,17 @@ def test_auto_dtype_is_compared_as_resolved_and_one_folder_keeps_one_dtype(fake,
     s = sw.Sweep(pinned, fake.results, quiet=True, out=lambda line: None)
     s.decide()
     assert [r.action for r in pinned] == ["skip", "skip", "run"] and pinned[2].dtype == "bfloat16"
+    assert sw.main(["--methods", "rtn", "--bits", "w8a8", "--profile", "cpu", "--limit", "3", "--configs",
+                    str(CONFIGS), "--results", str(fake.results), "--dry-run"]) == 2
+    assert "pin it, e.g. --set model.torch_dtype=bfloat16" in capsys.readouterr().err
+    assert sw.main(["--methods", "rtn", "--bits", "w8a8", "--profile", "cpu", "--limit", "3", "--configs",
+                    str(CONFIGS), "--results", str(fake.results), "--dry-run", "--set",
+                    "model.torch_dtype=bfloat16"]) == 0
+    assert "skip smollm rtn_w8a8_cpu (bfloat16): complete" in capsys.readouterr().out
+    asked = make_runs(fake, methods=("rtn",), sets=["model.torch_dtype=float32"])   # a rerun asked for by name
+    sw.decide(asked)
+    assert all(r.action == "run" for r in asked)
+    sw.check_one_dtype(asked)
     elsewhere = make_runs(fake, methods=("smooth",))   # a fresh folder takes float32 runs
     for r in elsewhere:
         r.result = fake.results.parent / "fp32" / r.result.name

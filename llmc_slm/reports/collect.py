@@ -451,7 +451,8 @@ def attach_baselines(runs) -> list[str]:
                     mismatch = f"{LABELS[ds]}: baseline computed in {other}, this run in {r.environment.dtype}"
                 if mismatch:
                     r.mismatch[ds] = mismatch
-                    warnings.append(f"{r.rel}: baseline {'computed in another dtype' if other else 'evaluated on different items'}: {mismatch}")
+                    why = "computed in another dtype" if other else "evaluated on different items"
+                    warnings.append(f"{r.rel}: baseline {why}: {mismatch}")
                 else:
                     _pair(r, ds, base_run)
             _score(r)
