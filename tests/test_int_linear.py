@@ -12,9 +12,8 @@ from llmc.config import load_config
 from llmc.data.calib import CalibData
 from llmc.deploy import deploy_integer, deployment_summary, load_deployed, to_compute_dtype
 from llmc.quant.fake_linear import FakeQuantLinear
-from llmc.quant.int_linear import (IntLinear, int4pack_block, int_mm, onednn_available, pack_int4_signed,
-                                   quantize_act_int8, unpack_int4pack_cpu,
-                                   unpack_int4_signed)
+from llmc.quant.int_linear import (IntLinear, int4pack_block, int_mm, int_mm_info, onednn_available,
+                                   pack_int4_signed, quantize_act_int8, unpack_int4_signed, unpack_int4pack_cpu)
 from llmc.quant.packed import pack_codes, save_packed_model
 from llmc.quant.quantizer import Quantizer
 from llmc.quant.transforms import OnlineHadamard
@@ -195,6 +194,29 @@ def test_int_mm_any_shape_and_int4_unpack():
     w = torch.randint(-8, 8, (6, 10), dtype=torch.int8, generator=g)
     assert torch.equal(pack_int4_signed(w), pack_codes(w, 4))      # the checkpoint's nibble layout
     assert torch.equal(unpack_int4_signed(pack_int4_signed(w)), w)
+
+
+@pytest.mark.parametrize("flags", [{"avx2"}, {"avx2", "avx512_vnni"}], ids=["no int8 dot", "vnni"])
+def test_int_mm_without_int8_dot_instructions_is_an_exact_float64_gemm(monkeypatch, flags):
+    """On a CPU without VNNI or AMX, torch._int_mm is a slow reference kernel: int_mm computes the same integers
+    with a float64 GEMM instead (exact at the extremes of int8 over a long reduction), and says so in the
+    record's kernel information; with VNNI it calls torch._int_mm."""
+    import llmc.quant.int_linear as il_mod
+    import llmc.utils
+    monkeypatch.setattr(llmc.utils, "cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(il_mod, "_INT8_DOT", None)
+    calls = []
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(1) or real(a, b))
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(-128, 128, (5, 8192), dtype=torch.int8, generator=g)
+    b = torch.randint(-128, 128, (8192, 3), dtype=torch.int8, generator=g)
+    a[0], b[:, 0] = -128, -128                                   # 8192 * 2^14 = 2^27 in one sum
+    want = (a.to(torch.int64) @ b.to(torch.int64)).to(torch.int32)
+    assert torch.equal(int_mm(a, b), want) and want[0, 0] == 2 ** 27
+    vnni = "avx512_vnni" in flags
+    assert bool(calls) is vnni
+    assert int_mm_info()["int_mm_cpu"].startswith("torch._int_mm" if vnni else "float64 GEMM")
 
 
 def test_deepcopy_and_memory():

@@ -100,6 +100,28 @@ def _int_mm_reference(a: Tensor, b: Tensor) -> Tensor:
     return torch.mm(a.to(torch.int64), b.to(torch.int64)).to(torch.int32)
 
 
+def _int_mm_float64(a: Tensor, b: Tensor) -> Tensor:
+    """int8 [M, K] x int8 [K, N] -> int32 by a float64 GEMM: exact (every product is at most 2^14 in
+    magnitude, so a sum of K of them is an integer float64 holds exactly for K below 2^39), and on a CPU
+    without int8 dot-product instructions 12x faster than ``torch._int_mm``'s fallback there (AMD EPYC with
+    AVX2 only, 1 thread, 512 x 576 x 1536: 22 against 1.8 GOP/s)."""
+    return torch.mm(a.to(torch.float64), b.to(torch.float64)).to(torch.int32)
+
+
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})   # /proc/cpuinfo names
+_INT8_DOT: Optional[bool] = None
+
+
+def cpu_has_int8_dot() -> bool:
+    """Whether this CPU has int8 dot-product instructions (VNNI or AMX), which ``torch._int_mm`` needs to be
+    fast on the CPU (checked once)."""
+    global _INT8_DOT
+    if _INT8_DOT is None:
+        from ..utils import cpu_flags
+        _INT8_DOT = bool(INT8_DOT_FLAGS & cpu_flags())
+    return _INT8_DOT
+
+
 def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
 
@@ -107,7 +129,9 @@ def _round_up(n: int, m: int) -> int:
 def int_mm(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` for int8 ``a`` [M, K] and int8 ``b`` [K, N] (any strides): int32 [M, N].
 
-    CPU: ``torch._int_mm`` has no shape constraints (checked with torch 2.13: M = 1, K = 7, N = 5 work).
+    CPU: ``torch._int_mm`` has no shape constraints (checked with torch 2.13: M = 1, K = 7, N = 5 work). On
+    a CPU without VNNI or AMX (:func:`cpu_has_int8_dot`) it falls back to a slow reference kernel, and the
+    same integers come from an exact float64 GEMM instead (:func:`_int_mm_float64`).
     CUDA: cuBLASLt needs M > 16 and K, N multiples of 8: the operands are zero-padded (exact) as needed.
     Where ``_int_mm`` is missing or refuses the shapes, an exact int64 matmul is used instead.
     """
@@ -122,6 +146,8 @@ def int_mm(a: Tensor, b: Tensor) -> Tensor:
             return torch._int_mm(a.contiguous(), b.contiguous())[:m, :n]
         except RuntimeError:
             return _int_mm_reference(a, b)[:m, :n]
+    if not cpu_has_int8_dot():
+        return _int_mm_float64(a, b)
     try:
         return torch._int_mm(a, b)
     except (RuntimeError, AttributeError):
@@ -167,6 +193,7 @@ def _onednn_linear(a_u8: Tensor, x_scale: float, w_packed: Tensor, w_scale: Tens
 def int_mm_info() -> dict:
     """What the integer kernels run on here (for result records)."""
     return {"onednn_qlinear": onednn_available(), "int_mm": hasattr(torch, "_int_mm"),
+            "int_mm_cpu": "torch._int_mm" if cpu_has_int8_dot() else "float64 GEMM (no VNNI or AMX on this CPU)",
             "fused_kernels": _fused_status(),
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "backend_env": os.environ.get("SLMQUANT_INT_BACKEND") or None}
