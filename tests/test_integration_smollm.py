@@ -12,11 +12,7 @@ from llmc.pipeline import quantize_model, quantize_stages
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_source):
-    """The embedded SmolLM2 in the dtype the engine's ``auto`` picks here: bfloat16 on CPUs with AMX or
-    AVX512-BF16 (CI's), float32 elsewhere, where bfloat16 runs torch's reference kernel (about 40x slower on
-    an AVX2-only EPYC, which made these tests take most of an hour)."""
-    from llmc.utils import pick_dtype
-    return load_model(smollm2_source, dtype=pick_dtype("auto", torch.device("cpu")))
+    return load_model(smollm2_source, dtype=torch.bfloat16)
 
 
 def test_architecture_read_from_the_model(smollm2):
