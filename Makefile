@@ -28,8 +28,9 @@ demo: setup
 	    --limit 50 --eval-names wikitext2 arc_easy piqa --inference --set eval.seq_len=512 --results $(DEMO)
 	$(BIN)/python tools/make_tables.py $(DEMO) --out $(DEMO)/tables
 
+# --durations: the slowest tests in every log, so that a slow machine's CI time can be read from it
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # The reference folders' generated reports (tables/, compare.md, plots/) and the README's results section, from
 # the committed results only (nothing is re-run): `make reports` after adding runs to a folder.
