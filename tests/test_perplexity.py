@@ -103,7 +103,8 @@ def _whole_window_stats(logits, target, ref_logits):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("T,vocab,chunk", [(300, 49152, 128), (77, 1000, 16), (5, 300, 128)])
+@pytest.mark.parametrize("T,vocab,chunk", [(300, 49152, 128), (77, 1000, 16), (5, 300, 128),
+                                           (300, 49152, None), (23, 262144, None)])
 def test_chunked_token_stats_are_bit_identical_to_whole_windows(dtype, threads, T, vocab, chunk):
     from llmc.eval.perplexity import token_stats
     g = torch.Generator().manual_seed(T)
@@ -120,3 +121,15 @@ def test_chunked_token_stats_are_bit_identical_to_whole_windows(dtype, threads, 
     assert {k: got[k].sum(1).tolist() for k in want} == want        # exactly, not approximately
     assert torch.equal(token_stats(logits, target, chunk=chunk)["nll"], got["nll"])
     assert 0 < sum(want["top1"]) < 2 * T and min(want["kl"]) > 0
+
+
+def test_token_chunk_keeps_a_chunk_of_float32_log_probs_near_4_mib():
+    from llmc.eval.perplexity import CHUNK_BYTES, TOKEN_CHUNK, token_chunk
+    assert token_chunk(1, 49152) == 21                 # SmolLM2: 21 x 49,152 x 4 B <= 4 MiB
+    assert token_chunk(2, 49152) == 10
+    assert token_chunk(1, 262144) == 4                 # Gemma-3: the floor, exactly 4 MiB
+    assert token_chunk(2, 262144) == 4                 # the floor holds where one token row is already over
+    assert token_chunk(1, 300) == TOKEN_CHUNK          # small vocabularies keep the old 64
+    for bs, vocab in [(1, 49152), (1, 151936), (3, 1000)]:
+        c = token_chunk(bs, vocab)
+        assert c == TOKEN_CHUNK or c * bs * vocab * 4 <= CHUNK_BYTES < (c + 1) * bs * vocab * 4
