@@ -749,6 +749,24 @@ def test_sensitivity_compares_the_architectures_on_their_paired_changes(tmp_path
     assert rows[("RTN", "W4A8")][f"{QWEN}: acc Δ"].startswith("-6.00")
     assert f"RTN W4A8: {QWEN} loses more accuracy than {SMOL}" in t.notes
     assert f"RTN W8A8: {QWEN} loses more accuracy than {SMOL} (within the 95% interval: not decided)" in t.notes
+    assert not any(n.startswith("Compute dtypes differ") for n in t.notes)      # all bfloat16 here
+
+
+def test_sensitivity_says_when_the_models_were_computed_in_different_dtypes(tmp_path):
+    from llmc_slm.reports.sensitivity import sensitivity_table
+    d = tmp_path / "r"
+    d.mkdir()
+    for model, dtype in ((SMOL, "bfloat16"), (QWEN, "float32")):
+        for name, rec in (("fp16", result(model=model, values={"wikitext2": 20.0})),
+                          ("rtn_w8a8", result(model=model, method="RTN", values={"wikitext2": 21.0}))):
+            rec["environment"]["dtype"] = dtype
+            write(d, f"{model}_{name}.json", rec)
+    coll = collect.collect(d)
+    assert all(not r.mismatch for r in coll.runs)               # each pairs with its own dtype's float run
+    notes = [n for n in sensitivity_table(coll).notes if n.startswith("Compute dtypes differ")]
+    assert notes == [f"Compute dtypes differ: {QWEN} float32; {SMOL} bfloat16. Each model's changes are against "
+                     "its own float run in the same dtype, but across models the dtype differs along with the "
+                     "architecture (the folder's README says what it moves)."]
 
 
 def test_plot_lines_keep_weight_only_and_kv_runs_apart():

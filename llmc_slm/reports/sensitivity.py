@@ -13,7 +13,9 @@ Per (method, bits) and model, from the run's paired statistics against its own f
 * ``Δ ln ppl``: the mean per-token log-perplexity change over windows ± its paired SE.
 
 Across models the comparison is between separate samples (each model has its own items), so two cells
-differ beyond noise only when their intervals are apart; the table says which pairs are.
+differ beyond noise only when their intervals are apart; the table says which pairs are. Where the models
+were computed in different dtypes (bfloat16 on a CPU with AMX, float32 where bfloat16 has no fast kernels)
+a note says so: the dtype then differs along with the architecture.
 """
 
 from __future__ import annotations
@@ -66,6 +68,15 @@ def apart(a, b, z: float = 1.96) -> Optional[bool]:
     return abs(a[0] - b[0]) > z * math.sqrt(a[1] ** 2 + b[1] ** 2)
 
 
+def model_dtypes(runs) -> dict[str, str]:
+    """Each model's compute dtype (``environment.dtype``), "mixed" where its runs recorded several."""
+    seen: dict[str, set] = {}
+    for r in runs:
+        if r.environment.dtype:
+            seen.setdefault(r.model, set()).add(r.environment.dtype)
+    return {m: ds.pop() if len(ds) == 1 else "mixed (" + ", ".join(sorted(ds)) + ")" for m, ds in seen.items()}
+
+
 def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
     models = coll.models()
     runs = primary_runs(r for r in coll.runs if r.complete)
@@ -102,6 +113,12 @@ def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
                    "(tasks independent; k/5 when fewer tasks are paired); KLD: WikiText-2 mean KL(p_float || "
                    "p_quant) per token; Δ ln ppl: mean per-token log-perplexity change over windows ± paired SE.")
     t.notes.extend(verdicts)
+    dtypes = model_dtypes(runs.values())
+    if len(set(dtypes.values())) > 1:
+        t.notes.append("Compute dtypes differ: " + "; ".join(f"{m} {d}" for m, d in sorted(dtypes.items()))
+                       + ". Each model's changes are against its own float run in the same dtype, but across "
+                       "models the dtype differs along with the architecture (the folder's README says what it "
+                       "moves).")
     if len(models) < 2:
         t.notes.append("Only one model in this folder: nothing to compare across architectures.")
     return t
