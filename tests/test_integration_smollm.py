@@ -176,8 +176,9 @@ def test_deployed_integer_model_matches_fake_quant_perplexity(fake_and_deployed,
 def test_int8_embedding_rows_barely_move_the_float_model(smollm2, wikitext_windows):
     """The packed checkpoint's int8 embedding rows (symmetric, one scale per row, ``quantize_rows``) on
     their own, in the float model where no activation rounding amplifies them: perplexity within 0.05%
-    (-0.003% measured in float32, -0.014% in bfloat16). Issue 21 item 4: for Gemma-3 they are most of the
-    stored bytes."""
+    (on 16 windows: -0.003% measured in float32, -0.014% in bfloat16). The float model is not chaotic,
+    so 4 windows (-0.009% in float32) show it as well as 16 at a quarter of the time. Issue 21 item 4: for
+    Gemma-3 they are most of the stored bytes."""
     import copy
     from llmc.quant.packed import dequantize_rows, quantize_rows
     model = copy.deepcopy(smollm2.model)
@@ -185,7 +186,8 @@ def test_int8_embedding_rows_barely_move_the_float_model(smollm2, wikitext_windo
     assert model.get_output_embeddings().weight is embed.weight         # tied: one table, both ends
     with torch.no_grad():
         embed.weight.copy_(dequantize_rows(*quantize_rows(embed.weight), embed.weight.dtype))
-    before = perplexity(smollm2.model, wikitext_windows, progress=False)["ppl"]
-    after = perplexity(model, wikitext_windows, progress=False)["ppl"]
-    print(f"float {before:.4f}, with int8 embedding rows {after:.4f}")
+    windows = wikitext_windows[:4]
+    before = perplexity(smollm2.model, windows, progress=False)["ppl"]
+    after = perplexity(model, windows, progress=False)["ppl"]
+    print(f"float {before:.4f}, with int8 embedding rows {after:.4f} ({(after - before) / before:+.4%})")
     assert after != before and abs(after - before) / before < 5e-4
