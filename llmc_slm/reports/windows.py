@@ -32,6 +32,7 @@ from .render import Table
 class WindowRun:
     """One run's paired WikiText-2 columns, per window."""
     label: str
+    path: str
     dtype: str
     nll: np.ndarray
     ref_nll: np.ndarray
@@ -40,8 +41,8 @@ class WindowRun:
     top1: np.ndarray
 
     def first(self, n: int) -> "WindowRun":
-        return WindowRun(self.label, self.dtype, self.nll[:n], self.ref_nll[:n], self.kl[:n], self.tokens[:n],
-                         self.top1[:n])
+        return WindowRun(self.label, self.path, self.dtype, self.nll[:n], self.ref_nll[:n], self.kl[:n],
+                         self.tokens[:n], self.top1[:n])
 
     @property
     def window_kld(self) -> np.ndarray:
@@ -71,7 +72,7 @@ def read_window_run(path: str | Path, position: str = "fake_quant") -> WindowRun
         raise ReportError(f"{path}: WikiText-2 at {position} was not paired with a float model (no {missing[0]}; "
                           "eval.paired)")
     label = f"{path.stem} ({run.model.name or '?'})"
-    return WindowRun(label, run.environment.dtype or "?", *(np.asarray(cols[k], dtype=float) for k in
+    return WindowRun(label, str(path), run.environment.dtype or "?", *(np.asarray(cols[k], dtype=float) for k in
                      ("window_nll", "ref_window_nll", "window_kl", "window_tokens", "window_top1")))
 
 
@@ -96,7 +97,7 @@ def window_comparison(a: WindowRun, b: WindowRun, name: str = "window_comparison
     delta = paired_delta(a.window_delta, b.window_delta)
     t.add(["B - A (paired over windows)", "", _pm(kld, 4), _pm(delta, 4), ""], new_group=True)
     ratio = b.kl.sum() / a.kl.sum() if a.kl.sum() > 0 else float("nan")
-    t.notes.append(f"A = {a.label}, B = {b.label}; {n} windows of {int(a.tokens[0]) + 1} tokens, the first of "
+    t.notes.append(f"A = `{a.path}`, B = `{b.path}`; {n} windows of {int(a.tokens[0]) + 1} tokens, the first of "
                    f"each run's. KLD: sum of KL(p_float || p_quant) over the windows' tokens / tokens; B / A of the "
                    f"KLD: {ratio:.3f}. Each run's Δ ln ppl is against its own float model.")
     return t
