@@ -132,9 +132,9 @@ def token_stats(logits, target, ref_logits=None, chunk: int | None = None) -> di
 
     The float32 log-softmaxes are taken ``chunk`` tokens at a time (:func:`token_chunk` by default): each
     token's figures are the same operations on the same row as over the whole window (so the same bits:
-    ``tests/test_perplexity.py``), but the [chunk, vocab] temporaries stay in cache instead of streaming four or five [T, vocab] float32 tensors
-    (0.4 GB each for SmolLM2 at 2,048 tokens) through memory, which made the comparison cost as much as a
-    forward pass."""
+    ``tests/test_perplexity.py``), but the [chunk, vocab] temporaries stay in cache instead of streaming four
+    or five [T, vocab] float32 tensors (0.4 GB each for SmolLM2 at 2,048 tokens) through memory, which made
+    the comparison cost as much as a forward pass."""
     bs, T = target.shape
     chunk = chunk or token_chunk(bs, logits.shape[-1])
     out = {"nll": torch.empty(bs, T, dtype=torch.float32, device=logits.device)}
