@@ -28,9 +28,12 @@ demo: setup
 	    --limit 50 --eval-names wikitext2 arc_easy piqa --inference --set eval.seq_len=512 --results $(DEMO)
 	$(BIN)/python tools/make_tables.py $(DEMO) --out $(DEMO)/tables
 
-# --durations: the slowest tests in every log, so that a slow machine's CI time can be read from it
+# --durations: the slowest tests in every log, so that a slow machine's CI time can be read from it. -u and -v:
+# each test's name reaches the log as it starts, so that a log cut off by CI's kill ends at the test that hung.
+# --timeout: a test running past 15 minutes fails with its stack and the suite goes on (the slowest takes about
+# 70 s here); the session's own deadline (tests/session_deadline.py, 80 min) ends a hung suite before CI does.
 test: setup
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -u -m pytest -v --durations=15 --timeout=900 tests
 
 # The reference folders' generated reports (tables/, compare.md, plots/) and the README's results section, from
 # the committed results only (nothing is re-run): `make reports` after adding runs to a folder.

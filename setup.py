@@ -43,7 +43,7 @@ setup(
         "cluster": ["ray>=2.60,<3"],
         # ExecuTorch (Track 2 in its XNNPACK runtime, llmc.export.executorch): 1.5.1 installs beside torch
         # 2.13.0 without replacing it (it brings torchao 0.18.0)
-        "dev": ["pytest", "matplotlib", "ray>=2.60,<3", "executorch==1.5.1"],
+        "dev": ["pytest", "pytest-timeout", "matplotlib", "ray>=2.60,<3", "executorch==1.5.1"],
         # llama.cpp's Python binding: source-only on PyPI, a C++ build (`make llamacpp`, README)
         "llamacpp": ["llama-cpp-python==0.3.36"],
     },

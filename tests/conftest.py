@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+pytest_plugins = ["session_deadline"]   # the whole session's deadline (tests/session_deadline.py)
+
 from llmc import catalog  # noqa: E402
 
 catalog.load()   # every built-in name declared, as the CLI's entry does
