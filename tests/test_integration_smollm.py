@@ -70,15 +70,15 @@ def test_smoothquant_smoothing_is_an_equivalence_on_the_real_model(smollm2_fp32)
 # --------------------------------------------------------------------- the deployed integer model (issue 7)
 # Two questions, kept apart. (1) Do the integer kernels compute what the fake-quant layers compute? Asked
 # layer by layer, each layer fed the fake model's own input: in float32 every one of the 210 layers agrees
-# within 1e-6 of its output's range (8e-7 measured at W8A8 and W4A8). (2) Does the deployed checkpoint, run
-# end to end, give the fake model's perplexity? Here the answer can only be statistical: with activations
-# quantized per token, any float difference upstream (another summation order, an int8 embedding row)
-# flips a few rounding decisions, and those flips change every later layer's codes. In float32 on 16
-# windows of 512 tokens, int8 embedding rows move the float model's perplexity by -0.003% +- 0.05% (KLD
-# 0.001) but the W8A8 fake model's by -0.52%, with per-window NLL differences of +-9 nats: a standard error of ~0.45% for the
-# mean. The former bound (0.5% at W8A8) was one standard error wide; it passed in bfloat16 and failed in
-# float32 (-0.55%) by chance (2026-12-02, AVX2 VM). The test now gives the fake model the deployed
-# model's int8 embedding rows (so only the kernels differ) and bounds the paired mean by its own SE.
+# within 1e-6 of its output's range (8e-7 measured at W8A8 and W4A8). (2) Does the deployed checkpoint, run end to
+# end, give the fake model's perplexity? Here the answer can only be statistical: with activations quantized per
+# token, any float difference upstream (another summation order, an int8 embedding row) flips a few rounding
+# decisions, and those flips change every later layer's codes. In float32 on 16 windows of 512 tokens, int8
+# embedding rows move the float model's perplexity by -0.003% +- 0.05% (KLD 0.001) but the W8A8 fake model's by
+# -0.52%, with per-window NLL differences of +-9 nats: a standard error of ~0.45% for the mean. The former bound
+# (0.5% at W8A8) was one standard error wide; it passed in bfloat16 and failed in float32 (-0.55%) by chance
+# (2026-12-02, AVX2 VM). The test now gives the fake model the deployed model's int8 embedding rows (so only the
+# kernels differ) and bounds the paired mean by its own SE.
 
 PPL_WINDOWS, PPL_SEQ_LEN = 16, 512
 
