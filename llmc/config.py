@@ -101,6 +101,10 @@ class EvalConfig:
     # paired runs: keep the float model's final hidden states on the windows in <save.save_path>/.reference_cache,
     # so that later runs of the same model, windows and settings skip its blocks (bit-identical figures)
     reference_cache: bool = True
+    # ... and, for float32 models whose output layer is the reference's, a summary of its next-token distributions
+    # (llmc.eval.reference_summary): later runs take the KL from it without the reference's output layer (the
+    # same NLLs and top-1 bits; the KL within float32 rounding, 2e-5 nats per token at most)
+    reference_summary: bool = True
     num_fewshot: int = 0
     inference_per_block: bool = False
     inference: bool = False        # Track 2: profile the deployed integer model (needs save.save_real)

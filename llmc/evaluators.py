@@ -32,7 +32,9 @@ class WikiText2Perplexity:
     ``reference`` (``llmc.eval.reference``, at a quantized position with ``eval.paired``), also the KL
     divergence from it, top-1 agreement and the paired log-perplexity difference (``vs_float``). With
     ``eval.reference_cache`` the reference's final hidden states are kept in ``<save.save_path>/.reference_cache``
-    for the next run of the same model and windows (``llmc.eval.reference_cache``)."""
+    for the next run of the same model and windows (``llmc.eval.reference_cache``), and with
+    ``eval.reference_summary`` a summary of its distributions that spares float32 runs its output layer
+    (``llmc.eval.reference_summary``)."""
 
     uses_reference = True
 
@@ -57,7 +59,8 @@ class WikiText2Perplexity:
             with reference.on(next(adapter.model.parameters()).device) as ref:
                 cache = Path(self.cfg.save.save_path) / REFERENCE_CACHE if self.cfg.eval.reference_cache else None
                 result = perplexity(adapter.model, windows, bs=self.cfg.eval.bs, progress=not progress_disabled(),
-                                    reference=ref, reference_cache=cache)
+                                    reference=ref, reference_cache=cache,
+                                    reference_summary=self.cfg.eval.reference_summary)
             result["vs_float"]["reference"] = reference.description
         result["limit"] = limit if limit and limit < self._windows.shape[0] else None
         result["windows_in_split"] = int(self._windows.shape[0])

@@ -273,8 +273,9 @@ def _flatten(d, prefix="") -> dict:
 
 
 # Config keys that decide how fast a run goes, never its figures (each one's tests show the same bits either
-# way): a complete run recorded with another value, or before the key existed, is not rerun for them.
-SPEED_ONLY_KEYS = frozenset({"eval.reference_cache", "save.resume"})
+# way; eval.reference_summary the same bits but for the KL, equal within float32 rounding): a complete run
+# recorded with another value, or before the key existed, is not rerun for them.
+SPEED_ONLY_KEYS = frozenset({"eval.reference_cache", "eval.reference_summary", "save.resume"})
 
 
 def same_config(old: dict | None, new: dict) -> bool:

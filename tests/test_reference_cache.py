@@ -113,7 +113,7 @@ def test_evaluator_uses_the_save_path_and_can_be_turned_off(tmp_path, monkeypatc
 
     class Cfg:
         class eval:
-            limit, bs, seq_len, reference_cache = None, 1, 16, True
+            limit, bs, seq_len, reference_cache, reference_summary = None, 1, 16, True, True
 
         class save:
             save_path = str(tmp_path / "out")

@@ -50,7 +50,7 @@ def micro_batch_size(model, seq_len: int, bs: int, max_logits_bytes: int = MAX_L
 @torch.no_grad()
 def perplexity(model, windows: torch.Tensor, bs: int = 1, desc: str = "wikitext2 ppl",
                progress: bool = True, max_logits_bytes: int = MAX_LOGITS_BYTES, reference=None,
-               reference_cache=None) -> dict:
+               reference_cache=None, reference_summary: bool = True) -> dict:
     """Perplexity of ``model`` (an HF causal LM) over ``windows`` [n, seq_len], ``bs`` windows per forward
     pass at most (fewer where their logits would exceed ``max_logits_bytes``).
 
@@ -64,26 +64,39 @@ def perplexity(model, windows: torch.Tensor, bs: int = 1, desc: str = "wikitext2
     over the window's tokens) and ``window_top1`` (tokens that agree). ``reference_cache``: a folder where
     the reference's final hidden states are kept between runs (``llmc.eval.reference_cache``: the same
     figures, bit for bit, without the reference's transformer blocks); ``vs_float`` then says how it was
-    used (``reference_cache``)."""
+    used (``reference_cache``). With ``reference_summary`` as well, float32 models whose output layer is the
+    reference's take the KL from a stored summary of the reference's distributions instead of its output layer
+    (``llmc.eval.reference_summary``: the same NLLs and top-1, the KL within float32 rounding)."""
     device = next(model.parameters()).device
     budget = max_logits_bytes if reference is None else max_logits_bytes // 4   # two models' log-probs, KL
     bs = micro_batch_size(model, windows.shape[1], bs, budget)
     total_nll = 0.0
     total_tokens = 0
     cols: dict[str, list] = {"window_nll": [], "window_tokens": []}
-    ref_outputs = None
+    ref_outputs = summary = None
     if reference is not None:
         from .reference_cache import ReferenceOutputs
         cols.update(ref_window_nll=[], window_kl=[], window_top1=[])
         ref_outputs = ReferenceOutputs(reference, windows, bs, reference_cache)
+        if reference_cache is not None and reference_summary:
+            from .reference_summary import ReferenceSummary
+            summary = ReferenceSummary(model, ref_outputs)
     start = time.perf_counter()
     bar = tqdm(range(0, windows.shape[0], bs), desc=desc, disable=not progress, leave=False)
     for i in bar:
         batch = windows[i:i + bs].to(device)
         target = batch[:, 1:]
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
-        ref_logits = None if ref_outputs is None else ref_outputs.logits(i, batch)[:, :-1].to(device)
-        stats = token_stats(logits, target, ref_logits)
+        if summary is not None and summary.status == "hit":
+            logits, hidden = _logits_and_final_hidden(model, batch)
+            stats = token_stats(logits[:, :-1], target, summary=summary.batch(i, batch.shape[0], device),
+                                hidden=hidden[:, :-1])
+        else:
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
+            ref_logits = None if ref_outputs is None else ref_outputs.logits(i, batch)[:, :-1].to(device)
+            building = summary is not None and summary.status == "building"
+            stats = token_stats(logits, target, ref_logits, summarize=building)
+            if building:
+                summary.record(ref_logits, stats)
         nll = stats["nll"].sum(1)
         cols["window_nll"] += nll.tolist()
         cols["window_tokens"] += [target.shape[1]] * target.shape[0]
@@ -100,11 +113,28 @@ def perplexity(model, windows: torch.Tensor, bs: int = 1, desc: str = "wikitext2
            "micro_batch": bs, "seconds": time.perf_counter() - start}
     if ref_outputs is not None:
         ref_outputs.save()
+        if summary is not None:
+            summary.save()
         out["vs_float"] = versus_reference(cols)
         if reference_cache is not None:
             out["vs_float"]["reference_cache"] = ref_outputs.describe()
+            if summary is not None:
+                out["vs_float"]["reference_cache"]["summary"] = summary.describe()
     out["per_item"] = cols
     return out
+
+
+def _logits_and_final_hidden(model, batch):
+    """``model``'s logits on ``batch`` and the final hidden states its output layer received (the same logits,
+    bit for bit, as a plain call)."""
+    captured = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(
+        lambda _m, args: captured.append(args[0].detach()))
+    try:
+        logits = model(input_ids=batch, use_cache=False).logits
+    finally:
+        handle.remove()
+    return logits, captured[-1]
 
 
 def _ppl(mean_nll: float) -> float:
@@ -126,7 +156,8 @@ def token_chunk(bs: int, vocab: int, max_bytes: int = CHUNK_BYTES) -> int:
     return max(4, min(TOKEN_CHUNK, max_bytes // max(1, bs * vocab * 4)))
 
 
-def token_stats(logits, target, ref_logits=None, chunk: int | None = None) -> dict:
+def token_stats(logits, target, ref_logits=None, chunk: int | None = None, *, summarize: bool = False,
+                summary: dict | None = None, hidden=None) -> dict:
     """Per predicted token [bs, T]: ``nll`` (the cross-entropy of ``target``), and with the reference's logits
     ``ref_nll``, ``kl`` = KL(p_ref || p) = sum_v p_ref (log p_ref - log p) and ``top1`` (the same argmax).
 
@@ -134,24 +165,48 @@ def token_stats(logits, target, ref_logits=None, chunk: int | None = None) -> di
     token's figures are the same operations on the same row as over the whole window (so the same bits:
     ``tests/test_perplexity.py``), but the [chunk, vocab] temporaries stay in cache instead of streaming four
     or five [T, vocab] float32 tensors (0.4 GB each for SmolLM2 at 2,048 tokens) through memory, which made
-    the comparison cost as much as a forward pass."""
+    the comparison cost as much as a forward pass.
+
+    ``summarize`` adds the reference's most likely token (``ref_argmax``) and ``ref_lse`` (log-sum-exp of its
+    logits), what :class:`~llmc.eval.reference_summary.ReferenceSummary` stores. Given such a ``summary`` of
+    the reference for this batch (its ``expected``, ``lse``, ``nll``, ``argmax`` and ``hidden``, predicted
+    positions only) and the model's final ``hidden`` states instead of ``ref_logits``, ``ref_nll`` and the
+    reference's argmax are read from it and ``kl`` = e_r . (h_r - h_q) - LSE_r + LSE_q, in float64."""
     bs, T = target.shape
     chunk = chunk or token_chunk(bs, logits.shape[-1])
     out = {"nll": torch.empty(bs, T, dtype=torch.float32, device=logits.device)}
-    if ref_logits is not None:
+    if ref_logits is not None or summary is not None:
         out.update(ref_nll=torch.empty_like(out["nll"]), kl=torch.empty_like(out["nll"]),
                    top1=torch.empty(bs, T, dtype=torch.bool, device=logits.device))
+    if summarize or summary is not None:
+        out.update(ref_argmax=torch.empty(bs, T, dtype=torch.long, device=logits.device),
+                   ref_lse=torch.empty_like(out["nll"]))
+    lse = torch.empty_like(out["nll"]) if summary is not None else None
     for a in range(0, T, chunk):
         c = slice(a, min(a + chunk, T))
         tgt = target[:, c, None]
         lp = F.log_softmax(logits[:, c].float(), dim=-1)
         out["nll"][:, c] = -lp.gather(-1, tgt).squeeze(-1)
+        if summary is not None:
+            out["top1"][:, c] = lp.argmax(-1) == summary["argmax"][:, c]
+            lse[:, c] = torch.logsumexp(logits[:, c].float(), dim=-1)
+            continue
         if ref_logits is None:
             continue
         ref = F.log_softmax(ref_logits[:, c].float(), dim=-1)
         out["ref_nll"][:, c] = -ref.gather(-1, tgt).squeeze(-1)
-        out["top1"][:, c] = lp.argmax(-1) == ref.argmax(-1)
+        ref_top = ref.argmax(-1)
+        out["top1"][:, c] = lp.argmax(-1) == ref_top
         out["kl"][:, c] = F.kl_div(lp, ref, reduction="none", log_target=True).sum(-1)
+        if summarize:
+            out["ref_argmax"][:, c] = ref_top
+            out["ref_lse"][:, c] = torch.logsumexp(ref_logits[:, c].float(), dim=-1)
+    if summary is not None:
+        out["ref_nll"].copy_(summary["nll"])
+        out["ref_argmax"].copy_(summary["argmax"])
+        out["ref_lse"].copy_(summary["lse"])
+        shift = (summary["hidden"].double() - hidden.double()) * summary["expected"].double()
+        out["kl"].copy_(shift.sum(-1) - summary["lse"].double() + lse.double())
     return out
 
 
