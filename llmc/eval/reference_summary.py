@@ -11,17 +11,19 @@ For one predicted token, with ``z = W h + b`` the logits of a final hidden state
 so the reference's whole distribution (262,144 words for Gemma-3) enters the KL through ``hidden`` numbers and one
 LSE per token. Stored per predicted token: ``e_r``, ``LSE_r``, the reference's NLL of the next token and its most
 likely token; ``h_r`` is the hidden-state cache beside it (``reference_cache.py``). A run that finds the summary
-skips the reference's output layer and its log-softmax, which on a paired Gemma-3 window in float32 are two
-fifths of the cost (py-spy: the reference's ``lm_head`` alone 34%).
+skips the reference's output layer and its log-softmax: a paired Gemma-3 window of 2,048 tokens in float32 on 2
+threads took 19.2 s instead of 24.0 s with the hidden-state cache alone and 31.7 s with neither
+(``benchmarks/paired_ppl_speed.py``, results/reference/issue21_gemma/paired_ppl_speed.json).
 
 Which figures change: the NLLs, the reference's NLL and the top-1 agreement are the same bits as the direct
 computation (the stored values are the ones it computes). The KL is the same quantity summed another way, no less
-accurately. ``e_r`` is accumulated in float64 from a float64 softmax of the float32 logits (a float32 ``p_r`` and
-product left a bias of 1e-6 nats per token, 3e-5 of SmolLM2's KLD). Float64 as the truth, on Gemma-3's own output
-layer and hidden states perturbed by noise (256 tokens, KLDs 1e-5 to 0.08), the identity's mean error is at most
-3e-7 nats and any token's at most 1.5e-5; the direct float32 sum's 3.5e-6 and 2.6e-5. On SmolLM2 in float32
-after W8A8 RTN both give window KLs within 5e-6 of the truth, relatively. ``tests/test_reference_summary.py``
-checks the agreement on tiny models. It is used only where it holds that well:
+accurately. ``p_r`` in ``e_r`` comes from a float64 softmax of the float32 logits (float32 softmaxes and
+log-softmaxes sum the vocabulary with a bias: a float32 ``p_r`` left one of 1e-6 nats per token, 3e-5 of SmolLM2's
+KLD). Float64 as the truth, on Gemma-3's own output layer and hidden states perturbed by noise (256 tokens, KLDs
+1e-5 to 0.08), the identity's mean error is at most 3e-7 nats and any token's at most 1.6e-5; the direct float32
+sum's 3.5e-6 and 2.6e-5. On SmolLM2 in float32 after W8A8 RTN both give window KLs within 5e-6 of the truth,
+relatively. ``tests/test_reference_summary.py`` checks the agreement on tiny models. It is used only where it
+holds that well:
 
 * the logits are float32: in bfloat16 every logit is rounded after the layer (by about ``|z| 2^-9``, hundredths of
   a nat), a rounding the identity does not see, so bfloat16 runs keep the direct computation, bit for bit;
@@ -80,7 +82,6 @@ class ReferenceSummary:
         self.data: Optional[dict] = None
         self.path: Optional[Path] = None
         self._recorded: list = []
-        self._weight64: Optional[torch.Tensor] = None
         self.status, self.reason = "unused", None
         if outputs.path is None:
             self.reason = outputs.reason or "no hidden-state cache"
@@ -125,13 +126,11 @@ class ReferenceSummary:
     def record(self, ref_logits: torch.Tensor, stats: dict) -> None:
         """Collect one batch's summary from its reference logits [bs, T-1, vocab] and the direct computation's
         ``stats`` (``token_stats(..., summarize=True)``: the reference's NLL, most likely token and LSE)."""
-        if self._weight64 is None:
-            self._weight64 = self.head.weight.detach().double()
-        weight = self._weight64
+        weight = self.head.weight
         expected = torch.empty(*ref_logits.shape[:2], weight.shape[1], dtype=torch.float32, device=weight.device)
         for a in range(0, ref_logits.shape[1], EXPECTED_CHUNK):
             c = slice(a, a + EXPECTED_CHUNK)
-            expected[:, c] = F.softmax(ref_logits[:, c].double(), dim=-1) @ weight
+            expected[:, c] = F.softmax(ref_logits[:, c].double(), dim=-1).float() @ weight
         self._recorded.append({"expected": expected.cpu(), "lse": stats["ref_lse"].cpu(),
                                "nll": stats["ref_nll"].cpu(), "argmax": stats["ref_argmax"].cpu()})
 
@@ -143,7 +142,7 @@ class ReferenceSummary:
         if rows != self.outputs.windows.shape[0]:
             return
         data = {k: torch.cat([r[k] for r in self._recorded]).contiguous() for k in self._recorded[0]}
-        self._recorded, self._weight64 = [], None
+        self._recorded = []
         from safetensors.torch import save_file
         try:
             tmp = self.path.with_suffix(f".tmp{os.getpid()}")
