@@ -12,8 +12,8 @@ so the reference's whole distribution (262,144 words for Gemma-3) enters the KL 
 LSE per token. Stored per predicted token: ``e_r``, ``LSE_r``, the reference's NLL of the next token and its most
 likely token; ``h_r`` is the hidden-state cache beside it (``reference_cache.py``). A run that finds the summary
 skips the reference's output layer and its log-softmax: a paired Gemma-3 window of 2,048 tokens in float32 on 2
-threads took 19.2 s instead of 24.0 s with the hidden-state cache alone and 31.7 s with neither
-(``benchmarks/paired_ppl_speed.py``, results/reference/issue21_gemma/paired_ppl_speed.json).
+threads took 17.2 s instead of 27.6 s with the hidden-state cache alone and 34.8 s with neither (medians of 3
+rounds; ``benchmarks/paired_ppl_speed.py``, results/reference/issue21_gemma/paired_ppl_speed.json).
 
 Which figures change: the NLLs, the reference's NLL and the top-1 agreement are the same bits as the direct
 computation (the stored values are the ones it computes). The KL is the same quantity summed another way, no less
