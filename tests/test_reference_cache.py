@@ -108,8 +108,8 @@ def test_soft_capped_logits_are_not_cached(tmp_path):
 def test_evaluator_uses_the_save_path_and_can_be_turned_off(tmp_path, monkeypatch):
     from llmc import evaluators
     seen = []
-    monkeypatch.setattr(evaluators, "perplexity", lambda *a, **kw: seen.append(kw["reference_cache"]) or
-                        {"vs_float": {}, "ppl": 1.0})
+    monkeypatch.setattr(evaluators, "perplexity", lambda *a, **kw: seen.append(
+        (kw["reference_cache"], kw["reference_summary"])) or {"vs_float": {}, "ppl": 1.0})
 
     class Cfg:
         class eval:
@@ -125,4 +125,7 @@ def test_evaluator_uses_the_save_path_and_can_be_turned_off(tmp_path, monkeypatc
     ev.run(adapter, reference=ref)
     Cfg.eval.reference_cache = False
     ev.run(adapter, reference=ref)
-    assert seen == [tmp_path / "out" / evaluators.REFERENCE_CACHE, None]
+    Cfg.eval.reference_cache, Cfg.eval.reference_summary = True, False
+    ev.run(adapter, reference=ref)
+    cache = tmp_path / "out" / evaluators.REFERENCE_CACHE
+    assert seen == [(cache, True), (None, True), (cache, False)]

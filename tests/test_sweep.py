@@ -313,14 +313,15 @@ def test_changed_config_is_rerun(fake):
 
 
 def test_speed_only_keys_do_not_rerun_complete_runs(fake):
-    """eval.reference_cache decides speed, not figures: a run recorded without the key (before it existed)
-    or with the other value is kept; any other key still reruns."""
+    """eval.reference_cache and eval.reference_summary decide speed, not figures: a run recorded without the
+    keys (before they existed) or with the other values is kept; any other key still reruns."""
     sweep_once(fake)
     for r in make_runs(fake):
         data = json.loads(r.result.read_text())
         data["config"]["eval"].pop("reference_cache")
+        data["config"]["eval"].pop("reference_summary")
         r.result.write_text(json.dumps(data))
-    runs = make_runs(fake, sets=["eval.reference_cache=false"])
+    runs = make_runs(fake, sets=["eval.reference_cache=false", "eval.reference_summary=false"])
     sw.decide(runs)
     assert all(r.action == "skip" and r.status == "complete" for r in runs)
     runs = make_runs(fake, sets=["eval.reference_cache=false", "eval.bs=2"])
