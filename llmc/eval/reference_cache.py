@@ -52,6 +52,35 @@ def _unsupported(model) -> Optional[str]:
     return None
 
 
+def read_keyed(path: Path, key: dict, names: tuple) -> dict:
+    """The tensors ``names`` of the safetensors file ``path`` whose stored key is ``key`` (raises otherwise)."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        if json.loads(f.metadata().get("key", "{}")) != key:
+            raise ValueError("its key differs")
+        return {name: f.get_tensor(name) for name in names}
+
+
+def write_keyed(path: Path, tensors: dict, key: dict) -> Optional[str]:
+    """Write ``tensors`` to ``path`` with ``key`` in its metadata, atomically; the reason if it could not be."""
+    from safetensors.torch import save_file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"key": json.dumps(key, sort_keys=True)})
+        tmp.replace(path)
+    except OSError as e:
+        return f"not stored ({e})"
+    return None
+
+
+def describe_file(status: str, path: Optional[Path], reason: Optional[str]) -> dict:
+    """What a run records of a cache file: ``status``, and ``file`` and ``reason`` where there are."""
+    return {"status": status, **({"file": path.name} if path is not None else {}),
+            **({"reason": reason} if reason else {})}
+
+
 class ReferenceOutputs:
     """The reference's logits for each batch of windows: from the cached final hidden states when a matching
     file exists, else from the model (recording the hidden states, then :meth:`save` writes them).
@@ -90,11 +119,7 @@ class ReferenceOutputs:
         if self.path is None or not self.path.is_file():
             return None
         try:
-            from safetensors import safe_open
-            with safe_open(str(self.path), framework="pt") as f:
-                if json.loads(f.metadata().get("key", "{}")) != self.key:
-                    raise ValueError("its key differs")
-                hidden = f.get_tensor("hidden")
+            hidden = read_keyed(self.path, self.key, ("hidden",))["hidden"]
         except Exception as e:      # noqa: BLE001 - a damaged cache file is recomputed, never fatal
             self.reason = f"{self.path.name} not read ({type(e).__name__}: {e}); recomputed"
             return None
@@ -129,20 +154,8 @@ class ReferenceOutputs:
         self._recorded = []
         if hidden is None or hidden.shape[0] != self.windows.shape[0]:
             return
-        from safetensors.torch import save_file
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"hidden": hidden.contiguous()}, str(tmp), metadata={"key": json.dumps(self.key, sort_keys=True)})
-            tmp.replace(self.path)
-            self.status = "written"
-        except OSError as e:
-            self.reason = f"not stored ({e})"
+        failed = write_keyed(self.path, {"hidden": hidden}, self.key)
+        self.status, self.reason = ("written", self.reason) if failed is None else (self.status, failed)
 
     def describe(self) -> dict:
-        out = {"status": self.status}
-        if self.path is not None:
-            out["file"] = self.path.name
-        if self.reason:
-            out["reason"] = self.reason
-        return out
+        return describe_file(self.status, self.path, self.reason)

@@ -37,13 +37,13 @@ more, once); the runs after it read it. A summary that cannot be read is rebuilt
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from .reference_cache import describe_file, read_keyed, write_keyed
 
 SUMMARY_VERSION = 1
 EXPECTED_CHUNK = 256      # tokens per p_r @ W product while building (a [256, vocab] float32 softmax at a time)
@@ -101,11 +101,7 @@ class ReferenceSummary:
         if not self.path.is_file():
             return None
         try:
-            from safetensors import safe_open
-            with safe_open(str(self.path), framework="pt") as f:
-                if json.loads(f.metadata().get("key", "{}")) != self.key:
-                    raise ValueError("its key differs")
-                data = {k: f.get_tensor(k) for k in ("expected", "lse", "nll", "argmax")}
+            data = read_keyed(self.path, self.key, ("expected", "lse", "nll", "argmax"))
         except Exception as e:      # noqa: BLE001 - a damaged summary is rebuilt, never fatal
             self.reason = f"{self.path.name} not read ({type(e).__name__}: {e}); rebuilt"
             return None
@@ -141,23 +137,13 @@ class ReferenceSummary:
         rows = sum(r["lse"].shape[0] for r in self._recorded)
         if rows != self.outputs.windows.shape[0]:
             return
-        data = {k: torch.cat([r[k] for r in self._recorded]).contiguous() for k in self._recorded[0]}
+        data = {k: torch.cat([r[k] for r in self._recorded]) for k in self._recorded[0]}
         self._recorded = []
-        from safetensors.torch import save_file
-        try:
-            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            save_file(data, str(tmp), metadata={"key": json.dumps(self.key, sort_keys=True)})
-            tmp.replace(self.path)
-            self.status = "written"
-        except OSError as e:
-            self.reason = f"not stored ({e})"
+        failed = write_keyed(self.path, data, self.key)
+        self.status, self.reason = ("written", self.reason) if failed is None else (self.status, failed)
 
     def describe(self) -> dict:
-        out = {"status": self.status}
-        if self.path is not None:
-            out["file"] = self.path.name
-        if self.reason:
-            out["reason"] = self.reason
+        out = describe_file(self.status, self.path, self.reason)
         if self.status == "hit":
             out["kl"] = "e_r . (h_r - h_q) - LSE_r + LSE_q (llmc.eval.reference_summary)"
         return out
