@@ -125,18 +125,24 @@ def test_quarot_r1_is_refused_in_one_line():
     ("QuaRot", ["--quant.special.r1", "false"]),
 ])
 def test_every_method_quantizes_gemma_end_to_end(method, extra, tmp_path):
-    """W8A8 through the pipeline: close to the float model, and the packed checkpoint (Gemma's embedding
-    scale and dual rotary frequencies are non-persistent buffers, rebuilt by the loader) reloads to the
-    same logits."""
+    """W8A8 through the pipeline: close to the float model, with the float model's output layer untouched
+    (so the paired WikiText-2 KL of a float32 run can come from the reference summary), and the packed
+    checkpoint (Gemma's embedding scale and dual rotary frequencies are non-persistent buffers, rebuilt by the
+    loader) reloads to the same logits."""
+    import copy
+
+    from llmc.eval.reference_summary import head_mismatch
     from llmc.pipeline import quantize_model
     from llmc.quant.packed import load_packed_model, save_packed_model
     a = gemma()
+    float_model = copy.deepcopy(a.model)
     ids = calib_ids(seed=3).input_ids
     before = logits(a, ids)
     cfg = cfg_for(method, "--save.real_embed_bit", "null", *extra)
     algo = quantize_model(a, cfg, calib_ids()).algorithm
     after = logits(a, ids)
     assert torch.isfinite(after).all() and 0 < rel_diff(before, after) < 0.1, rel_diff(before, after)
+    assert head_mismatch(a.model, float_model) is None
     save_packed_model(a, algo.cfg, tmp_path / "p")
     with torch.no_grad():
         reloaded = load_packed_model(tmp_path / "p")(input_ids=ids).logits
