@@ -769,6 +769,26 @@ def test_sensitivity_says_when_the_models_were_computed_in_different_dtypes(tmp_
                      "architecture (the folder's README says what it moves)."]
 
 
+def test_sensitivity_bounds_what_tokenization_moves_across_models(tmp_path):
+    """KLD and log-ppl change are per token; models that split the same text into different token counts get a
+    note with each count and the largest ratio, and one model (or equal counts) none that claims a difference."""
+    from llmc_slm.reports.sensitivity import sensitivity_table, tokenization_note
+    d = tmp_path / "r"
+    d.mkdir()
+    for model, windows in ((SMOL, 148), (QWEN, 142)):
+        for name, rec in (("fp16", result(model=model, values={"wikitext2": 20.0}, windows=windows,
+                                          windows_total=windows)),
+                          ("rtn_w8a8", result(model=model, method="RTN", values={"wikitext2": 21.0},
+                                              windows=windows, windows_total=windows))):
+            write(d, f"{model}_{name}.json", rec)
+    coll = collect.collect(d)
+    notes = [n for n in sensitivity_table(coll).notes if n.startswith("Tokenization")]
+    assert len(notes) == 1
+    assert f"{QWEN} 142 windows of 2048; {SMOL} 148 windows of 2048 tokens" in notes[0]
+    assert f"at most about {148 / 142:.2f}" in notes[0]
+    assert tokenization_note([r for r in coll.runs if r.model == SMOL]) is None
+
+
 def test_plot_lines_keep_weight_only_and_kv_runs_apart():
     from types import SimpleNamespace
     from llmc_slm.reports.plots import series_suffix

@@ -88,6 +88,7 @@ class Value:
     subset_seed: Optional[int] = None
     items_file: Optional[str] = None    # the run's per-item outcomes (llmc.results.items_path), if written
     vs_float: Optional[dict] = None     # WikiText-2 against the float model in the same run (KLD, top-1)
+    seq_len: Optional[int] = None       # WikiText-2: tokens per window
 
     @property
     def finite(self) -> bool:
@@ -155,7 +156,7 @@ def _ppl_value(m: Metric) -> Value:
         subset = m.limit is not None
     return Value("wikitext2", "wikitext2", m.ppl, None, m.windows, m.windows_in_split, m.limit, subset,
                  ("wikitext2", m.seq_len, m.windows), "ppl", items_file=m.get("items_file"),
-                 vs_float=m.get("vs_float") if isinstance(m.get("vs_float"), dict) else None)
+                 vs_float=m.get("vs_float") if isinstance(m.get("vs_float"), dict) else None, seq_len=m.seq_len)
 
 
 def read_inference(section: Optional[InferenceSection]) -> Optional[dict]:

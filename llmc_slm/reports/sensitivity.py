@@ -16,6 +16,12 @@ Across models the comparison is between separate samples (each model has its own
 differ beyond noise only when their intervals are apart; the table says which pairs are. Where the models
 were computed in different dtypes (bfloat16 on a CPU with AMX, float32 where bfloat16 has no fast kernels)
 a note says so: the dtype then differs along with the architecture.
+
+KLD and Δ ln ppl are per token, and each model splits WikiText-2's test text with its own tokenizer (Gemma-3's
+262k words, Qwen2.5's 152k, SmolLM2's 49k). A per-token figure times the model's token count is the change over
+the same text, so a note gives each model's count (its windows of ``seq_len`` tokens in the split) and the
+largest ratio between them: the factor by which tokenization alone can move a comparison of per-token
+figures across models.
 """
 
 from __future__ import annotations
@@ -77,6 +83,29 @@ def model_dtypes(runs) -> dict[str, str]:
     return {m: ds.pop() if len(ds) == 1 else "mixed (" + ", ".join(sorted(ds)) + ")" for m, ds in seen.items()}
 
 
+def wikitext_tokens(runs) -> dict[str, tuple[int, int]]:
+    """Each model's (windows in WikiText-2's test split, tokens per window), from its runs' recorded values."""
+    out: dict[str, tuple[int, int]] = {}
+    for r in runs:
+        v = r.values.get("wikitext2")
+        if v is not None and v.n_total and v.seq_len:
+            out.setdefault(r.model, (v.n_total, v.seq_len))
+    return out
+
+
+def tokenization_note(runs) -> Optional[str]:
+    """How much tokenization can move a comparison of per-token KLD / Δ ln ppl across the models."""
+    counts = wikitext_tokens(runs)
+    if len(counts) < 2:
+        return None
+    tokens = {m: w * t for m, (w, t) in counts.items()}
+    ratio = max(tokens.values()) / min(tokens.values())
+    listed = "; ".join(f"{m} {w} windows of {t}" for m, (w, t) in sorted(counts.items()))
+    return (f"Tokenization: WikiText-2 is the same text for every model, split into {listed} tokens; KLD and Δ ln "
+            f"ppl are per token, so tokenization alone moves a comparison of them across models by a factor of "
+            f"at most about {ratio:.2f} (per-token figure x token count = the change over the same text).")
+
+
 def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
     models = coll.models()
     runs = primary_runs(r for r in coll.runs if r.complete)
@@ -113,6 +142,9 @@ def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
                    "(tasks independent; k/5 when fewer tasks are paired); KLD: WikiText-2 mean KL(p_float || "
                    "p_quant) per token; Δ ln ppl: mean per-token log-perplexity change over windows ± paired SE.")
     t.notes.extend(verdicts)
+    tokenization = tokenization_note(runs.values())
+    if tokenization:
+        t.notes.append(tokenization)
     dtypes = model_dtypes(runs.values())
     if len(set(dtypes.values())) > 1:
         t.notes.append("Compute dtypes differ: " + "; ".join(f"{m} {d}" for m, d in sorted(dtypes.items()))
