@@ -775,18 +775,37 @@ def test_sensitivity_bounds_what_tokenization_moves_across_models(tmp_path):
     from llmc_slm.reports.sensitivity import sensitivity_table, tokenization_note
     d = tmp_path / "r"
     d.mkdir()
+    kld = {SMOL: 0.6, QWEN: 0.5}
     for model, windows in ((SMOL, 148), (QWEN, 142)):
         for name, rec in (("fp16", result(model=model, values={"wikitext2": 20.0}, windows=windows,
                                           windows_total=windows)),
                           ("rtn_w8a8", result(model=model, method="RTN", values={"wikitext2": 21.0},
                                               windows=windows, windows_total=windows))):
+            rec["metrics"]["fake_quant" if name != "fp16" else "pretrain"]["wikitext2"]["vs_float"] = (
+                None if name == "fp16" else {"kld": kld[model], "kld_stderr": 0.01})
             write(d, f"{model}_{name}.json", rec)
     coll = collect.collect(d)
-    notes = [n for n in sensitivity_table(coll).notes if n.startswith("Tokenization")]
+    table = sensitivity_table(coll)
+    assert [n for n in table.notes if "KLD is" in n] == [
+        f"RTN W8A8: {SMOL}'s KLD is {0.6 / 0.5:.2f}x {QWEN}'s (beyond noise and the {148 / 142:.2f} tokenization factor)"]
+    notes = [n for n in table.notes if n.startswith("Tokenization")]
     assert len(notes) == 1
     assert f"{QWEN} 142 windows of 2048; {SMOL} 148 windows of 2048 tokens" in notes[0]
     assert f"at most about {148 / 142:.2f}" in notes[0]
     assert tokenization_note([r for r in coll.runs if r.model == SMOL]) is None
+
+
+def test_kld_verdict_needs_both_noise_and_the_tokenization_factor():
+    from llmc_slm.reports.sensitivity import kld_verdict
+    assert kld_verdict("RTN W4A8", "a", "b", (2.10, 0.01), (0.92, 0.01), 1.04) == \
+        "RTN W4A8: a's KLD is 2.28x b's (beyond noise and the 1.04 tokenization factor)"
+    assert kld_verdict("S", "a", "b", (0.0102, 0.001), (0.0100, 0.001), 1.04).endswith(
+        "(within the 95% interval: not decided)")
+    assert kld_verdict("S", "a", "b", (1.03, 0.001), (1.0, 0.001), 1.04).endswith(
+        "(within the 1.04 tokenization factor: not decided)")
+    assert kld_verdict("S", "a", "b", (0.5, None), (1.0, 0.01), 1.04) == \
+        "S: b's KLD is 2.00x a's (beyond the 1.04 tokenization factor; no standard error recorded)"
+    assert kld_verdict("S", "a", "b", (None, None), (1.0, 0.01), 1.04) is None
 
 
 def test_plot_lines_keep_weight_only_and_kv_runs_apart():

@@ -21,7 +21,8 @@ KLD and Δ ln ppl are per token, and each model splits WikiText-2's test text wi
 262k words, Qwen2.5's 152k, SmolLM2's 49k). A per-token figure times the model's token count is the change over
 the same text, so a note gives each model's count (its windows of ``seq_len`` tokens in the split) and the
 largest ratio between them: the factor by which tokenization alone can move a comparison of per-token
-figures across models.
+figures across models. Two models' KLDs are called different only when they are apart beyond their 95%
+interval (SEs over windows) and their ratio exceeds that factor.
 """
 
 from __future__ import annotations
@@ -47,9 +48,33 @@ def accuracy_change(run: Run) -> Optional[tuple[float, Optional[float], int]]:
 
 
 def kld(run: Run) -> Optional[float]:
+    return kld_with_stderr(run)[0]
+
+
+def kld_with_stderr(run: Run) -> tuple[Optional[float], Optional[float]]:
+    """WikiText-2's mean per-token KL(p_float || p_quant) and its standard error over windows (None: absent)."""
     v = run.values.get("wikitext2")
     vs = (v.vs_float or {}) if v is not None else {}
-    return vs.get("kld")
+    return vs.get("kld"), vs.get("kld_stderr")
+
+
+def kld_verdict(setting: str, a: str, b: str, ka: tuple, kb: tuple, factor: float) -> Optional[str]:
+    """Which of two models' KLDs is larger, by what ratio, and whether the ratio is beyond both noise (95%) and
+    ``factor`` (what tokenization alone can move); None when a KLD is missing or zero."""
+    if ka[0] is None or kb[0] is None or min(ka[0], kb[0]) <= 0:
+        return None
+    (hi, khi), (lo, klo) = sorted(((a, ka), (b, kb)), key=lambda x: -x[1][0])
+    ratio = khi[0] / klo[0]
+    noise = None if khi[1] is None or klo[1] is None else \
+        khi[0] - klo[0] > 1.96 * math.sqrt(khi[1] ** 2 + klo[1] ** 2)
+    if noise is False:
+        why = "within the 95% interval: not decided"
+    elif ratio <= factor:
+        why = f"within the {factor:.2f} tokenization factor: not decided"
+    else:
+        why = f"beyond {'noise and ' if noise else ''}the {factor:.2f} tokenization factor" + \
+            ("" if noise else "; no standard error recorded")
+    return f"{setting}: {hi}'s KLD is {ratio:.2f}x {lo}'s ({why})"
 
 
 def _acc_cell(change) -> str:
@@ -93,13 +118,18 @@ def wikitext_tokens(runs) -> dict[str, tuple[int, int]]:
     return out
 
 
+def tokenization_factor(runs) -> float:
+    """The largest ratio between the models' WikiText-2 token counts (1.0 with fewer than two counts)."""
+    tokens = [w * t for w, t in wikitext_tokens(runs).values()]
+    return max(tokens) / min(tokens) if len(tokens) > 1 else 1.0
+
+
 def tokenization_note(runs) -> Optional[str]:
     """How much tokenization can move a comparison of per-token KLD / Δ ln ppl across the models."""
     counts = wikitext_tokens(runs)
     if len(counts) < 2:
         return None
-    tokens = {m: w * t for m, (w, t) in counts.items()}
-    ratio = max(tokens.values()) / min(tokens.values())
+    ratio = tokenization_factor(runs)
     listed = "; ".join(f"{m} {w} windows of {t}" for m, (w, t) in sorted(counts.items()))
     return (f"Tokenization: WikiText-2 is the same text for every model, split into {listed} tokens; KLD and Δ ln "
             f"ppl are per token, so tokenization alone moves a comparison of them across models by a factor of "
@@ -118,16 +148,18 @@ def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
         columns += [f"{m}: acc Δ", f"{m}: KLD", f"{m}: Δ ln ppl"]
     t = Table(name, "Sensitivity by architecture: paired change against each model's own float baseline",
               columns, left=2)
-    verdicts = []
+    verdicts, kld_verdicts = [], []
+    factor = tokenization_factor(runs.values())
     for method, bits in sorted(settings, key=lambda s: (s[1] != "W8A8", s[1], s[0])):
-        cells, changes = [], {}
+        cells, changes, klds = [], {}, {}
         for m in models:
             r = runs.get((m, method, bits))
             if r is None:
                 cells += [DASH] * 3
                 continue
             changes[m] = accuracy_change(r)
-            k = kld(r)
+            klds[m] = kld_with_stderr(r)
+            k = klds[m][0]
             cells += [_acc_cell(changes[m]), DASH if k is None else f"{k:.4f}", _ppl_cell(r)]
         t.add([method, bits] + cells)
         present = [m for m in models if changes.get(m) is not None]
@@ -138,10 +170,17 @@ def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
                     worse = a if changes[a][0] < changes[b][0] else b
                     verdicts.append(f"{method} {bits}: {worse} loses more accuracy than "
                                     f"{b if worse == a else a}" + ("" if d else " (within the 95% interval: not decided)"))
+        with_kld = [m for m in models if m in klds]
+        for i, a in enumerate(with_kld):
+            for b in with_kld[i + 1:]:
+                v = kld_verdict(f"{method} {bits}", a, b, klds[a], klds[b], factor)
+                if v:
+                    kld_verdicts.append(v)
     t.notes.append("acc Δ: mean over the paired accuracy tasks of (quantized - float) in points ± SE of that mean "
                    "(tasks independent; k/5 when fewer tasks are paired); KLD: WikiText-2 mean KL(p_float || "
                    "p_quant) per token; Δ ln ppl: mean per-token log-perplexity change over windows ± paired SE.")
     t.notes.extend(verdicts)
+    t.notes.extend(kld_verdicts)
     tokenization = tokenization_note(runs.values())
     if tokenization:
         t.notes.append(tokenization)
