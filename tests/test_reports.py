@@ -771,7 +771,7 @@ def test_sensitivity_says_when_the_models_were_computed_in_different_dtypes(tmp_
 
 def test_sensitivity_bounds_what_tokenization_moves_across_models(tmp_path):
     """KLD and log-ppl change are per token; models that split the same text into different token counts get a
-    note with each count and the largest ratio, and one model (or equal counts) none that claims a difference."""
+    note with each count and the largest ratio (a single model gets none), and their KLDs a verdict."""
     from llmc_slm.reports.sensitivity import sensitivity_table, tokenization_note
     d = tmp_path / "r"
     d.mkdir()

@@ -20,6 +20,7 @@ from typing import Optional
 
 from .collect import Run, sort_key
 from .render import Table
+from .sensitivity import kld_with_stderr
 
 DASH = "—"
 WORSE, DIVERGED = "▲", "✗"
@@ -118,8 +119,7 @@ def _mean_sd(values: list[float]) -> str:
 
 def run_kld(r: Run) -> Optional[float]:
     """The run's WikiText-2 KL divergence from the float model (``eval.paired``), if it measured one."""
-    v = r.values.get("wikitext2")
-    return (v.vs_float or {}).get("kld") if v is not None else None
+    return kld_with_stderr(r)[0]
 
 
 def _spread(values: list, digits: int) -> str:

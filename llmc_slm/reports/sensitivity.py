@@ -47,10 +47,6 @@ def accuracy_change(run: Run) -> Optional[tuple[float, Optional[float], int]]:
     return mean, se, len(deltas)
 
 
-def kld(run: Run) -> Optional[float]:
-    return kld_with_stderr(run)[0]
-
-
 def kld_with_stderr(run: Run) -> tuple[Optional[float], Optional[float]]:
     """WikiText-2's mean per-token KL(p_float || p_quant) and its standard error over windows (None: absent)."""
     v = run.values.get("wikitext2")
