@@ -808,6 +808,46 @@ def test_kld_verdict_needs_both_noise_and_the_tokenization_factor():
     assert kld_verdict("S", "a", "b", (None, None), (1.0, 0.01), 1.04) is None
 
 
+def test_pair_tally_counts_each_models_larger_change_and_which_are_decided():
+    """The per-pair summary: over the settings both models ran, who has the larger KLD and the larger accuracy
+    loss, and how many of those orders pass the verdicts' rules (noise, and the tokenization factor for KLD)."""
+    from llmc_slm.reports.sensitivity import PairTally
+    t = PairTally("a", "b")
+    t.add((2.0, 0.01), (1.0, 0.01), (-8.0, 0.9, 5), (-3.0, 0.6, 5), 1.04)     # a larger, both decided
+    t.add((0.0102, 0.001), (0.0100, 0.001), (-0.1, 0.3, 5), (-0.5, 0.3, 5), 1.04)   # a KLD, b acc: neither decided
+    t.add((0.5, 0.01), (1.0, 0.01), None, (-1.0, 0.3, 5), 1.04)              # b's KLD decided; no accuracy for a
+    t.add((None, None), (1.0, 0.01), (-1.0, 0.2, 5), (-0.2, 0.2, 5), 1.04)   # no KLD for a; a's loss decided
+    assert t.settings == 4
+    assert t.kld == {"a": [2, 1], "b": [1, 1]} and t.acc == {"a": [2, 2], "b": [1, 0]}
+    assert t.line() == ("Across the 4 settings both ran, a against b: the larger KLD a in 2 (1 decided), b in 1 "
+                        "(1 decided); the larger accuracy loss a in 2 (2 decided), b in 1 (0 decided).")
+
+
+def test_sensitivity_table_ends_with_a_tally_per_pair_of_models(tmp_path):
+    from llmc_slm.paired import PairedDelta
+    from llmc_slm.reports.sensitivity import sensitivity_table
+    d = tmp_path / "r"
+    d.mkdir()
+    kld = {(SMOL, 8): 0.03, (QWEN, 8): 0.01, (SMOL, 4): 0.9, (QWEN, 4): 0.6}
+    for model in (SMOL, QWEN):
+        write(d, f"{model}_fp16.json", result(model=model, values={"wikitext2": 20.0, "arc_easy": 50.0}))
+        for w in (8, 4):
+            rec = result(model=model, method="RTN", w=w, values={"wikitext2": 21.0, "arc_easy": 49.0})
+            rec["metrics"]["fake_quant"]["wikitext2"]["vs_float"] = {"kld": kld[(model, w)], "kld_stderr": 0.001}
+            write(d, f"{model}_rtn_w{w}a8.json", rec)
+    write(d, f"{SMOL}_smooth_w8a8.json", result(model=SMOL, method="SmoothQuant",
+                                                 values={"wikitext2": 21.0, "arc_easy": 49.0}))
+    coll = collect.collect(d)
+    for r in coll.runs:
+        if not r.is_float:
+            delta = -1.0 if r.model == SMOL else -0.5
+            r.paired = {"arc_easy": PairedDelta(n=500, mean_a=50.0, mean_b=50.0 + delta, delta=delta, stderr=0.2)}
+    tallies = [n for n in sensitivity_table(coll).notes if n.startswith("Across")]
+    assert tallies == [f"Across the 2 settings both ran, {QWEN} against {SMOL}: the larger KLD {QWEN} in 0 "
+                       f"(0 decided), {SMOL} in 2 (2 decided); the larger accuracy loss {QWEN} in 0 (0 decided), "
+                       f"{SMOL} in 2 (0 decided)."]
+
+
 def test_plot_lines_keep_weight_only_and_kv_runs_apart():
     from types import SimpleNamespace
     from llmc_slm.reports.plots import series_suffix

@@ -23,6 +23,10 @@ the same text, so a note gives each model's count (its windows of ``seq_len`` to
 largest ratio between them: the factor by which tokenization alone can move a comparison of per-token
 figures across models. Two models' KLDs are called different only when they are apart beyond their 95%
 interval (SEs over windows) and their ratio exceeds that factor.
+
+Last, a line per pair of models counts, over the settings both ran, how often each has the larger KLD and the
+larger accuracy loss, and how many of those orders are decided by the rules above: the answer to "which
+architecture is the more sensitive" that no single cell gives.
 """
 
 from __future__ import annotations
@@ -54,15 +58,28 @@ def kld_with_stderr(run: Run) -> tuple[Optional[float], Optional[float]]:
     return vs.get("kld"), vs.get("kld_stderr")
 
 
-def kld_verdict(setting: str, a: str, b: str, ka: tuple, kb: tuple, factor: float) -> Optional[str]:
-    """Which of two models' KLDs is larger, by what ratio, and whether the ratio is beyond both noise (95%) and
-    ``factor`` (what tokenization alone can move); None when a KLD is missing or zero."""
+def kld_order(ka: tuple, kb: tuple, factor: float) -> Optional[tuple[bool, float, Optional[bool], bool]]:
+    """Two models' (KLD, SE): (whether a's is the larger, the ratio larger / smaller, whether they are apart
+    beyond their 95% interval (None without an SE), whether the order is decided: apart beyond noise where an SE
+    is recorded, and a ratio above ``factor``); None when a KLD is missing or zero."""
     if ka[0] is None or kb[0] is None or min(ka[0], kb[0]) <= 0:
         return None
-    (hi, khi), (lo, klo) = sorted(((a, ka), (b, kb)), key=lambda x: -x[1][0])
+    a_higher = ka[0] >= kb[0]
+    khi, klo = (ka, kb) if a_higher else (kb, ka)
     ratio = khi[0] / klo[0]
     noise = None if khi[1] is None or klo[1] is None else \
         khi[0] - klo[0] > 1.96 * math.sqrt(khi[1] ** 2 + klo[1] ** 2)
+    return a_higher, ratio, noise, noise is not False and ratio > factor
+
+
+def kld_verdict(setting: str, a: str, b: str, ka: tuple, kb: tuple, factor: float) -> Optional[str]:
+    """Which of two models' KLDs is larger, by what ratio, and whether the ratio is beyond both noise (95%) and
+    ``factor`` (what tokenization alone can move); None when a KLD is missing or zero."""
+    order = kld_order(ka, kb, factor)
+    if order is None:
+        return None
+    a_higher, ratio, noise, _ = order
+    hi, lo = (a, b) if a_higher else (b, a)
     if noise is False:
         why = "within the 95% interval: not decided"
     elif ratio <= factor:
@@ -71,6 +88,36 @@ def kld_verdict(setting: str, a: str, b: str, ka: tuple, kb: tuple, factor: floa
         why = f"beyond {'noise and ' if noise else ''}the {factor:.2f} tokenization factor" + \
             ("" if noise else "; no standard error recorded")
     return f"{setting}: {hi}'s KLD is {ratio:.2f}x {lo}'s ({why})"
+
+
+class PairTally:
+    """Over the settings two models both ran: in how many each model's KLD is the larger and each loses the
+    more accuracy, and in how many of those the order is decided (the verdicts' rules)."""
+
+    def __init__(self, a: str, b: str):
+        self.a, self.b = a, b
+        self.settings = 0
+        self.kld = {a: [0, 0], b: [0, 0]}          # model -> [larger, decided]
+        self.acc = {a: [0, 0], b: [0, 0]}          # model -> [loses more, decided]
+
+    def add(self, kld_a, kld_b, change_a, change_b, factor: float) -> None:
+        self.settings += 1
+        order = kld_order(kld_a, kld_b, factor)
+        if order is not None:
+            counts = self.kld[self.a if order[0] else self.b]
+            counts[0] += 1
+            counts[1] += order[3]
+        if change_a is not None and change_b is not None:
+            counts = self.acc[self.a if change_a[0] < change_b[0] else self.b]
+            counts[0] += 1
+            counts[1] += bool(apart(change_a, change_b))
+
+    def line(self) -> str:
+        a, b = self.a, self.b
+        return (f"Across the {self.settings} settings both ran, {a} against {b}: the larger KLD {a} in "
+                f"{self.kld[a][0]} ({self.kld[a][1]} decided), {b} in {self.kld[b][0]} ({self.kld[b][1]} decided); "
+                f"the larger accuracy loss {a} in {self.acc[a][0]} ({self.acc[a][1]} decided), {b} in "
+                f"{self.acc[b][0]} ({self.acc[b][1]} decided).")
 
 
 def _acc_cell(change) -> str:
@@ -145,6 +192,7 @@ def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
     t = Table(name, "Sensitivity by architecture: paired change against each model's own float baseline",
               columns, left=2)
     verdicts, kld_verdicts = [], []
+    tallies = {(a, b): PairTally(a, b) for i, a in enumerate(models) for b in models[i + 1:]}
     factor = tokenization_factor(runs.values())
     for method, bits in sorted(settings, key=lambda s: (s[1] != "W8A8", s[1], s[0])):
         cells, changes, klds = [], {}, {}
@@ -172,11 +220,16 @@ def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
                 v = kld_verdict(f"{method} {bits}", a, b, klds[a], klds[b], factor)
                 if v:
                     kld_verdicts.append(v)
+        ran = [m for m in models if (m, method, bits) in runs]
+        for i, a in enumerate(ran):
+            for b in ran[i + 1:]:
+                tallies[(a, b)].add(klds[a], klds[b], changes[a], changes[b], factor)
     t.notes.append("acc Δ: mean over the paired accuracy tasks of (quantized - float) in points ± SE of that mean "
                    "(tasks independent; k/5 when fewer tasks are paired); KLD: WikiText-2 mean KL(p_float || "
                    "p_quant) per token; Δ ln ppl: mean per-token log-perplexity change over windows ± paired SE.")
     t.notes.extend(verdicts)
     t.notes.extend(kld_verdicts)
+    t.notes.extend(tally.line() for tally in tallies.values() if tally.settings)
     tokenization = tokenization_note(runs.values())
     if tokenization:
         t.notes.append(tokenization)
