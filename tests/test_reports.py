@@ -848,6 +848,25 @@ def test_sensitivity_table_ends_with_a_tally_per_pair_of_models(tmp_path):
                        f"{SMOL} in 2 (0 decided)."]
 
 
+def test_sensitivity_names_the_methods_calibrated_on_wikitext(tmp_path):
+    """KLD and log-ppl change are measured on WikiText-2's test split: methods fitted on WikiText-2 text are named,
+    since for them those figures are in-domain; RTN (no calibration) and other calibration texts are not."""
+    from llmc_slm.reports.sensitivity import calibration_note, sensitivity_table
+    d = tmp_path / "r"
+    d.mkdir()
+    write(d, "fp16.json", result(values={"wikitext2": 20.0}))
+    write(d, "rtn.json", result(method="RTN", values={"wikitext2": 21.0}))
+    for method, cal in (("GPTQ", {"file": "/data/wikitext2/wiki.valid.tokens", "preproc": "wikitext2_gptq"}),
+                        ("SmoothQuant", {"file": "/data/pile/val.jsonl", "preproc": "pileval"})):
+        rec = result(method=method, values={"wikitext2": 21.0})
+        rec["calibration"] = cal
+        write(d, f"{method}.json", rec)
+    coll = collect.collect(d)
+    note = [n for n in sensitivity_table(coll).notes if n.startswith("Calibrated on WikiText-2")]
+    assert note and note[0].startswith("Calibrated on WikiText-2 text (the record's calibration file): GPTQ. ")
+    assert calibration_note([r for r in coll.runs if r.method in ("RTN", "SmoothQuant")]) is None
+
+
 def test_plot_lines_keep_weight_only_and_kv_runs_apart():
     from types import SimpleNamespace
     from llmc_slm.reports.plots import series_suffix
