@@ -109,10 +109,11 @@ class PairTally:
             counts = self.kld[self.a if order[0] else self.b]
             counts[0] += 1
             counts[1] += order[3]
-        if change_a is not None and change_b is not None:
-            counts = self.acc[self.a if change_a[0] < change_b[0] else self.b]
+        acc = accuracy_order(change_a, change_b)
+        if acc is not None:
+            counts = self.acc[self.a if acc[0] else self.b]
             counts[0] += 1
-            counts[1] += bool(apart(change_a, change_b))
+            counts[1] += bool(acc[1])
 
     def line(self) -> str:
         a, b = self.a, self.b
@@ -142,6 +143,15 @@ def apart(a, b, z: float = 1.96) -> Optional[bool]:
     if a is None or b is None or a[1] is None or b[1] is None:
         return None
     return abs(a[0] - b[0]) > z * math.sqrt(a[1] ** 2 + b[1] ** 2)
+
+
+def accuracy_order(ca, cb) -> Optional[tuple[bool, Optional[bool]]]:
+    """Two models' accuracy changes (mean, se, k): (whether a loses the more, whether the two are apart beyond
+    their 95% interval: None without both SEs); None when a change is missing. The one rule of the accuracy
+    verdicts and the tallies."""
+    if ca is None or cb is None:
+        return None
+    return ca[0] < cb[0], apart(ca, cb)
 
 
 def model_dtypes(runs) -> dict[str, str]:
@@ -228,11 +238,11 @@ def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
         present = [m for m in models if changes.get(m) is not None]
         for i, a in enumerate(present):
             for b in present[i + 1:]:
-                d = apart(changes[a], changes[b])
-                if d is not None:
-                    worse = a if changes[a][0] < changes[b][0] else b
-                    verdicts.append(f"{method} {bits}: {worse} loses more accuracy than "
-                                    f"{b if worse == a else a}" + ("" if d else " (within the 95% interval: not decided)"))
+                a_worse, decided = accuracy_order(changes[a], changes[b])
+                if decided is not None:
+                    worse, other = (a, b) if a_worse else (b, a)
+                    verdicts.append(f"{method} {bits}: {worse} loses more accuracy than {other}"
+                                    + ("" if decided else " (within the 95% interval: not decided)"))
         with_kld = [m for m in models if m in klds]
         for i, a in enumerate(with_kld):
             for b in with_kld[i + 1:]:
