@@ -914,3 +914,36 @@ def test_stage_times_total_each_model_then_the_folder(tmp_path):
     # one model: its total only
     one = stage_time_table(collect.collect(d / SMOL))
     assert [r[0] for r in one.rows if r[0].startswith("total")] == [f"total, {SMOL}"]
+
+
+def test_sensitivity_gives_each_models_float_accuracy_and_headroom_above_chance(tmp_path):
+    """A model nearer chance has less accuracy to lose: the note gives each model's float mean accuracy over
+    its table tasks and that mean less chance (1/4 for ARC, 1/2 for PIQA); one model alone gets no note."""
+    from llmc_slm.reports.sensitivity import float_headroom, headroom_note
+    d = tmp_path / "r"
+    d.mkdir()
+    for model, arc, piqa in ((SMOL, 45.0, 61.0), (QWEN, 30.0, 55.0)):
+        write(d, f"{model}_fp16.json", result(model=model, values={"wikitext2": 20.0, "arc_easy": arc, "piqa": piqa}))
+        write(d, f"{model}_rtn_w8a8.json", result(model=model, method="RTN",
+                                                  values={"wikitext2": 21.0, "arc_easy": arc - 1, "piqa": piqa}))
+    coll = collect.collect(d)
+    room = float_headroom(coll)
+    assert room[SMOL] == pytest.approx((53.0, 53.0 - 37.5, 2))
+    assert room[QWEN] == pytest.approx((42.5, 5.0, 2))
+    note = headroom_note(coll)
+    assert f"{SMOL} 53.0 (+15.5 above chance, 2 tasks)" in note and f"{QWEN} 42.5 (+5.0 above chance, 2 tasks)" in note
+    from llmc_slm.reports.sensitivity import sensitivity_table
+    assert note in sensitivity_table(coll).notes
+    one = tmp_path / "one"
+    one.mkdir()
+    write(one, "fp16.json", result(model=SMOL, values={"arc_easy": 45.0}))
+    assert headroom_note(collect.collect(one)) is None
+
+
+def test_every_table_task_states_its_chance_level():
+    """The headroom note needs each column's chance; a task added without one would drop out silently."""
+    from llmc_slm.tasks import TASKS
+    for column, names in collect.COLUMN_TASKS.items():
+        for name in names:
+            assert 0 < TASKS[name].chance < 1, name
+    assert TASKS["piqa"].chance == 0.5 and TASKS["arc_challenge"].chance == 0.25

@@ -28,15 +28,20 @@ Last, a line per pair of models counts, over the settings both ran, how often ea
 larger accuracy loss, and how many of those orders are decided by the rules above: the answer to "which
 architecture is the more sensitive" that no single cell gives. A note names the methods fitted on WikiText-2 text:
 for them KLD and Δ ln ppl are in-domain figures (on Gemma-3, GPTQ W4A8 cuts RTN's KLD from 2.10 to 0.58 and loses
-the same accuracy), so the accuracy columns are what speaks for other text.
+the same accuracy), so the accuracy columns are what speaks for other text. Another gives each model's float
+accuracy and its headroom above chance (``TaskSpec.chance``): a model near chance has little accuracy to lose, so
+the same acc Δ weighs more on a model with less headroom.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Optional
 
-from .collect import ACC_DATASETS, Collection, Run, primary_runs, sort_key
+from llmc_slm.tasks import TASKS
+
+from .collect import ACC_DATASETS, COLUMN_TASKS, LABELS, Collection, Run, primary_runs, sort_key
 from .render import Table
 
 DASH = "—"
@@ -179,6 +184,49 @@ def tokenization_factor(runs) -> float:
     return max(tokens) / min(tokens) if len(tokens) > 1 else 1.0
 
 
+def float_headroom(coll: Collection) -> dict[str, tuple[float, float, int]]:
+    """Model -> (its float run's mean accuracy over the table tasks it has, in points; that mean's headroom
+    above chance, a uniform guess per task (``TaskSpec.chance``); the number of tasks). The float run is the
+    one ``collect.attach_baselines`` prefers: complete, then the most datasets."""
+    out = {}
+    for model in coll.models():
+        floats = sorted((r for r in coll.runs if r.model == model and r.is_float and r.values),
+                        key=lambda r: (not r.complete, -len(r.values), r.rel))
+        if not floats:
+            continue
+        accs, chances = [], []
+        for ds in ACC_DATASETS:
+            v = floats[0].values.get(ds)
+            chance = TASKS[COLUMN_TASKS[ds][0]].chance
+            if v is not None and v.finite and chance is not None:
+                accs.append(v.value)
+                chances.append(100 * chance)
+        if accs:
+            mean = sum(accs) / len(accs)
+            out[model] = mean, mean - sum(chances) / len(chances), len(accs)
+    return out
+
+
+def headroom_note(coll: Collection) -> Optional[str]:
+    """Each model's float accuracy and headroom above chance: what bounds its accuracy loss (a model at chance
+    has nothing to lose), so that a loss is read against its headroom as well as against the other models'."""
+    room = float_headroom(coll)
+    if len(room) < 2:
+        return None
+    parts = "; ".join(f"{m} {acc:.1f} ({head:+.1f} above chance{'' if k == len(ACC_DATASETS) else f', {k} tasks'})"
+                      for m, (acc, head, k) in room.items())
+    by_chance: dict = {}
+    for ds in ACC_DATASETS:
+        chance = TASKS[COLUMN_TASKS[ds][0]].chance
+        if chance is not None:
+            by_chance.setdefault(str(Fraction(chance).limit_denominator(100)), []).append(LABELS[ds])
+    guess = "; ".join(f"{c} for {', '.join(labels)}" for c, labels in by_chance.items())
+    return (f"Float accuracy, mean over the tasks, and its headroom above chance (a uniform guess: {guess}): "
+            f"{parts}. A quantized model cannot fall much below chance, so a "
+            "model with less headroom has less accuracy to lose: read each acc Δ against its model's headroom "
+            "as well as against the other models' acc Δ.")
+
+
 def calibrated_on_wikitext(run: Run) -> bool:
     """Whether the run's calibration text is WikiText-2 (its record's ``calibration`` section)."""
     cal = run.result.calibration or {}
@@ -259,6 +307,9 @@ def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
     t.notes.extend(verdicts)
     t.notes.extend(kld_verdicts)
     t.notes.extend(tally.line() for tally in tallies.values() if tally.settings)
+    headroom = headroom_note(coll)
+    if headroom:
+        t.notes.append(headroom)
     calibration = calibration_note(runs.values())
     if calibration:
         t.notes.append(calibration)

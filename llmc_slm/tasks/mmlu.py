@@ -162,7 +162,7 @@ def build_task_set(spec: TaskSpec, data: dict, cloze: bool):
 def _spec(name: str, cloze: bool, prompt: Prompt, metrics) -> TaskSpec:
     return TaskSpec(
         name=name, label="MMLU", column="mmlu", builtin="mmlu/continuation" if cloze else "mmlu/default",
-        prompt=prompt, metrics=metrics, table_metric="acc",
+        prompt=prompt, metrics=metrics, table_metric="acc", chance=0.25,
         data=DatasetLayout("mmlu", ("test/*_test.csv",), "hails/mmlu_no_train", ("hails/mmlu_no_train", "all")),
         read_files=None, read=load_mmlu, build=functools.partial(build_task_set, cloze=cloze),
         eval_split="test", fewshot_split="dev", harness_splits={"test": "test_split", "dev": "fewshot_split"})

@@ -49,7 +49,7 @@ def target(doc: dict) -> int:
 
 PIQA = register_task(TaskSpec(
     name="piqa", label="PIQA", column="piqa", builtin="piqa", prompt=Prompt(text, choices, target),
-    table_metric="acc_norm", read_files=read_files,
+    table_metric="acc_norm", read_files=read_files, chance=0.5,
     data=DatasetLayout("piqa", ("valid.jsonl", "valid-labels.lst"), "piqa/plain_text/validation", ("baber/piqa",)),
     eval_split="validation", fewshot_split="train",
     harness_splits={"validation": "validation_split", "train": "training_split"}))

@@ -64,6 +64,7 @@ class TaskSpec:
     table_metric: str = "acc"                   # the metric the tables report (table_value)
     harness_name: str = ""                      # the harness's task (or group) name; default: name
     column: Optional[str] = None                # the column of the paper's tables it fills, if any
+    chance: Optional[float] = None              # a uniform guess's expected accuracy, 1 / choices
     process_doc: Optional[Callable[[dict], dict]] = None  # fields added to every document (process_docs)
     builtin: Optional[str] = None               # lm-eval's folder of the built-in task it reproduces
     # a task made of subtasks (MMLU: 57 subjects in a group tree): ``read`` returns
