@@ -823,6 +823,19 @@ def test_pair_tally_counts_each_models_larger_change_and_which_are_decided():
                         "(1 decided); the larger accuracy loss a in 2 (2 decided), b in 1 (0 decided).")
 
 
+def test_pair_tally_weighs_each_loss_by_its_models_headroom_above_chance():
+    """Given each model's headroom, the tally also says who loses the larger share of it: a model far above chance
+    can lose more points and still the smaller share; the SEs scale with the headroom."""
+    from llmc_slm.reports.sensitivity import PairTally
+    t = PairTally("a", "b", headroom=(15.0, 5.0))
+    t.add((1.0, 0.01), (1.0, 0.01), (-3.0, 0.2, 5), (-1.5, 0.2, 5), 1.04)    # a: 3.0 points = 0.20; b: 1.5 = 0.30
+    t.add((1.0, 0.01), (1.0, 0.01), (-1.5, 0.6, 5), (-0.6, 0.3, 5), 1.04)    # 0.10 against 0.12: not decided
+    assert t.acc == {"a": [2, 1], "b": [0, 0]} and t.share == {"a": [0, 0], "b": [2, 1]}
+    assert t.line().endswith("; the larger share of its headroom above chance lost a in 0 (0 decided), b in 2 "
+                             "(1 decided).")
+    assert "headroom" not in PairTally("a", "b", headroom=(15.0, 0.0)).line()    # at chance: no share to take
+
+
 def test_sensitivity_table_ends_with_a_tally_per_pair_of_models(tmp_path):
     from llmc_slm.paired import PairedDelta
     from llmc_slm.reports.sensitivity import sensitivity_table
@@ -845,7 +858,8 @@ def test_sensitivity_table_ends_with_a_tally_per_pair_of_models(tmp_path):
     tallies = [n for n in sensitivity_table(coll).notes if n.startswith("Across")]
     assert tallies == [f"Across the 2 settings both ran, {QWEN} against {SMOL}: the larger KLD {QWEN} in 0 "
                        f"(0 decided), {SMOL} in 2 (2 decided); the larger accuracy loss {QWEN} in 0 (0 decided), "
-                       f"{SMOL} in 2 (0 decided)."]
+                       f"{SMOL} in 2 (0 decided); the larger share of its headroom above chance lost {QWEN} in 0 "
+                       f"(0 decided), {SMOL} in 2 (0 decided)."]      # both 25 points above chance on ARC-e
 
 
 def test_sensitivity_names_the_methods_calibrated_on_wikitext(tmp_path):

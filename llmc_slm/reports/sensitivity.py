@@ -30,7 +30,8 @@ architecture is the more sensitive" that no single cell gives. A note names the 
 for them KLD and Δ ln ppl are in-domain figures (on Gemma-3, GPTQ W4A8 cuts RTN's KLD from 2.10 to 0.58 and loses
 the same accuracy), so the accuracy columns are what speaks for other text. Another gives each model's float
 accuracy and its headroom above chance (``TaskSpec.chance``): a model near chance has little accuracy to lose, so
-the same acc Δ weighs more on a model with less headroom.
+the same acc Δ weighs more on a model with less headroom; the tallies also count who loses the larger share of
+its headroom.
 """
 
 from __future__ import annotations
@@ -99,33 +100,46 @@ def kld_verdict(setting: str, a: str, b: str, ka: tuple, kb: tuple, factor: floa
 
 class PairTally:
     """Over the settings two models both ran: in how many each model's KLD is the larger and each loses the
-    more accuracy, and in how many of those the order is decided (the verdicts' rules)."""
+    more accuracy, and in how many of those the order is decided (the verdicts' rules). Given the two models'
+    headroom above chance (:func:`float_headroom`), also who loses the larger share of it: each change and its
+    SE divided by its model's headroom (taken as exact), ordered by the same rule."""
 
-    def __init__(self, a: str, b: str):
+    def __init__(self, a: str, b: str, headroom: Optional[tuple[float, float]] = None):
         self.a, self.b = a, b
         self.settings = 0
         self.kld = {a: [0, 0], b: [0, 0]}          # model -> [larger, decided]
         self.acc = {a: [0, 0], b: [0, 0]}          # model -> [loses more, decided]
+        self.headroom = headroom if headroom is not None and min(headroom) > 0 else None
+        self.share = {a: [0, 0], b: [0, 0]}        # model -> [loses the larger share of its headroom, decided]
+
+    @staticmethod
+    def _count(counts: dict, order, a: str, b: str) -> None:
+        if order is not None:
+            c = counts[a if order[0] else b]
+            c[0] += 1
+            c[1] += bool(order[1])
 
     def add(self, kld_a, kld_b, change_a, change_b, factor: float) -> None:
         self.settings += 1
         order = kld_order(kld_a, kld_b, factor)
         if order is not None:
-            counts = self.kld[self.a if order[0] else self.b]
-            counts[0] += 1
-            counts[1] += order[3]
-        acc = accuracy_order(change_a, change_b)
-        if acc is not None:
-            counts = self.acc[self.a if acc[0] else self.b]
-            counts[0] += 1
-            counts[1] += bool(acc[1])
+            self._count(self.kld, (order[0], order[3]), self.a, self.b)
+        self._count(self.acc, accuracy_order(change_a, change_b), self.a, self.b)
+        if self.headroom is not None and change_a is not None and change_b is not None:
+            (ha, hb) = self.headroom
+            scaled = [(c[0] / h, None if c[1] is None else c[1] / h, c[2]) for c, h in ((change_a, ha), (change_b, hb))]
+            self._count(self.share, accuracy_order(*scaled), self.a, self.b)
 
     def line(self) -> str:
         a, b = self.a, self.b
-        return (f"Across the {self.settings} settings both ran, {a} against {b}: the larger KLD {a} in "
-                f"{self.kld[a][0]} ({self.kld[a][1]} decided), {b} in {self.kld[b][0]} ({self.kld[b][1]} decided); "
-                f"the larger accuracy loss {a} in {self.acc[a][0]} ({self.acc[a][1]} decided), {b} in "
-                f"{self.acc[b][0]} ({self.acc[b][1]} decided).")
+
+        def counts(what: str, by: dict) -> str:
+            return f"{what} {a} in {by[a][0]} ({by[a][1]} decided), {b} in {by[b][0]} ({by[b][1]} decided)"
+
+        parts = [counts("the larger KLD", self.kld), counts("the larger accuracy loss", self.acc)]
+        if self.headroom is not None:
+            parts.append(counts("the larger share of its headroom above chance lost", self.share))
+        return f"Across the {self.settings} settings both ran, {a} against {b}: " + "; ".join(parts) + "."
 
 
 def _acc_cell(change) -> str:
@@ -269,7 +283,9 @@ def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
     t = Table(name, "Sensitivity by architecture: paired change against each model's own float baseline",
               columns, left=2)
     verdicts, kld_verdicts = [], []
-    tallies = {(a, b): PairTally(a, b) for i, a in enumerate(models) for b in models[i + 1:]}
+    room = {m: head for m, (_, head, _) in float_headroom(coll).items()}
+    tallies = {(a, b): PairTally(a, b, (room[a], room[b]) if a in room and b in room else None)
+               for i, a in enumerate(models) for b in models[i + 1:]}
     factor = tokenization_factor(runs.values())
     for method, bits in sorted(settings, key=lambda s: (s[1] != "W8A8", s[1], s[0])):
         cells, changes, klds = [], {}, {}
