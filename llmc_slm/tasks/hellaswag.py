@@ -73,7 +73,8 @@ def target(doc: dict) -> int:
 
 HELLASWAG = register_task(TaskSpec(
     name="hellaswag", label="HellaSwag", column="hellaswag", builtin="hellaswag",
-    prompt=Prompt(text, choices, target), table_metric="acc_norm", read_files=read_files, process_doc=process_doc, chance=0.25,
+    prompt=Prompt(text, choices, target), table_metric="acc_norm", read_files=read_files, process_doc=process_doc,
+    chance=0.25,
     data=DatasetLayout("hellaswag", ("hellaswag_val.jsonl",), "hellaswag/none/validation", ("Rowan/hellaswag",)),
     eval_split="validation", fewshot_split="train",
     harness_splits={"validation": "validation_split", "train": "training_split"}))
