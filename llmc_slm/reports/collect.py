@@ -396,6 +396,12 @@ def primary_runs(runs) -> dict:
     return {k: v[1] for k, v in best.items()}
 
 
+def float_runs(runs) -> list:
+    """The float runs with metrics among ``runs``, the preferred baseline first: complete, then the most
+    datasets, then the file name."""
+    return sorted((r for r in runs if r.is_float and r.values), key=lambda r: (not r.complete, -len(r.values), r.rel))
+
+
 def attach_baselines(runs) -> list[str]:
     """Give every quantized run its baseline per dataset, SLMQ_perf and its standard error; return the
     warnings (no float run for a model, baselines on other items)."""
@@ -406,8 +412,7 @@ def attach_baselines(runs) -> list[str]:
             models.append(r.model)
     for model in models:
         members = [r for r in runs if r.model == model]
-        floats = sorted((r for r in members if r.is_float and r.values),
-                        key=lambda r: (not r.complete, -len(r.values), r.rel))
+        floats = float_runs(members)
         others = [(r, read_values(r.result.at("pretrain"))) for r in members if not r.is_float]
         quantized = [r for r in members if not r.is_float]
         if quantized and not floats:

@@ -42,7 +42,7 @@ from typing import Optional
 
 from llmc_slm.tasks import TASKS
 
-from .collect import ACC_DATASETS, COLUMN_TASKS, LABELS, Collection, Run, primary_runs, sort_key
+from .collect import ACC_DATASETS, COLUMN_TASKS, LABELS, Collection, Run, float_runs, primary_runs, sort_key
 from .render import Table
 
 DASH = "—"
@@ -201,11 +201,10 @@ def tokenization_factor(runs) -> float:
 def float_headroom(coll: Collection) -> dict[str, tuple[float, float, int]]:
     """Model -> (its float run's mean accuracy over the table tasks it has, in points; that mean's headroom
     above chance, a uniform guess per task (``TaskSpec.chance``); the number of tasks). The float run is the
-    one ``collect.attach_baselines`` prefers: complete, then the most datasets."""
+    one ``collect.attach_baselines`` prefers (``collect.float_runs``)."""
     out = {}
     for model in coll.models():
-        floats = sorted((r for r in coll.runs if r.model == model and r.is_float and r.values),
-                        key=lambda r: (not r.complete, -len(r.values), r.rel))
+        floats = float_runs(r for r in coll.runs if r.model == model)
         if not floats:
             continue
         accs, chances = [], []
