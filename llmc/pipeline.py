@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from . import catalog
+from . import catalog, progress
 from .config import Config, config_as_dict
 from .errors import UserError
 from .profiling import Measure
@@ -209,32 +209,34 @@ def run(cfg: Config) -> dict:
     if estimate is not None:
         record.set_section("estimate", estimate)
     try:
-        record.stage("load")
-        t0 = time.perf_counter()
-        adapter = load(plan)
-        record.data["timings"]["load"] = time.perf_counter() - t0
-        record.data["model"] = {**plan.source.describe(), "arch": adapter.arch_facts()}
-        record.save()
-        log.info("model %s (%s): %s", plan.source.name, plan.source.origin, arch_line(adapter.arch_facts()))
-        fingerprint, resumed = _resume_point(cfg, plan, adapter, record, previous)
-        reference = _float_reference(cfg, plan, adapter)   # before the method changes the model in place
-        evaluate = _evaluator(cfg, plan, record, adapter, reference)   # at every position in eval.eval_pos
-        evaluate("pretrain")
-        if cfg.quant is not None:
-            if resumed is not None:
-                after_quantization(adapter, cfg, _restore(resumed, adapter, record), evaluate, record)
-            else:
-                record.stage("calibrate")
-                calib = calibrate(plan, adapter)
-                if calib is not None:
-                    record.data["calibration"] = calib.info
-                quantize_stages(adapter, cfg, calib, evaluate, record, checkpoint=_checkpointer(record, fingerprint))
-            for hook in post_run_hooks():
-                record.stage(f"post-run: {getattr(hook, '__name__', hook)}")
-                hook(cfg, record, plan.device, plan.dtype)
-        record.stage("done")
-        record.finish("complete")
-        resume.remove_checkpoint(path)
+        with progress.listen(record.progress):   # the long loops' position, in the record
+            record.stage("load")
+            t0 = time.perf_counter()
+            adapter = load(plan)
+            record.data["timings"]["load"] = time.perf_counter() - t0
+            record.data["model"] = {**plan.source.describe(), "arch": adapter.arch_facts()}
+            record.save()
+            log.info("model %s (%s): %s", plan.source.name, plan.source.origin, arch_line(adapter.arch_facts()))
+            fingerprint, resumed = _resume_point(cfg, plan, adapter, record, previous)
+            reference = _float_reference(cfg, plan, adapter)   # before the method changes the model in place
+            evaluate = _evaluator(cfg, plan, record, adapter, reference)   # at every position in eval.eval_pos
+            evaluate("pretrain")
+            if cfg.quant is not None:
+                if resumed is not None:
+                    after_quantization(adapter, cfg, _restore(resumed, adapter, record), evaluate, record)
+                else:
+                    record.stage("calibrate")
+                    calib = calibrate(plan, adapter)
+                    if calib is not None:
+                        record.data["calibration"] = calib.info
+                    quantize_stages(adapter, cfg, calib, evaluate, record,
+                                    checkpoint=_checkpointer(record, fingerprint))
+                for hook in post_run_hooks():
+                    record.stage(f"post-run: {getattr(hook, '__name__', hook)}")
+                    hook(cfg, record, plan.device, plan.dtype)
+            record.stage("done")
+            record.finish("complete")
+            resume.remove_checkpoint(path)
     except UserError as e:
         _finish_quietly(record, "failed", f"user error: {e}")
         raise

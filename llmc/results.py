@@ -509,7 +509,15 @@ class RunRecord:
         now = _time.perf_counter()
         self._close_stage(now)
         self.data["stage"] = name
+        self.data.pop("progress", None)
         self._stage_t0 = now
+        self.save()
+
+    def progress(self, what: str, done: int, total: int | None) -> None:
+        """Where the stage's long loop stands (``llmc.progress``: blocks, windows, requests), saved at once;
+        cleared by the next :meth:`stage`."""
+        self.data["progress"] = {"what": what, "done": done, "total": total,
+                                 "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         self.save()
 
     def _close_stage(self, now: float) -> None:
@@ -523,6 +531,7 @@ class RunRecord:
 
     def finish(self, status: str = "complete", error: str | None = None) -> None:
         self._close_stage(_time.perf_counter())
+        self.data.pop("progress", None)
         self.data["status"] = status
         if error:
             self.data["error"] = error

@@ -89,7 +89,8 @@ import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix, resolve_max_length
-from tqdm import tqdm
+
+from llmc.progress import Bar
 
 from .segmented_attention import can_segment
 from .segmented_attention import segmented as attention_per_segment
@@ -375,8 +376,8 @@ class PrefixSharingLM(TemplateLM):
                 g.owners.append([])
                 j = len(g.conts) - 1
             g.owners[j].append(i)
-        bar = tqdm(total=len(requests), desc="Running loglikelihood requests (slmquant)", unit="req",
-                   disable=disable_tqdm, dynamic_ncols=True)
+        bar = Bar(len(requests), "Running loglikelihood requests (slmquant)", disable=disable_tqdm, unit="req",
+                  dynamic_ncols=True, leave=True)
         with torch.no_grad(), bar:
             for i in whole:
                 _, ctx, cont = requests[i]

@@ -496,7 +496,7 @@ class Sweep:
 
     def __init__(self, runs: list[Run], results: str | Path, *, workers: int = 1, timeout: float | None = None,
                  retry_failed: bool = False, quiet: bool = False, grace: float = 30.0, argv: list[str] | None = None,
-                 out=None, executor: Executor | None = None):
+                 out=None, executor: Executor | None = None, watch_every: float = 60.0):
         self.runs = runs
         self.results = Path(results)
         self.executor = executor if executor is not None else make_executor("local", workers=workers)
@@ -511,6 +511,8 @@ class Sweep:
         self._stop = 0          # number of stop signals received
         self._done = 0
         self._bar = None
+        self.watch_every = watch_every   # seconds between looks at the running runs' records (_watch)
+        self._watched: dict[str, str] = {}
 
     @property
     def workers(self) -> int | None:
@@ -575,7 +577,11 @@ class Sweep:
             r.attempts = 0
             self.executor.submit(self._cell(r, token, env))
         t_stop, stops, forced = None, 0, False
+        t_watch = time.monotonic()
         while self.executor.busy():
+            if time.monotonic() - t_watch >= self.watch_every:
+                t_watch = time.monotonic()
+                self._watch([r for r in todo if r.status == "running"])
             if self._stop and t_stop is None:
                 t_stop, stops = time.monotonic(), self._stop
                 running = sum(r.status == "running" for r in todo)
@@ -606,6 +612,24 @@ class Sweep:
         self._write_manifest("complete" if ok else "failed")
         self.print_summary()
         return 0 if ok else 1
+
+    def _watch(self, running: list[Run]) -> None:
+        """A line when a running run enters a new stage (``load``, ``quantize: transform``, ``evaluate: piqa
+        at fake_quant``...), read from its record (``llmc.results.RunRecord.stage``), with where the stage's
+        long loop stands (``llmc.progress``); the bar's postfix shows the latest. Every ``watch_every``
+        seconds, so the log of a long sweep tells what each run is doing without a terminal."""
+        for r in running:
+            data = read_json(r.result) or {}
+            stage, prog = data.get("stage"), data.get("progress") or {}
+            if not stage or data.get("status") != "running":
+                continue
+            where = f" ({prog.get('done')}/{prog.get('total')} {prog.get('what')})" if prog else ""
+            if self._watched.get(r.name) != stage:
+                self._watched[r.name] = stage
+                if not self.quiet:
+                    self._print(f"{_now()} {r.model} {r.stem}: {stage}{where}")
+            if self._bar is not None and not self._bar.disable:
+                self._bar.set_postfix_str(f"{r.stem}: {stage}{where}", refresh=True)
 
     def _cell(self, r: Run, token: str, env: dict[str, str]) -> Cell:
         """What a worker needs to run ``r``: the command runs in this working folder (so its relative

@@ -18,8 +18,8 @@ PACKAGES = ("llmc", "llmc_slm")
 # Layers, lowest first: a module's rank is that of the longest prefix listed.
 LAYERS = [
     ["llmc.errors", "llmc.registry"],   # (the packages' own __init__ files hold docstrings only)
-    ["llmc.methods", "llmc.models.layout", "llmc.models.families", "llmc.paths", "llmc.utils", "llmc.rss", "llmc.library_logs",
-     "llmc.data.sources", "llmc.data.wikitext2", "llmc_slm.tasks"],
+    ["llmc.methods", "llmc.models.layout", "llmc.models.families", "llmc.paths", "llmc.utils", "llmc.progress",
+     "llmc.rss", "llmc.library_logs", "llmc.data.sources", "llmc.data.wikitext2", "llmc_slm.tasks"],
     ["llmc.catalog"],
     ["llmc.config"],
     ["llmc.quant", "llmc.data", "llmc.profiling", "llmc.results", "llmc.eval", "llmc.estimate", "llmc.resume"],

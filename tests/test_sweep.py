@@ -64,6 +64,11 @@ try:
             os.kill(os.getppid(), signal.SIGKILL)
             time.sleep(60)
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "stages":                               # a run that says where it is, as the engine does
+        write("running", stage="quantize: transform", progress={"what": "GPTQ blocks", "done": 3, "total": 30})
+        time.sleep(1.5)
+        write("running", stage="evaluate: piqa at fake_quant")
+        time.sleep(1.5)
     if action == "fail":
         write("failed", error="RuntimeError: boom")
         print("RuntimeError: boom", file=sys.stderr)
@@ -509,3 +514,15 @@ def test_ray_not_installed_is_one_line(fake, monkeypatch, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert rc == 2 and err == ["error: --executor ray: Ray is not installed (pip install -e '.[cluster]')"]
     assert fake.launches() == []
+
+
+def test_the_sweep_says_when_a_running_run_enters_a_stage_and_where_its_loop_stands(fake):
+    fake.control(rtn_w8a8_cpu="stages")
+    lines = []
+    runs = make_runs(fake, methods=("rtn",))
+    s = sw.Sweep(runs, fake.results, quiet=False, grace=5, out=lines.append, watch_every=0.2)
+    s.decide()
+    assert s.run() == 0
+    said = [line.split(" ", 1)[1] for line in lines if "rtn_w8a8_cpu: " in line]
+    assert said == ["smollm rtn_w8a8_cpu: quantize: transform (3/30 GPTQ blocks)",
+                    "smollm rtn_w8a8_cpu: evaluate: piqa at fake_quant"]     # once per stage, in order

@@ -32,11 +32,11 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..progress import track
 from ..quant.fake_linear import FakeQuantLinear
 from ..quant.quantizer import Quantizer
-from ..utils import progress_disabled, swap_module
+from ..utils import swap_module
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class BlockwiseAlgorithm:
             return
         inputs = capture_block0_inputs(self.adapter, calib.input_ids, self.cfg.calib.bs)
         blocks = self.adapter.blocks
-        for i in tqdm(range(len(blocks)), desc=f"{self.qcfg.method} blocks", leave=False, disable=progress_disabled()):
+        for i in track(range(len(blocks)), f"{self.qcfg.method} blocks"):
             t = time.perf_counter()
             block = blocks[i]
             inputs = inputs.for_block(i)          # this block's own masks and position embeddings

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..progress import track
 from ..quant.quantizer import Quantizer
 from ..methods.spinquant import SpinQuantSpecial
 from . import rotation
@@ -323,7 +324,7 @@ class SpinQuant(RotatedQuant):
         losses, t0 = [], time.perf_counter()
         n = ids.shape[0]
         with self.learning_mode(), torch.enable_grad():
-            for step in range(sp.steps):
+            for step in track(range(sp.steps), "SpinQuant steps"):
                 idx = [(step * sp.train_bs + j) % n for j in range(sp.train_bs)]
                 opt.zero_grad(set_to_none=True)
                 loss = self._step_loss(ids[idx], p1, p2, backward=True)

@@ -22,7 +22,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from ..progress import Bar
 
 
 def window_ids(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -82,31 +83,32 @@ def perplexity(model, windows: torch.Tensor, bs: int = 1, desc: str = "wikitext2
             from .reference_summary import ReferenceSummary
             summary = ReferenceSummary(model, ref_outputs)
     start = time.perf_counter()
-    bar = tqdm(range(0, windows.shape[0], bs), desc=desc, disable=not progress, leave=False)
-    for i in bar:
-        batch = windows[i:i + bs].to(device)
-        target = batch[:, 1:]
-        if summary is not None and summary.status == "hit":
-            logits, hidden = _logits_and_final_hidden(model, batch)
-            stats = token_stats(logits[:, :-1], target, summary=summary.batch(i, batch.shape[0], device),
-                                hidden=hidden[:, :-1])
-        else:
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
-            ref_logits = None if ref_outputs is None else ref_outputs.logits(i, batch)[:, :-1].to(device)
-            building = summary is not None and summary.status == "building"
-            stats = token_stats(logits, target, ref_logits, summarize=building)
-            if building:
-                summary.record(ref_logits, stats)
-        nll = stats["nll"].sum(1)
-        cols["window_nll"] += nll.tolist()
-        cols["window_tokens"] += [target.shape[1]] * target.shape[0]
-        total_nll += nll.sum().item()
-        total_tokens += target.numel()
-        if ref_outputs is not None:
-            cols["ref_window_nll"] += stats["ref_nll"].sum(1).tolist()
-            cols["window_top1"] += stats["top1"].sum(1).tolist()
-            cols["window_kl"] += stats["kl"].sum(1).tolist()
-        bar.set_postfix(ppl=f"{math.exp(total_nll / total_tokens):.3f}")
+    with Bar(windows.shape[0], desc, disable=not progress, unit="window") as bar:
+        for i in range(0, windows.shape[0], bs):
+            batch = windows[i:i + bs].to(device)
+            target = batch[:, 1:]
+            if summary is not None and summary.status == "hit":
+                logits, hidden = _logits_and_final_hidden(model, batch)
+                stats = token_stats(logits[:, :-1], target, summary=summary.batch(i, batch.shape[0], device),
+                                    hidden=hidden[:, :-1])
+            else:
+                logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
+                ref_logits = None if ref_outputs is None else ref_outputs.logits(i, batch)[:, :-1].to(device)
+                building = summary is not None and summary.status == "building"
+                stats = token_stats(logits, target, ref_logits, summarize=building)
+                if building:
+                    summary.record(ref_logits, stats)
+            nll = stats["nll"].sum(1)
+            cols["window_nll"] += nll.tolist()
+            cols["window_tokens"] += [target.shape[1]] * target.shape[0]
+            total_nll += nll.sum().item()
+            total_tokens += target.numel()
+            if ref_outputs is not None:
+                cols["ref_window_nll"] += stats["ref_nll"].sum(1).tolist()
+                cols["window_top1"] += stats["top1"].sum(1).tolist()
+                cols["window_kl"] += stats["kl"].sum(1).tolist()
+            bar.update(batch.shape[0])
+            bar.set_postfix(ppl=f"{math.exp(total_nll / total_tokens):.3f}")
     mean_nll = total_nll / total_tokens
     out = {"ppl": _ppl(mean_nll), "nll": mean_nll,
            "windows": int(windows.shape[0]), "seq_len": int(windows.shape[1]), "tokens": total_tokens,
