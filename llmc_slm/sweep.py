@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmc.errors import UserError, WorldError
+from llmc.results import writer_alive
 from llmc_slm.executors import EXECUTORS, Cell, Executor, Outcome, make_executor
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -513,6 +514,7 @@ class Sweep:
         self._bar = None
         self.watch_every = watch_every   # seconds between looks at the running runs' records (_watch)
         self._watched: dict[str, str] = {}
+        self._earlier_writer: dict[str, object] = {}   # who wrote each run's record before this sweep started it
 
     @property
     def workers(self) -> int | None:
@@ -575,6 +577,7 @@ class Sweep:
         token, env = uuid.uuid4().hex[:12], self.executor.cell_env()
         for r in todo if not self._stop else []:
             r.attempts = 0
+            self._earlier_writer[r.name] = (read_json(r.result) or {}).get("process")
             self.executor.submit(self._cell(r, token, env))
         t_stop, stops, forced = None, 0, False
         t_watch = time.monotonic()
@@ -617,11 +620,15 @@ class Sweep:
         """A line when a running run enters a new stage (``load``, ``quantize: transform``, ``evaluate: piqa
         at fake_quant``...), read from its record (``llmc.results.RunRecord.stage``), with where the stage's
         long loop stands (``llmc.progress``); the bar's postfix shows the latest. Every ``watch_every``
-        seconds, so the log of a long sweep tells what each run is doing without a terminal."""
+        seconds, so the log of a long sweep tells what each run is doing without a terminal. A record still
+        written by an earlier process (a killed attempt's, before the new process writes its own) says nothing:
+        its writer is the one seen before this sweep started the run, or is known to be gone."""
         for r in running:
             data = read_json(r.result) or {}
-            stage, prog = data.get("stage"), data.get("progress") or {}
+            stage, prog, writer = data.get("stage"), data.get("progress") or {}, data.get("process")
             if not stage or data.get("status") != "running":
+                continue
+            if (writer is not None and writer == self._earlier_writer.get(r.name)) or writer_alive(writer) is False:
                 continue
             where = f" ({prog.get('done')}/{prog.get('total')} {prog.get('what')})" if prog else ""
             if self._watched.get(r.name) != stage:

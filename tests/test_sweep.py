@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ CONFIGS = ROOT / "configs"
 
 FAKE_ENGINE = r'''
 """Mimics python -m llmc's contract: results JSON running -> complete | failed | interrupted."""
-import json, os, signal, sys, time
+import json, os, platform, signal, sys, time
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -42,7 +43,8 @@ action = (json.loads(control.read_text()) if control.exists() else {}).get(stem,
 
 def write(status, **extra):
     data = {"schema_version": 1, "status": status, "config": config, "config_file": argv[argv.index("--config") + 1],
-            "metrics": {}, "timings": {}, "log": [], **extra}
+            "metrics": {}, "timings": {}, "log": [], "process": {"host": platform.node(), "pid": os.getpid()},
+            **extra}
     tmp = result.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, result)
@@ -51,6 +53,8 @@ def term(signum, frame):
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, term)
 result.parent.mkdir(parents=True, exist_ok=True)
+if action == "slow-start":                               # a process that takes a while to write its first record
+    time.sleep(1.0)
 write("running")
 try:
     if action.startswith("sleep"):
@@ -64,7 +68,7 @@ try:
             os.kill(os.getppid(), signal.SIGKILL)
             time.sleep(60)
         os.kill(os.getpid(), signal.SIGKILL)
-    if action == "stages":                               # a run that says where it is, as the engine does
+    if action in ("stages", "slow-start"):               # a run that says where it is, as the engine does
         write("running", stage="quantize: transform", progress={"what": "GPTQ blocks", "done": 3, "total": 30})
         time.sleep(1.5)
         write("running", stage="evaluate: piqa at fake_quant")
@@ -526,3 +530,29 @@ def test_the_sweep_says_when_a_running_run_enters_a_stage_and_where_its_loop_sta
     said = [line.split(" ", 1)[1] for line in lines if "rtn_w8a8_cpu: " in line]
     assert said == ["smollm rtn_w8a8_cpu: quantize: transform (3/30 GPTQ blocks)",
                     "smollm rtn_w8a8_cpu: evaluate: piqa at fake_quant"]     # once per stage, in order
+
+
+@pytest.mark.parametrize("earlier_writer", ["gone", "alive"])
+def test_the_sweep_does_not_report_the_stage_a_killed_attempt_left_in_the_record(fake, earlier_writer):
+    """A rerun's record keeps the killed attempt's stage until the new process writes its own: the watcher
+    must not print it as the new run's stage (its writer is gone, or is the one seen before the sweep began)."""
+    fake.control(rtn_w8a8_cpu="slow-start")
+    runs = make_runs(fake, methods=("rtn",))
+    rtn = next(r for r in runs if r.stem == "rtn_w8a8_cpu")
+    stale = rtn.result
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    writer = {"host": platform.node(), "pid": os.getpid()}      # alive (this test's process): the earlier-writer rule
+    if earlier_writer == "gone":
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        writer = {"host": platform.node(), "pid": dead.pid}     # gone: the writer_alive rule
+    stale.write_text(json.dumps({"schema_version": 1, "status": "running", "stage": "evaluate: wikitext2",
+                                 "config": rtn.expected, "metrics": {}, "process": writer}))
+    lines = []
+    s = sw.Sweep(runs, fake.results, quiet=False, grace=5, out=lines.append, watch_every=0.2)
+    s.decide()
+    assert s.run() == 0
+    said = [line.split(" ", 1)[1] for line in lines          # the watcher's lines: "<time> <model> <stem>: <stage>"
+            if "smollm rtn_w8a8_cpu: " in line and not line.startswith("smollm")]
+    assert said == ["smollm rtn_w8a8_cpu: quantize: transform (3/30 GPTQ blocks)",
+                    "smollm rtn_w8a8_cpu: evaluate: piqa at fake_quant"]
