@@ -53,8 +53,8 @@ def term(signum, frame):
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, term)
 result.parent.mkdir(parents=True, exist_ok=True)
-if action == "slow-start":                               # a process that takes a while to write its first record
-    time.sleep(1.0)
+if action == "slow-start" or (action == "stage-killed-once" and (HERE / f"{stem}.once").exists()):
+    time.sleep(1.0)                                      # a process that takes a while to write its first record
 write("running")
 try:
     if action.startswith("sleep"):
@@ -67,8 +67,10 @@ try:
         if action == "kill-parent-once":                 # the worker that started this process dies
             os.kill(os.getppid(), signal.SIGKILL)
             time.sleep(60)
+        if action == "stage-killed-once":                # killed right after saying where it is
+            write("running", stage="evaluate: wikitext2")
         os.kill(os.getpid(), signal.SIGKILL)
-    if action in ("stages", "slow-start"):               # a run that says where it is, as the engine does
+    if action in ("stages", "slow-start", "stage-killed-once"):   # a run that says where it is, as the engine does
         write("running", stage="quantize: transform", progress={"what": "GPTQ blocks", "done": 3, "total": 30})
         time.sleep(1.5)
         write("running", stage="evaluate: piqa at fake_quant")
@@ -532,24 +534,24 @@ def test_the_sweep_says_when_a_running_run_enters_a_stage_and_where_its_loop_sta
                     "smollm rtn_w8a8_cpu: evaluate: piqa at fake_quant"]     # once per stage, in order
 
 
-@pytest.mark.parametrize("earlier_writer", ["gone", "alive"])
-def test_the_sweep_does_not_report_the_stage_a_killed_attempt_left_in_the_record(fake, earlier_writer):
-    """A rerun's record keeps the killed attempt's stage until the new process writes its own: the watcher
-    must not print it as the new run's stage (its writer is gone, or is the one seen before the sweep began)."""
-    fake.control(rtn_w8a8_cpu="slow-start")
+@pytest.mark.parametrize("earlier", ["before the sweep", "in the sweep"])
+def test_the_sweep_does_not_report_the_stage_a_killed_attempt_left_in_the_record(fake, earlier):
+    """A rerun's record keeps the killed attempt's stage until the new process writes its own: the watcher must
+    not print it as the new run's stage. Killed before this sweep (the record's writer is the one seen before
+    the sweep started the run) or by it and retried (the writer is gone)."""
     runs = make_runs(fake, methods=("rtn",))
     rtn = next(r for r in runs if r.stem == "rtn_w8a8_cpu")
-    stale = rtn.result
-    stale.parent.mkdir(parents=True, exist_ok=True)
-    writer = {"host": platform.node(), "pid": os.getpid()}      # alive (this test's process): the earlier-writer rule
-    if earlier_writer == "gone":
-        dead = subprocess.Popen([sys.executable, "-c", "pass"])
-        dead.wait()
-        writer = {"host": platform.node(), "pid": dead.pid}     # gone: the writer_alive rule
-    stale.write_text(json.dumps({"schema_version": 1, "status": "running", "stage": "evaluate: wikitext2",
-                                 "config": rtn.expected, "metrics": {}, "process": writer}))
+    if earlier == "before the sweep":
+        fake.control(rtn_w8a8_cpu="slow-start")
+        rtn.result.parent.mkdir(parents=True, exist_ok=True)
+        writer = {"host": platform.node(), "pid": os.getpid()}  # a live process: only the earlier-writer rule holds
+        rtn.result.write_text(json.dumps({"schema_version": 1, "status": "running", "stage": "evaluate: wikitext2",
+                                          "config": rtn.expected, "metrics": {}, "process": writer}))
+    else:
+        fake.control(rtn_w8a8_cpu="stage-killed-once")
     lines = []
-    s = sw.Sweep(runs, fake.results, quiet=False, grace=5, out=lines.append, watch_every=0.2)
+    s = sw.Sweep(runs, fake.results, quiet=False, grace=5, out=lines.append, watch_every=0.2,
+                 executor=make_executor("local", retries=1))
     s.decide()
     assert s.run() == 0
     said = [line.split(" ", 1)[1] for line in lines          # the watcher's lines: "<time> <model> <stem>: <stage>"
