@@ -337,9 +337,11 @@ def this_process() -> dict:
 
 
 def _start_ticks(pid: int) -> Optional[int]:
+    """The process's start time, or None where it is not running: no such process, or a zombie (state Z or X:
+    it has exited and only waits for its parent to reap it, so it writes nothing more)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[19])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -183,6 +184,13 @@ def test_a_record_whose_writer_is_gone_reads_as_killed(tmp_path):
     assert result.status == "killed" and "quantize: transform" in result.error
     assert result.at("pretrain")["wikitext2"].ppl == 20.0                 # what was finished is still there
     assert effective_status(dict(data, process=this_process())) == "running"   # a live writer: running
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])             # exited, not yet reaped
+    deadline = time.time() + 30
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.time() < deadline:
+        time.sleep(0.05)
+    writer = {"host": platform.node(), "pid": zombie.pid}
+    assert effective_status(dict(data, process=writer)) == "killed"      # a zombie writes no more: killed
+    zombie.wait()
 
 
 def test_a_run_killed_with_sigkill_is_recognised_and_rerun(tmp_path, tiny_model_dir):
