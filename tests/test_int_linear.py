@@ -196,6 +196,27 @@ def test_int_mm_any_shape_and_int4_unpack():
     assert torch.equal(unpack_int4_signed(pack_int4_signed(w)), w)
 
 
+@pytest.mark.parametrize("m,k,n", [(64, 64, 48), (1, 7, 5), (16, 640, 2048), (33, 2048, 640)])
+@pytest.mark.parametrize("layout", ["column-major b (IntLinear's)", "row-major b"])
+def test_cublaslt_operands_are_padded_tn_and_give_the_same_product(m, k, n, layout):
+    """What int_mm hands cuBLASLt's int8 GEMM on CUDA (shaped on the CPU here; the GPU run is
+    benchmarks/gpu_check.py): a row-major a with M > 16 and K a multiple of 8, a column-major b (the "TN"
+    layout; a row-major b was refused on an H200 at 64 x 64 x 48) with N a multiple of 8, whose product holds
+    a @ b in its top-left corner; IntLinear's column-major b is passed through without a copy."""
+    from llmc.quant.int_linear import cublaslt_int8_operands
+    g = torch.Generator().manual_seed(m + k + n)
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
+    codes = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)     # [out, in]
+    b = codes.t() if layout.startswith("column") else codes.t().contiguous()
+    pa, pb = cublaslt_int8_operands(a, b)
+    assert pa.shape[0] > 16 and pa.shape[1] % 8 == 0 and pb.shape[1] % 8 == 0 and pa.shape[1] == pb.shape[0]
+    assert pa.is_contiguous() and pb.t().is_contiguous()
+    if layout.startswith("column") and (m > 16 and k % 8 == 0 and n % 8 == 0):
+        assert pb.data_ptr() == codes.data_ptr()
+    want = (a.to(torch.int64) @ b.to(torch.int64)).to(torch.int32)
+    assert torch.equal((pa.to(torch.int64) @ pb.to(torch.int64)).to(torch.int32)[:m, :n], want)
+
+
 @pytest.mark.parametrize("flags", [{"avx2"}, {"avx2", "avx512_vnni"}], ids=["no int8 dot", "vnni"])
 def test_int_mm_without_int8_dot_instructions_is_an_exact_float64_gemm(monkeypatch, flags):
     """On a CPU without VNNI or AMX, torch._int_mm is a slow reference kernel: int_mm computes the same integers

@@ -74,6 +74,7 @@ change invalidates it; inference-mode tensors, which have no version counter, ar
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from typing import Callable, Optional, Tuple
 
@@ -83,6 +84,8 @@ from torch import Tensor, nn
 
 from .cpu_kernels import fused_kernels, fused_kernels_status
 from .quantizer import Quantizer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["IntLinear", "int_mm", "quantize_act_int8", "unpack_int4_signed", "pack_int4_signed",
            "onednn_available", "int_mm_info", "SHARED_ACT_CACHE", "KINDS", "BACKENDS"]
@@ -126,26 +129,49 @@ def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
 
 
+def cublaslt_int8_operands(a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    """``a`` [M, K] and ``b`` [K, N] as cuBLASLt's int8 GEMM takes them, with the same product in the top-left
+    [M, N]: M above 16 and K, N multiples of 8 (zero padding, which is exact), ``a`` row-major and ``b``
+    column-major (the "TN" layout, the only one cuBLASLt's int8 kernels are sure to have: PyTorch's
+    ``_int_mm_out_cuda``, aten/src/ATen/native/cuda/Blas.cpp, passes the layouts through to cuBLASLt, which
+    refused a row-major ``b`` with CUBLAS_STATUS_NOT_SUPPORTED on an H200 with torch 2.11 at 64 x 64 x 48).
+    ``IntLinear``'s ``b`` is the transpose of its contiguous ``[out, in]`` codes, already column-major: no
+    copy unless padding is needed."""
+    m, k = a.shape
+    n = b.shape[1]
+    mp, kp, np_ = max(m, 17), _round_up(k, 8), _round_up(n, 8)
+    bt = b.t()                                     # [N, K], contiguous when b is column-major
+    if (mp, kp, np_) != (m, k, n):
+        a = F.pad(a, (0, kp - k, 0, mp - m))
+        bt = F.pad(bt, (0, kp - k, 0, np_ - n))
+    return a.contiguous(), bt.contiguous().t()
+
+
+_CUDA_FALLBACK_WARNED = False
+
+
 def int_mm(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` for int8 ``a`` [M, K] and int8 ``b`` [K, N] (any strides): int32 [M, N].
 
     CPU: ``torch._int_mm`` has no shape constraints (checked with torch 2.13: M = 1, K = 7, N = 5 work). On
     a CPU without VNNI or AMX (:func:`cpu_has_int8_dot`) it falls back to a slow reference kernel, and the
     same integers come from an exact float64 GEMM instead (:func:`_int_mm_float64`).
-    CUDA: cuBLASLt needs M > 16 and K, N multiples of 8: the operands are zero-padded (exact) as needed.
-    Where ``_int_mm`` is missing or refuses the shapes, an exact int64 matmul is used instead.
+    CUDA: the operands are shaped and laid out as cuBLASLt needs them (:func:`cublaslt_int8_operands`). Where
+    ``_int_mm`` still refuses them, the same integers come from an exact float64 GEMM (CUDA has no int64
+    matmul), with a warning once: it is slow, and a timing taken through it is not the integer kernel's.
     """
+    global _CUDA_FALLBACK_WARNED
     if a.device.type == "cuda":
-        m, k = a.shape
-        n = b.shape[1]
-        mp, kp, np_ = max(m, 17), _round_up(k, 8), _round_up(n, 8)
-        if (mp, kp, np_) != (m, k, n):
-            a = F.pad(a, (0, kp - k, 0, mp - m))
-            b = F.pad(b, (0, np_ - n, 0, kp - k))
+        m, n = a.shape[0], b.shape[1]
+        a, b = cublaslt_int8_operands(a, b)
         try:
-            return torch._int_mm(a.contiguous(), b.contiguous())[:m, :n]
-        except RuntimeError:
-            return _int_mm_reference(a, b)[:m, :n]
+            return torch._int_mm(a, b)[:m, :n]
+        except RuntimeError as e:
+            if not _CUDA_FALLBACK_WARNED:
+                _CUDA_FALLBACK_WARNED = True
+                log.warning("int_mm: torch._int_mm refused %s x %s on CUDA (%s); exact float64 GEMMs instead, "
+                            "slow", tuple(a.shape), tuple(b.shape), str(e).splitlines()[0][:100])
+            return _int_mm_float64(a, b)[:m, :n]
     if not cpu_has_int8_dot():
         return _int_mm_float64(a, b)
     try:
