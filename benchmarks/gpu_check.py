@@ -19,7 +19,7 @@ which does not depend on the weights.
    (:func:`llmc.deploy.deploy_integer`, ``torch._int_mm``) against its own fake-quant logits.
 3. ``speed``: prefill (1 x 128, 1 x 2048) and decode (32 tokens after 128) of the exact architectures on
    the device: float32, bfloat16 and float16 against RTN W8A8 and W4A8 deployed in integer form (float16
-   around the integer linears), as ratios against bfloat16 measured in the same run
+   around the integer linears on a GPU, bfloat16 on a CPU), as ratios against bfloat16 measured in the same run
    (:func:`llmc_slm.tracks.inference.measure_model`).
 
 Each check prints one line; ``--json`` writes every figure. Exit status 1 if an agreement check fails.
@@ -155,6 +155,7 @@ def check_speed(device: torch.device, quick: bool) -> list[dict]:
     from llmc.pipeline import quantize_model
     from llmc_slm.tracks.inference import measure_model
     runs = 5 if quick else 50
+    compute_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16   # around the integer linears
     rows = []
     for name in (["smollm2-135m"] if quick else ["smollm2-135m", "gemma-3-270m"]):
         settings = {"float32": None, "bfloat16": None, "float16": None, "w8a8": "8", "w4a8": "4"}
@@ -167,7 +168,7 @@ def check_speed(device: torch.device, quick: bool) -> list[dict]:
                                          "--quant.weight.granularity", "per_channel", "--quant.act.bit", "8",
                                          "--quant.act.granularity", "per_token"])
                 quantize_model(adapter, cfg, None)
-                model = to_compute_dtype(deploy_integer(adapter.model), torch.float16)
+                model = to_compute_dtype(deploy_integer(adapter.model), compute_dtype)
             model.to(device)
             vocab = model.config.vocab_size
             for seq in ((128,) if quick else (128, 2048)):
@@ -175,7 +176,8 @@ def check_speed(device: torch.device, quick: bool) -> list[dict]:
                 m = measure_model(model, ids, warmup=3, runs=runs, decode_tokens=32 if seq == 128 else 0,
                                   decode_runs=3, last_logit_runs=0, macs=False)
                 rows.append({"model": name, "setting": setting, "seq_len": seq, "tps": m["tps"],
-                             "decode_tps": m["decode_tps"], "peak_bytes": m.get("peak_bytes")})
+                             "decode_tps": m["decode_tps"], "peak_mem": m["peak_mem"],
+                             "memory_kind": m["memory_kind"]})
             del model, adapter
             if device.type == "cuda":
                 torch.cuda.empty_cache()
