@@ -4,18 +4,19 @@
     python benchmarks/gpu_check.py --device cpu --quick         # the same code paths, on the CPU (a dry run)
 
 CI never has a GPU, and the unit tests run on the CPU; this script is the check to run when a session is
-lent one (README, "GPU checks"). Real weights cannot travel to that machine (the lent machine reaches no
+lent one (``results/reference/gpu_check/README.md``: how to run it there, and what it found). Real weights cannot travel to that machine (the lent machine reaches no
 package index and takes 64 MiB of files), so every model here is random: the tiny twins of the unit tests
 for agreement, the exact SmolLM2-135M and Gemma-3-270M architectures (``llmc_slm/model_configs``) for speed,
 which does not depend on the weights.
 
 1. ``int_mm``: :func:`llmc.quant.int_linear.int_mm` on the device against an exact int64 product on the CPU,
-   over shapes that cuBLASLt's int8 GEMM refuses unpadded (M <= 16, K or N not a multiple of 8): equal, bit
-   for bit.
+   over shapes that include some cuBLASLt's int8 GEMM refuses unpadded (M <= 16, K or N not a multiple of
+   8), with the weight operand row-major and column-major: equal, bit for bit; and whether ``torch._int_mm``
+   itself takes each layout unpadded.
 2. ``methods``: each method (RTN, SmoothQuant, GPTQ, OmniQuant, SpinQuant; R1 off on Gemma-3, whose
    post-norms refuse it) at W8A8 and W4A8 on a tiny random Llama and Gemma-3, quantized once on the CPU and
    once on the device from the same weights and calibration ids: the fake-quant logits' relative difference
-   (``max |a - b| / max |a|``) and top-1 agreement, then the device's model deployed in integer form
+   (median and largest ``|a - b| / max |a|``) and top-1 agreement, then the device's model deployed in integer form
    (:func:`llmc.deploy.deploy_integer`, ``torch._int_mm``) against its own fake-quant logits.
 3. ``speed``: prefill (1 x 128, 1 x 2048) and decode (32 tokens after 128) of the exact architectures on
    the device: float32, bfloat16 and float16 against RTN W8A8 and W4A8 deployed in integer form (float16
