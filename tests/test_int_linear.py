@@ -201,7 +201,7 @@ def test_int_mm_any_shape_and_int4_unpack():
 def test_cublaslt_operands_are_padded_tn_and_give_the_same_product(m, k, n, layout):
     """What int_mm hands cuBLASLt's int8 GEMM on CUDA (shaped on the CPU here; the GPU run is
     benchmarks/gpu_check.py): a row-major a with M > 16 and K a multiple of 8, a column-major b (the "TN"
-    layout; a row-major b was refused on an H200 at 64 x 64 x 48) with N a multiple of 8, whose product holds
+    layout; a row-major b was refused on an H200 at M = 48, K = 64, N = 64) with N a multiple of 8, whose product holds
     a @ b in its top-left corner; IntLinear's column-major b is passed through without a copy."""
     from llmc.quant.int_linear import cublaslt_int8_operands
     g = torch.Generator().manual_seed(m + k + n)

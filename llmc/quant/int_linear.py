@@ -134,7 +134,7 @@ def cublaslt_int8_operands(a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
     [M, N]: M above 16 and K, N multiples of 8 (zero padding, which is exact), ``a`` row-major and ``b``
     column-major (the "TN" layout, the only one cuBLASLt's int8 kernels are sure to have: PyTorch's
     ``_int_mm_out_cuda``, aten/src/ATen/native/cuda/Blas.cpp, passes the layouts through to cuBLASLt, which
-    refused a row-major ``b`` with CUBLAS_STATUS_NOT_SUPPORTED on an H200 with torch 2.11 at 64 x 64 x 48).
+    refused a row-major ``b`` with CUBLAS_STATUS_NOT_SUPPORTED on an H200 with torch 2.11 at M = 48, K = 64, N = 64).
     ``IntLinear``'s ``b`` is the transpose of its contiguous ``[out, in]`` codes, already column-major: no
     copy unless padding is needed."""
     m, k = a.shape
