@@ -49,16 +49,16 @@ BLOCKS = (
           "The reference grids of issue 18: SmolLM2-135M-Instruct at 1,000 sampled items of each table task and "
           "Qwen2.5-Coder-0.5B-Instruct at 500 (both complete; GPTQ on Qwen is not run), both in bfloat16 "
           "with the CPU calibration profile, the whole WikiText-2 test split, Tracks 2 and 3 (the folder's README "
-          "says how they are run and resumed), and Gemma-3-270M at 500 in float32 (issue 21, under way: the runs "
-          "complete so far). SmolLM2's accuracies, then the paired changes against the float "
+          "says how they are run and resumed), and Gemma-3-270M at 500 in float32 (issue 21, complete; "
+          "R1 of SpinQuant is refused on its layout). SmolLM2's accuracies, then the paired changes against the float "
           "model on the same items, the methods ranked with each compared to the next on the same items; Qwen's "
-          "table, its paired changes and its ranking; Gemma-3's table and paired changes; the three "
+          "table, its paired changes and its ranking; Gemma-3's table, its paired changes and its ranking; the three "
           "architectures' sensitivity side by side; then the deployed models' Track 2 (W8A8, W4A8 and the "
           "quantized KV caches of issue 22's rows, which share SmolLM2's float run), then the "
           "paper's claims decided on these runs (`compare.md` in the folder sets our tables beside the paper's; "
           "`plots/` has the figures).",
           ("table1", "table1_paired", "table1_ranking", "table2", "table2_paired", "table2_ranking", "table2b",
-           "table2b_paired", "sensitivity", "table3",
+           "table2b_paired", "table2b_ranking", "sensitivity", "table3",
            "table3_w4a8", "table3_kv", "claims")),
     Block("results/reference/issue16_track1/acc1000",
           "SmolLM2-135M-Instruct, float32, 1,000 sampled items per task (the same items in every run; "
