@@ -549,6 +549,49 @@ def test_ranking_table_compares_neighbours_on_the_same_items(tmp_path):
     assert t.rows[0][5] == "-0.2000 ± 0.0000" and t.rows[1][5] == "—"     # per token: 3 / 15; GPTQ has no KL
 
 
+def test_ranking_calls_two_runs_with_the_same_outcome_on_every_item_and_window_identical(tmp_path):
+    """OmniQuant+KB whose keep-best chose the end of training everywhere is OmniQuant's model: the ranking says
+    "identical", not "not decided"; one item or one window's KL apart, it is "not decided" again."""
+    from llmc_slm.reports import collect
+    from llmc_slm.reports.ranking import ranking_table
+    base = [1.0] * 200 + [0.0] * 200
+    comp = [0.0] * 5 + base[5:]
+    nll = np.random.default_rng(8).normal(40, 2, 20).tolist()
+    kl = np.random.default_rng(9).uniform(1, 2, 20).tolist()
+
+    def verdicts(name, second_acc, second_kl):
+        folder = tmp_path / name
+        folder.mkdir()
+        _write_run(folder, "fp16", None, base, [0] * 400, nll)
+        _write_run(folder, "omni", "OmniQuant", comp, [0] * 400, [x + 0.1 for x in nll], kl=kl)
+        _write_run(folder, "gptq", "GPTQ", second_acc, [0] * 400, [x + 0.1 for x in nll], kl=second_kl)
+        coll = collect.collect(folder)
+        return [r[-1] for r in ranking_table(coll, next(r.model for r in coll.runs), "t", 1).rows]
+
+    assert verdicts("same", comp, kl) == ["identical"]
+    assert verdicts("one_item", [1.0] + comp[1:], kl) == ["not decided"]
+    assert verdicts("one_window_kl", comp, kl[:-1] + [kl[-1] + 0.5]) == ["not decided"]
+
+
+def test_sensitivity_names_a_models_settings_that_are_one_model_under_two_names(tmp_path):
+    """The tallies count settings; two settings with the same outcome on every item and window (OmniQuant+KB
+    that kept OmniQuant's model) repeat one comparison, and a note names them; a run one item apart is not named."""
+    from llmc_slm.reports import collect
+    from llmc_slm.reports.sensitivity import sensitivity_table
+    base = [1.0] * 200 + [0.0] * 200
+    comp = [0.0] * 5 + base[5:]
+    nll = np.random.default_rng(10).normal(40, 2, 20).tolist()
+    kl = np.random.default_rng(11).uniform(1, 2, 20).tolist()
+    _write_run(tmp_path, "fp16", None, base, [0] * 400, nll)
+    _write_run(tmp_path, "omni", "OmniQuant", comp, [0] * 400, [x + 0.1 for x in nll], kl=kl)
+    _write_run(tmp_path, "gptq", "GPTQ", comp, [0] * 400, [x + 0.1 for x in nll], kl=kl)
+    _write_run(tmp_path, "rtn", "RTN", [1.0] + comp[1:], [0] * 400, [x + 0.1 for x in nll], kl=kl)
+    _write_run(tmp_path, "omni4", "OmniQuant", comp, [0] * 400, [x + 0.1 for x in nll], kl=kl, wbit=4)
+    notes = [n for n in sensitivity_table(collect.collect(tmp_path)).notes if n.startswith("One model under")]
+    assert len(notes) == 1 and "smollm2-135m: GPTQ and OmniQuant W8A8." in notes[0], notes
+    assert "RTN" not in notes[0] and "W4A8" not in notes[0]          # one item apart; another bit setting
+
+
 def test_a_group_wise_run_is_its_own_setting_never_ranked_against_per_channel_runs(tmp_path):
     """AWQ W4A8 in groups of 64 stores a scale per 64 weights: the tables label it W4A8-g64, the ranking
     does not set it against the per-channel W4A8 runs, and the paper's claims (per-channel W4A8) leave it out."""

@@ -12,7 +12,9 @@ own standard error are decided. Each row gives, for ranked neighbours A (higher 
 - SLMQ_perf(A) - SLMQ_perf(B) with its paired bootstrap 95% interval (``paired.perf_difference``), and the
   verdict: "A ahead" when the interval lies above 0, else "not decided". A decided verdict names the
   datasets it rests on (:func:`fragile_datasets`): those without which, left out of SLMQ_perf one at a time
-  with the same bootstrap, the interval would include 0.
+  with the same bootstrap, the interval would include 0. Two runs whose outcomes agree on every item and
+  window (:func:`identical_outcomes`; e.g. OmniQuant+KB when keep-best chose the end of training in every
+  block, which is OmniQuant's model) are labelled "identical" rather than "not decided".
 """
 
 from __future__ import annotations
@@ -61,6 +63,24 @@ def kld_difference(a: Run, b: Run):
     return window_log_ppl_delta(ib["window_kl"], ia["window_kl"], tokens)
 
 
+def perf_items(run: Run) -> dict:
+    """The run's paired items of the datasets its SLMQ_perf is scored on."""
+    return {d: run.paired_items[d] for d in run.perf_datasets if d in run.paired_items}
+
+
+def identical_outcomes(a: Run, b: Run, kld=None) -> bool:
+    """True when two runs scored the same datasets on the same items with the same outcome on every item
+    (accuracy) and the same summed NLL on every window (WikiText-2), and their per-window KL divergences, where
+    measured, agree too (``kld``: their :func:`kld_difference`, computed here when not given)."""
+    items_a, items_b = perf_items(a), perf_items(b)
+    if not items_a or items_a.keys() != items_b.keys() or not all(same_items(a, b, d) for d in items_a):
+        return False
+    if not all(list(items_a[d].b) == list(items_b[d].b) for d in items_a):
+        return False
+    kld = kld_difference(a, b) if kld is None else kld
+    return kld is None or (kld.delta == 0 and kld.stderr == 0)
+
+
 def fragile_datasets(items_a: dict, items_b: dict) -> list[str]:
     """The datasets without which a decided SLMQ_perf difference is no longer decided: for each dataset left
     out in turn, the paired bootstrap interval of the difference over the others includes 0 (the same
@@ -94,8 +114,7 @@ def ranking_table(coll: Collection, model: str, name: str, number) -> Optional[T
         for a, b in zip(ranked, ranked[1:]):
             acc = accuracy_difference(a, b)
             wiki = wiki_difference(a, b)
-            items_a = {d: a.paired_items[d] for d in a.perf_datasets if d in a.paired_items}
-            items_b = {d: b.paired_items[d] for d in b.perf_datasets if d in b.paired_items}
+            items_a, items_b = perf_items(a), perf_items(b)
             try:
                 diff = perf_difference(items_a, items_b, n_boot=BOOTSTRAP_SAMPLES, seed=BOOTSTRAP_SEED)
             except ValueError:
@@ -109,7 +128,8 @@ def ranking_table(coll: Collection, model: str, name: str, number) -> Optional[T
                 perf_text, verdict = f"{a.perf - b.perf:+.2f} (not paired)", "not paired"
             else:
                 perf_text = f"{diff['diff']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]"
-                verdict = f"{a.label} ahead" if diff["low"] > 0 else "not decided"
+                verdict = f"{a.label} ahead" if diff["low"] > 0 else (
+                    "identical" if identical_outcomes(a, b, kld) else "not decided")
                 fragile = fragile_datasets(items_a, items_b) if diff["low"] > 0 else []
                 if fragile:
                     verdict += f" (not decided without {', '.join(LABELS.get(d, d) for d in fragile)})"
@@ -126,5 +146,6 @@ def ranking_table(coll: Collection, model: str, name: str, number) -> Optional[T
                    f"bootstrap 95% interval ({BOOTSTRAP_SAMPLES} replicates, seed {BOOTSTRAP_SEED}; the items of "
                    "every dataset resampled once for the float run and both runs). 'ahead': the interval lies "
                    "above 0; '(not decided without X)': with dataset X left out of SLMQ_perf (each in turn, the "
-                   "same bootstrap), the interval includes 0, so the ranking rests on X.")
+                   "same bootstrap), the interval includes 0, so the ranking rests on X; 'identical': the two runs "
+                   "have the same outcome on every item and window (the same model).")
     return t

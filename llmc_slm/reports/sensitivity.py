@@ -31,7 +31,8 @@ for them KLD and Δ ln ppl are in-domain figures (on Gemma-3, GPTQ W4A8 cuts RTN
 the same accuracy), so the accuracy columns are what speaks for other text. Another gives each model's float
 accuracy and its headroom above chance (``TaskSpec.chance``): a model near chance has little accuracy to lose, so
 the same acc Δ weighs more on a model with less headroom; the tallies also count who loses the larger share of
-its headroom.
+its headroom. A last note names the settings that are one model under two names (the same outcome on every item
+and window as another setting of that model), which the tallies count twice.
 """
 
 from __future__ import annotations
@@ -257,6 +258,23 @@ def calibration_note(runs) -> Optional[str]:
             f"understate what the method changes on other text; the accuracy columns are the other-text measure.")
 
 
+def identical_runs_note(runs) -> Optional[str]:
+    """Which of a model's settings are one model under two names (:func:`ranking.identical_outcomes`: the same
+    outcome on every item and window, e.g. OmniQuant+KB whose keep-best kept the end of training everywhere):
+    each such setting repeats a comparison in the tallies."""
+    from .ranking import identical_outcomes
+    groups: dict = {}
+    for r in sorted(runs, key=sort_key):
+        groups.setdefault((r.model, r.bits), []).append(r)
+    pairs = [f"{model}: {a.label} and {b.label} {bits}" for (model, bits), group in groups.items()
+             for i, a in enumerate(group) for b in group[i + 1:] if identical_outcomes(a, b)]
+    if not pairs:
+        return None
+    return ("One model under two names (the same outcome on every item and window; 'identical' in the ranking "
+            "tables): " + "; ".join(pairs) + ". The tallies count each of these settings as its own, so a pair "
+            "of models that both have it counts that comparison twice.")
+
+
 def tokenization_note(runs) -> Optional[str]:
     """How much tokenization can move a comparison of per-token KLD / Δ ln ppl across the models."""
     counts = wikitext_tokens(runs)
@@ -325,6 +343,9 @@ def sensitivity_table(coll: Collection, name: str = "sensitivity") -> Table:
     headroom = headroom_note(coll)
     if headroom:
         t.notes.append(headroom)
+    identical = identical_runs_note(runs.values())
+    if identical:
+        t.notes.append(identical)
     calibration = calibration_note(runs.values())
     if calibration:
         t.notes.append(calibration)
