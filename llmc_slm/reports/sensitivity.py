@@ -31,7 +31,7 @@ for them KLD and Δ ln ppl are in-domain figures (on Gemma-3, GPTQ W4A8 cuts RTN
 the same accuracy), so the accuracy columns are what speaks for other text. Another gives each model's float
 accuracy and its headroom above chance (``TaskSpec.chance``): a model near chance has little accuracy to lose, so
 the same acc Δ weighs more on a model with less headroom; the tallies also count who loses the larger share of
-its headroom. A last note names the settings that are one model under two names (the same outcome on every item
+its headroom. Another note names the settings that are one model under two names (the same outcome on every item
 and window as another setting of that model), which the tallies count twice.
 """
 
@@ -44,6 +44,7 @@ from typing import Optional
 from llmc_slm.tasks import TASKS
 
 from .collect import ACC_DATASETS, COLUMN_TASKS, LABELS, Collection, Run, float_runs, primary_runs, sort_key
+from .ranking import identical_outcomes
 from .render import Table
 
 DASH = "—"
@@ -262,7 +263,6 @@ def identical_runs_note(runs) -> Optional[str]:
     """Which of a model's settings are one model under two names (:func:`ranking.identical_outcomes`: the same
     outcome on every item and window, e.g. OmniQuant+KB whose keep-best kept the end of training everywhere):
     each such setting repeats a comparison in the tallies."""
-    from .ranking import identical_outcomes
     groups: dict = {}
     for r in sorted(runs, key=sort_key):
         groups.setdefault((r.model, r.bits), []).append(r)
