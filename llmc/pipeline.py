@@ -102,6 +102,13 @@ def transform(adapter, cfg: Config, calib) -> QuantizedModel:
     return QuantizedModel(algo, METHODS[cfg.quant.method].label_for(cfg), algo.input_transforms, total)
 
 
+def check_method_on_model(adapter, cfg: Config) -> None:
+    """The method's refusals that need the loaded model (SpinQuant's / QuaRot's R1 through post-norms, the
+    Hadamard orders), raised before any evaluation or calibration."""
+    catalog.load()
+    ALGO_REGISTRY[cfg.quant.method](adapter, cfg).check_model()
+
+
 def fake_quantize(adapter, quantized: QuantizedModel, calib) -> None:
     """Every block linear on its grid (RTN's whole work, and static activation ranges): quantization cost
     too, added to ``quantized.cost``."""
@@ -217,6 +224,8 @@ def run(cfg: Config) -> dict:
             record.data["model"] = {**plan.source.describe(), "arch": adapter.arch_facts()}
             record.save()
             log.info("model %s (%s): %s", plan.source.name, plan.source.origin, arch_line(adapter.arch_facts()))
+            if cfg.quant is not None:
+                check_method_on_model(adapter, cfg)
             fingerprint, resumed = _resume_point(cfg, plan, adapter, record, previous)
             reference = _float_reference(cfg, plan, adapter)   # before the method changes the model in place
             evaluate = _evaluator(cfg, plan, record, adapter, reference)   # at every position in eval.eval_pos

@@ -211,3 +211,28 @@ def test_the_block_loop_gives_each_layer_its_own_mask_and_rope():
     torch.testing.assert_close(got, states[2], atol=1e-5, rtol=1e-5)
     stale = torch.cat(run_block(a.blocks[1], first))                         # block 0's (sliding) args
     assert rel_diff(stale, states[2]) > 1e-3
+
+
+def test_r1_is_refused_right_after_loading_before_the_float_model_is_evaluated(smollm2_tokenizer, tmp_path, capsys):
+    """A run whose method the layout refuses stops at once (``pipeline.check_method_on_model``): with
+    ``pretrain`` in eval.eval_pos the float model's evaluation would otherwise run first (about 15 minutes of
+    WikiText-2 for the real Gemma-3) and the refusal come only at the transform."""
+    import json
+
+    from conftest import tiny_hf_model
+    from llmc.__main__ import main
+    model_dir = tmp_path / "tiny_gemma"
+    tiny_hf_model(GEMMA, vocab_size=len(smollm2_tokenizer)).save_pretrained(model_dir)
+    smollm2_tokenizer.save_pretrained(model_dir)
+    cfg = tmp_path / "spin_r1.yml"
+    cfg.write_text(f"model: {{type: Gemma3, path: {model_dir}, torch_dtype: float32, device: cpu}}\n"
+                   "quant: {method: SpinQuant, weight: {bit: 8, granularity: per_channel}, "
+                   "act: {bit: 8, granularity: per_token}, special: {r1: true, learn_rotations: false, "
+                   "weight_algo: rtn}}\n"
+                   "eval: {name: [wikitext2], eval_pos: [pretrain, fake_quant], limit: 1, seq_len: 32}\n"
+                   f"save: {{save_path: {tmp_path / 'results'}}}\n")
+    assert main(["--config", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: quant.special.r1: SpinQuant's R1") and "Traceback" not in "\n".join(err)
+    record = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
+    assert record["stage"] == "load" and not record.get("metrics", {}).get("pretrain")

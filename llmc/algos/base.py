@@ -190,6 +190,11 @@ class BlockwiseAlgorithm:
         return Quantizer(self.qcfg.act, **kwargs)
 
     # -- hooks for subclasses --------------------------------------------------------------------
+    def check_model(self) -> None:
+        """Settings this model's layout or sizes refuse (one ``ConfigError`` naming the key). The pipeline
+        calls it right after loading (``llmc.pipeline.check_method_on_model``), so that a refusal comes before
+        the float model's evaluation, not after it."""
+
     def prepare(self, calib) -> None:
         """Whole-model work before block 0's inputs are captured (SpinQuant's rotations and their
         training); ``calib`` is the CalibData (token ids) or None."""

@@ -53,7 +53,8 @@ class RotatedQuant(GPTQ):
             need.append(("intermediate size (R4)", a.blocks[0].get_submodule(a.layout.down_proj).in_features))
         return need
 
-    def _check_sizes(self) -> None:
+    def check_model(self) -> None:
+        """R1 through the layout's post-norms, and every Hadamard order the rotations need."""
         if self.special.r1:
             self.adapter.refuse_post_norms(f"{self.qcfg.method}'s R1 (a residual-stream rotation)",
                                            "quant.special.r1")
@@ -99,7 +100,7 @@ class RotatedQuant(GPTQ):
     # -- whole-model transforms ---------------------------------------------------------------
     def prepare_base(self) -> None:
         """Everything before R1/R2: untie + fold norms (for R1), R4's offline and online halves."""
-        self._check_sizes()
+        self.check_model()
         a, sp = self.adapter, self.special
         if sp.r1:
             if rotation.untie_embeddings(a):
