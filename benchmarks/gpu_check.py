@@ -4,10 +4,10 @@
     python benchmarks/gpu_check.py --device cpu --quick         # the same code paths, on the CPU (a dry run)
 
 CI never has a GPU, and the unit tests run on the CPU; this script is the check to run when a session is
-lent one (``results/reference/gpu_check/README.md``: how to run it there, and what it found). Real weights cannot travel to that machine (the lent machine reaches no
-package index and takes 64 MiB of files), so every model here is random: the tiny twins of the unit tests
-for agreement, the exact SmolLM2-135M and Gemma-3-270M architectures (``llmc_slm/model_configs``) for speed,
-which does not depend on the weights.
+lent one (``results/reference/gpu_check/README.md``: how to run it there, and what it found). Real weights
+cannot travel to that machine (the lent machine reaches no package index and takes 64 MiB of files), so every
+model here is random: the tiny twins of the unit tests for agreement, the exact SmolLM2-135M and Gemma-3-270M
+architectures (``llmc_slm/model_configs``) for speed, which does not depend on the weights.
 
 1. ``int_mm``: :func:`llmc.quant.int_linear.int_mm` on the device against an exact int64 product on the CPU,
    over shapes that include some cuBLASLt's int8 GEMM refuses unpadded (M <= 16, K or N not a multiple of
